@@ -1,0 +1,33 @@
+//! How fernwart's three programs reach each other.
+//!
+//! A link is: TCP (optionally through an HTTP CONNECT proxy) → TLS 1.3 → WebSocket
+//! (subprotocol [`fernwart_proto::WS_SUBPROTOCOL`]) → yamux. yamux gives every tunnelled TCP
+//! connection its own stream with flow control and back-pressure; the WebSocket makes the
+//! link look like ordinary HTTPS to plant firewalls and proxies.
+
+pub mod dial;
+pub mod frame_io;
+pub mod http_client;
+pub mod mux;
+pub mod tls;
+pub mod ws;
+
+pub use dial::{Dialer, ProxyConfig};
+pub use frame_io::{read_frame, write_frame, FrameError};
+pub use http_client::{ApiError, HttpClient};
+pub use mux::{Mux, MuxStream};
+pub use tls::TlsError;
+pub use ws::WsIo;
+
+/// Upper bound for one WebSocket message on a link (yamux frames are batched into messages).
+pub const MAX_WS_MESSAGE: usize = 1024 * 1024;
+
+/// The WebSocket settings both ends of a link use: bounded messages and modest buffers.
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE))
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * MAX_WS_MESSAGE)
+}
