@@ -1,0 +1,119 @@
+//! The agent's persistent link: hello, grants, key switch reports, keepalive.
+
+use std::time::Duration;
+
+use fernwart_proto::{negotiate, AgentToServer, ServerToAgent, HANDSHAKE_TIMEOUT};
+use fernwart_transport::{frame_io::read_frame_within, read_frame, write_frame, Mux, MuxStream};
+use tokio::sync::mpsc;
+
+use crate::{sessions, util, App};
+
+const PING_EVERY: Duration = Duration::from_secs(15);
+/// A link that stays silent this long is dead.
+const IDLE_LIMIT: Duration = Duration::from_secs(45);
+
+pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, machine_id: i64, machine: String, source: String) {
+    let Ok(Some(mut control)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await else {
+        tracing::info!(%machine, "agent opened no control stream in time");
+        mux.close();
+        return;
+    };
+    let hello: AgentToServer = match read_frame_within(&mut control, HANDSHAKE_TIMEOUT).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::info!(%machine, error = %e, "agent handshake failed");
+            mux.close();
+            return;
+        }
+    };
+    let AgentToServer::Hello { version, agent, targets, switch_on } = hello else {
+        let _ = write_frame(&mut control, &ServerToAgent::Refused { reason: "expected hello".into() }).await;
+        mux.close();
+        return;
+    };
+    if let Err(e) = negotiate(version) {
+        let _ = write_frame(&mut control, &ServerToAgent::Refused { reason: e.to_string() }).await;
+        mux.close();
+        return;
+    }
+    let now = util::now();
+    let targets_json = serde_json::to_string(&targets).unwrap_or_else(|_| "[]".into());
+    let grants = app.store.tx(|tx| {
+        tx.execute(
+            "UPDATE machines SET targets = ?2, switch_on = ?3, last_seen = ?4 WHERE id = ?1",
+            rusqlite::params![machine_id, targets_json, switch_on, now],
+        )
+        .map_err(crate::store::StoreError::from)?;
+        crate::store::audit(tx, &machine, "agent.connect", &machine, &source, serde_json::json!({
+            "agent": agent, "switch": if switch_on { "on" } else { "off" },
+            "targets": targets.iter().map(|t| &t.name).collect::<Vec<_>>(),
+        }))?;
+        sessions::grantable_for_machine(tx, machine_id, now)
+    });
+    let grants = match grants {
+        Ok(g) => g.iter().map(sessions::grant_for).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record agent connect");
+            mux.close();
+            return;
+        }
+    };
+    let welcome = ServerToAgent::Welcome { version, machine: machine.clone(), grants };
+    if write_frame(&mut control, &welcome).await.is_err() {
+        mux.close();
+        return;
+    }
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ServerToAgent>(64);
+    let conn_id = app.hub.agent_connected(machine_id, mux.clone(), ctl_tx, switch_on, targets);
+    tracing::info!(%machine, switch_on, "agent online");
+
+    let (mut rd, mut wr) = tokio::io::split(control);
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut nonce = 0u64;
+        loop {
+            let msg = tokio::select! {
+                m = ctl_rx.recv() => match m { Some(m) => m, None => break },
+                _ = ping.tick() => { nonce += 1; ServerToAgent::Ping { nonce } }
+            };
+            if write_frame(&mut wr, &msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let reason = loop {
+        let frame = tokio::select! {
+            f = tokio::time::timeout(IDLE_LIMIT, read_frame::<AgentToServer, _>(&mut rd)) => f,
+            _ = mux.closed() => break "link closed".to_owned(),
+            _ = app.shutdown.cancelled() => break "server shutting down".to_owned(),
+        };
+        match frame {
+            Err(_) => break "agent silent too long".to_owned(),
+            Ok(Err(e)) => break format!("control stream: {e}"),
+            Ok(Ok(AgentToServer::Switch { on })) => {
+                app.hub.set_switch(machine_id, on);
+                let r = app.store.tx(|tx| {
+                    tx.execute("UPDATE machines SET switch_on = ?2 WHERE id = ?1", rusqlite::params![machine_id, on])
+                        .map_err(crate::store::StoreError::from)?;
+                    crate::store::audit(tx, &machine, "machine.switch", &machine, &source,
+                        serde_json::json!({"switch": if on { "on" } else { "off" }}))
+                });
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot record key switch");
+                }
+            }
+            Ok(Ok(AgentToServer::GrantAck { session })) => app.hub.grant_acked(machine_id, &session),
+            Ok(Ok(AgentToServer::Pong { .. })) => {}
+            Ok(Ok(AgentToServer::Hello { .. })) => break "second hello".to_owned(),
+        }
+    };
+    writer.abort();
+    app.hub.agent_disconnected(machine_id, conn_id);
+    mux.close();
+    tracing::info!(%machine, %reason, "agent offline");
+    let _ = app.store.tx(|tx| {
+        tx.execute("UPDATE machines SET last_seen = ?2 WHERE id = ?1", rusqlite::params![machine_id, util::now()])
+            .map_err(crate::store::StoreError::from)?;
+        crate::store::audit(tx, &machine, "agent.disconnect", &machine, &source, serde_json::json!({"reason": reason}))
+    });
+}

@@ -1,0 +1,204 @@
+//! Live state and the byte relay: connected agents, waiting technicians, open tunnels.
+//!
+//! Every tunnel waits on cancellation tokens for each condition of DESIGN §4 promise 2 that
+//! can turn false while it runs: the session (ended, rejected, expired), the user (disabled),
+//! the machine's key switch and both links. Any one firing closes the tunnel at once.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use fernwart_proto::{Grant, ServerToAgent, TargetInfo};
+use fernwart_transport::Mux;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+pub mod agent_link;
+pub mod tech_link;
+pub mod tunnel;
+
+/// How long the server waits for an agent to acknowledge a grant.
+const GRANT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+pub struct Hub {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    agents: HashMap<i64, AgentEntry>,
+    sessions: HashMap<i64, SessionEntry>,
+    users: HashMap<i64, CancellationToken>,
+    next_conn: u64,
+}
+
+struct AgentEntry {
+    conn_id: u64,
+    mux: Mux,
+    control: mpsc::Sender<ServerToAgent>,
+    switch_on: bool,
+    switch_token: CancellationToken,
+    targets: Vec<TargetInfo>,
+    acks: HashMap<String, Vec<oneshot::Sender<()>>>,
+}
+
+struct SessionEntry {
+    changed: watch::Sender<u64>,
+    token: CancellationToken,
+}
+
+impl SessionEntry {
+    fn new() -> Self {
+        Self { changed: watch::channel(0).0, token: CancellationToken::new() }
+    }
+}
+
+/// What a tunnel needs from a connected agent.
+#[derive(Clone)]
+pub struct AgentView {
+    pub mux: Mux,
+    pub switch_on: bool,
+    pub switch_token: CancellationToken,
+    pub targets: Vec<TargetInfo>,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an agent link; an older link of the same machine is closed.
+    pub fn agent_connected(
+        &self,
+        machine: i64,
+        mux: Mux,
+        control: mpsc::Sender<ServerToAgent>,
+        switch_on: bool,
+        targets: Vec<TargetInfo>,
+    ) -> u64 {
+        let mut inner = self.lock();
+        inner.next_conn += 1;
+        let conn_id = inner.next_conn;
+        let entry = AgentEntry {
+            conn_id,
+            mux,
+            control,
+            switch_on,
+            switch_token: CancellationToken::new(),
+            targets,
+            acks: HashMap::new(),
+        };
+        if let Some(old) = inner.agents.insert(machine, entry) {
+            old.switch_token.cancel();
+            old.mux.close();
+        }
+        conn_id
+    }
+
+    pub fn agent_disconnected(&self, machine: i64, conn_id: u64) {
+        let mut inner = self.lock();
+        if inner.agents.get(&machine).is_some_and(|a| a.conn_id == conn_id) {
+            if let Some(old) = inner.agents.remove(&machine) {
+                old.switch_token.cancel();
+            }
+        }
+    }
+
+    pub fn agent(&self, machine: i64) -> Option<AgentView> {
+        self.lock().agents.get(&machine).map(|a| AgentView {
+            mux: a.mux.clone(),
+            switch_on: a.switch_on,
+            switch_token: a.switch_token.clone(),
+            targets: a.targets.clone(),
+        })
+    }
+
+    pub fn online(&self, machine: i64) -> Option<bool> {
+        self.lock().agents.get(&machine).map(|a| a.switch_on)
+    }
+
+    /// The key switch changed: off cancels every tunnel of the machine at once.
+    pub fn set_switch(&self, machine: i64, on: bool) {
+        let mut inner = self.lock();
+        if let Some(a) = inner.agents.get_mut(&machine) {
+            if !on {
+                a.switch_token.cancel();
+            } else if a.switch_token.is_cancelled() {
+                a.switch_token = CancellationToken::new();
+            }
+            a.switch_on = on;
+        }
+    }
+
+    /// Closes the machine's link (revocation).
+    pub fn disconnect_agent(&self, machine: i64) {
+        if let Some(a) = self.lock().agents.remove(&machine) {
+            a.switch_token.cancel();
+            a.mux.close();
+        }
+    }
+
+    /// Sends a grant to the machine's agent and waits for its acknowledgement.
+    pub async fn grant(&self, machine: i64, grant: Grant) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let control = {
+            let mut inner = self.lock();
+            let Some(a) = inner.agents.get_mut(&machine) else { return false };
+            a.acks.entry(grant.session.clone()).or_default().push(tx);
+            a.control.clone()
+        };
+        if control.send(ServerToAgent::Grant { grant }).await.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(GRANT_ACK_TIMEOUT, rx).await, Ok(Ok(())))
+    }
+
+    pub fn grant_acked(&self, machine: i64, session: &str) {
+        if let Some(a) = self.lock().agents.get_mut(&machine) {
+            for tx in a.acks.remove(session).unwrap_or_default() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    pub fn revoke(&self, machine: i64, session: &str) {
+        let control = self.lock().agents.get(&machine).map(|a| a.control.clone());
+        if let Some(control) = control {
+            let _ = control.try_send(ServerToAgent::Revoke { session: session.to_owned() });
+        }
+    }
+
+    pub fn session_watch(&self, session: i64) -> watch::Receiver<u64> {
+        self.lock().sessions.entry(session).or_insert_with(SessionEntry::new).changed.subscribe()
+    }
+
+    pub fn session_token(&self, session: i64) -> CancellationToken {
+        self.lock().sessions.entry(session).or_insert_with(SessionEntry::new).token.clone()
+    }
+
+    /// A session changed state; `terminal` closes all its tunnels and links.
+    pub fn session_changed(&self, session: i64, terminal: bool) {
+        let mut inner = self.lock();
+        let entry = inner.sessions.entry(session).or_insert_with(SessionEntry::new);
+        entry.changed.send_modify(|v| *v += 1);
+        if terminal {
+            entry.token.cancel();
+        }
+    }
+
+    pub fn user_token(&self, user: i64) -> CancellationToken {
+        self.lock().users.entry(user).or_default().clone()
+    }
+
+    /// A user was disabled: every tunnel and link of theirs closes.
+    pub fn user_disabled(&self, user: i64) {
+        if let Some(t) = self.lock().users.remove(&user) {
+            t.cancel();
+        }
+    }
+}
+
+pub type SharedHub = Arc<Hub>;

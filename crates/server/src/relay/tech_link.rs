@@ -1,0 +1,108 @@
+//! A technician's `fernwart connect` link: wait for approval, then carry tunnels.
+
+use std::time::Duration;
+
+use fernwart_proto::{negotiate, ClientToServer, ServerToClient, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
+use fernwart_transport::{frame_io::read_frame_within, write_frame, Mux, MuxStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::tunnel::{self, Guards};
+use crate::{sessions, util, App};
+
+pub struct Technician {
+    pub user_id: i64,
+    pub name: String,
+    pub source: String,
+}
+
+pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, session_id: i64, who: Technician) {
+    let Ok(Some(mut control)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await else {
+        mux.close();
+        return;
+    };
+    match read_frame_within::<ClientToServer, _>(&mut control, HANDSHAKE_TIMEOUT).await {
+        Ok(ClientToServer::Hello { version, .. }) if negotiate(version).is_ok() => {}
+        Ok(ClientToServer::Hello { version, .. }) => {
+            let reason = format!("client protocol {version} unsupported, server speaks {PROTOCOL_VERSION}");
+            let _ = write_frame(&mut control, &ServerToClient::Closed { state: "refused".into(), reason }).await;
+            mux.close();
+            return;
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "technician handshake failed");
+            mux.close();
+            return;
+        }
+    }
+    let link = CancellationToken::new();
+    let session_token = app.hub.session_token(session_id);
+    let user_token = app.hub.user_token(who.user_id);
+    let mut changes = app.hub.session_watch(session_id);
+    let mut ready = false;
+    let closed = loop {
+        let Ok(Some(s)) = app.store.read(|c| sessions::by_id(c, session_id)) else {
+            break ("gone".to_owned(), "session deleted".to_owned());
+        };
+        let now = util::now();
+        if s.is_terminal() {
+            let by = s.ended_by.clone().or(s.decided_by.clone()).unwrap_or_default();
+            break (s.state.clone(), format!("session {} is {} {}", s.name, s.state, if by.is_empty() { String::new() } else { format!("(by {by})") }).trim().to_owned());
+        }
+        if now >= s.until_ts {
+            app.expire(&s);
+            continue;
+        }
+        let mut wait_until = s.until_ts;
+        if !ready {
+            if now < s.from_ts {
+                let msg = ServerToClient::Waiting { state: s.state.clone(), message: format!("session window opens at {}", s.from) };
+                if write_frame(&mut control, &msg).await.is_err() { break ("link".into(), "technician left".into()) }
+                wait_until = s.from_ts;
+            } else if s.state == "prepared" && s.approval_required {
+                if let Err(e) = app.transition(&s, "requested", &who.name, &who.source) {
+                    break ("error".into(), format!("cannot request session: {e}"));
+                }
+                continue;
+            } else if s.state == "requested" {
+                let msg = ServerToClient::Waiting { state: s.state.clone(), message: "waiting for the operator's approval".into() };
+                if write_frame(&mut control, &msg).await.is_err() { break ("link".into(), "technician left".into()) }
+            } else if s.usable(now) {
+                if s.state != "active" {
+                    if let Err(e) = app.transition(&s, "active", &who.name, &who.source) {
+                        break ("error".into(), format!("cannot activate session: {e}"));
+                    }
+                }
+                if !app.hub.grant(s.machine_id, sessions::grant_for(&s)).await {
+                    tracing::info!(session = %s.name, "agent did not acknowledge the grant (offline?)");
+                }
+                let msg = ServerToClient::Ready { version: PROTOCOL_VERSION, session: s.name.clone(), targets: s.targets.clone() };
+                if write_frame(&mut control, &msg).await.is_err() { break ("link".into(), "technician left".into()) }
+                app.audit_async(&who.name, "session.connect", &s.name, serde_json::json!({"source": who.source, "targets": s.targets}));
+                ready = true;
+            }
+        }
+        let left = Duration::from_secs(u64::try_from(wait_until - now).unwrap_or(0).max(1));
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { break ("gone".into(), "server shutting down".into()) },
+            _ = tokio::time::sleep(left) => {},
+            s = inbound.recv(), if ready => match s {
+                Some(stream) => {
+                    let guards = Guards { session: session_token.clone(), user: user_token.clone(), link: link.clone() };
+                    tokio::spawn(tunnel::serve(app.clone(), stream, session_id, who.name.clone(), guards));
+                }
+                None => break ("link".into(), "technician left".into()),
+            },
+            _ = mux.closed() => break ("link".into(), "technician left".into()),
+            _ = user_token.cancelled() => break ("revoked".into(), format!("user {} was disabled", who.name)),
+            _ = app.shutdown.cancelled() => break ("unavailable".into(), "server shutting down".into()),
+        }
+    };
+    link.cancel();
+    let (state, reason) = closed;
+    if state != "link" {
+        let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut control, &ServerToClient::Closed { state, reason: reason.clone() })).await;
+    }
+    app.audit_async(&who.name, "session.disconnect", &session_id.to_string(), serde_json::json!({"reason": reason}));
+    mux.close();
+}

@@ -1,0 +1,122 @@
+//! Forward-only schema migrations. Each step runs once, in order, in a transaction.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Every migration ever shipped, in order; never edit one, append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema
+    "CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        org TEXT,
+        password_hash TEXT NOT NULL,
+        totp_secret TEXT,
+        totp_confirmed INTEGER NOT NULL DEFAULT 0,
+        totp_used_steps TEXT NOT NULL DEFAULT '',
+        disabled INTEGER NOT NULL DEFAULT 0,
+        expires_at BIGINT,
+        failed_logins INTEGER NOT NULL DEFAULT 0,
+        locked_until BIGINT,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE auth_tokens (
+        token_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        scope TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE TABLE machines (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        org TEXT,
+        created_at BIGINT NOT NULL,
+        cert_fingerprint TEXT UNIQUE,
+        cert_not_after BIGINT,
+        enrolled_at BIGINT,
+        revoked INTEGER NOT NULL DEFAULT 0,
+        targets TEXT NOT NULL DEFAULT '[]',
+        switch_on INTEGER,
+        last_seen BIGINT
+    );
+    CREATE TABLE enrol_tokens (
+        token_hash TEXT PRIMARY KEY,
+        machine_id INTEGER NOT NULL REFERENCES machines(id),
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT
+    );
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        machine_id INTEGER NOT NULL REFERENCES machines(id),
+        targets TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        state TEXT NOT NULL,
+        approval_required INTEGER NOT NULL,
+        valid_from BIGINT NOT NULL,
+        valid_until BIGINT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        decided_by TEXT,
+        decided_at BIGINT,
+        ended_by TEXT,
+        ended_at BIGINT
+    );
+    CREATE TABLE session_users (
+        session_id INTEGER NOT NULL REFERENCES sessions(id),
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        PRIMARY KEY (session_id, user_id)
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        time_ms BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        source TEXT NOT NULL,
+        details TEXT NOT NULL
+    );",
+];
+
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current: i64 = conn
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::TooNew { found: current, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [i as i64 + 1])?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_idempotent_and_versioned() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn.query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute("INSERT INTO schema_version (version) VALUES (99)", []).unwrap();
+        assert!(matches!(migrate(&mut conn), Err(StoreError::TooNew { found: 99, .. })));
+    }
+}
