@@ -18,6 +18,7 @@ pub use http_client::{ApiError, HttpClient};
 pub use mux::{Mux, MuxStream};
 pub use tls::TlsError;
 pub use ws::WsIo;
+pub use yamux::Mode;
 
 /// Upper bound for one WebSocket message on a link (yamux frames are batched into messages).
 pub const MAX_WS_MESSAGE: usize = 1024 * 1024;

@@ -1,0 +1,164 @@
+//! The operator's `DIR/agent.toml`: targets and the key switch source. Never written by us.
+
+use std::{net::SocketAddr, path::{Path, PathBuf}};
+
+use fernwart_proto::{TargetInfo, TargetProtocol};
+use serde::Deserialize;
+
+pub const FILE_NAME: &str = "agent.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default = "default_switch")]
+    switch: String,
+    #[serde(default)]
+    proxy: Option<String>,
+    #[serde(default, rename = "target")]
+    targets: Vec<RawTarget>,
+}
+
+fn default_switch() -> String {
+    "local".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: String,
+    address: String,
+    #[serde(default = "default_protocol")]
+    protocol: String,
+}
+
+fn default_protocol() -> String {
+    "tcp".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwitchSource {
+    /// `fernwart-agent switch on|off`, state kept in DIR.
+    Local,
+    /// A file whose content is 1 (on) or 0 (off); missing means off.
+    File(PathBuf),
+    /// A line of a Linux GPIO chip, read through the character device.
+    Gpio { chip: PathBuf, line: u32, active_low: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub address: String,
+    pub protocol: TargetProtocol,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub switch: SwitchSource,
+    pub proxy: Option<String>,
+    pub targets: Vec<Target>,
+}
+
+impl AgentConfig {
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let path = dir.join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw: Raw = toml::from_str(text).map_err(|e| e.to_string())?;
+        let switch = parse_switch(&raw.switch)?;
+        let mut targets: Vec<Target> = Vec::new();
+        for t in raw.targets {
+            if t.name.is_empty() || t.name.len() > 64 || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(format!("target name {:?}: 1-64 letters, digits, - _ .", t.name));
+            }
+            if targets.iter().any(|o| o.name == t.name) {
+                return Err(format!("target {:?} declared twice", t.name));
+            }
+            let protocol = match t.protocol.as_str() {
+                "tcp" => TargetProtocol::Tcp,
+                "udp" => return Err(format!("target {:?}: udp targets are not supported yet", t.name)),
+                other => return Err(format!("target {:?}: protocol {other:?} is not tcp", t.name)),
+            };
+            if t.address.parse::<SocketAddr>().is_err() {
+                let ok = t.address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(format!("target {:?}: address {:?} is not HOST:PORT", t.name, t.address));
+                }
+            }
+            targets.push(Target { name: t.name, address: t.address, protocol });
+        }
+        Ok(Self { switch, proxy: raw.proxy, targets })
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn announced(&self) -> Vec<TargetInfo> {
+        self.targets.iter().map(|t| TargetInfo { name: t.name.clone(), address: t.address.clone(), protocol: t.protocol }).collect()
+    }
+}
+
+fn parse_switch(s: &str) -> Result<SwitchSource, String> {
+    if s == "local" {
+        return Ok(SwitchSource::Local);
+    }
+    if let Some(path) = s.strip_prefix("file:") {
+        if path.is_empty() {
+            return Err("switch = \"file:PATH\" needs a path".into());
+        }
+        return Ok(SwitchSource::File(PathBuf::from(path)));
+    }
+    if let Some(rest) = s.strip_prefix("gpio:") {
+        // gpio:CHIP:LINE[:active_low], CHIP a path or a name under /dev
+        let mut parts: Vec<&str> = rest.split(':').collect();
+        let active_low = parts.last() == Some(&"active_low");
+        if active_low {
+            parts.pop();
+        }
+        if let [chip, line] = parts[..] {
+            let line = line.parse::<u32>().map_err(|_| format!("switch {s:?}: line {line:?} is not a number"))?;
+            let chip = if chip.starts_with('/') { PathBuf::from(chip) } else { Path::new("/dev").join(chip) };
+            return Ok(SwitchSource::Gpio { chip, line, active_low });
+        }
+        return Err(format!("switch {s:?}: use gpio:CHIP:LINE[:active_low], e.g. gpio:gpiochip0:17"));
+    }
+    Err(format!("switch {s:?}: use \"local\", \"file:PATH\" or \"gpio:CHIP:LINE\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_design_example() {
+        let c = AgentConfig::parse("switch = \"local\"\n[[target]]\nname = \"plc\"\naddress = \"192.168.0.10:102\"\nprotocol = \"tcp\"\n").unwrap();
+        assert_eq!(c.switch, SwitchSource::Local);
+        assert_eq!(c.targets[0].address, "192.168.0.10:102");
+    }
+
+    #[test]
+    fn switch_sources() {
+        assert_eq!(parse_switch("file:/run/keyswitch").unwrap(), SwitchSource::File("/run/keyswitch".into()));
+        assert_eq!(parse_switch("gpio:gpiochip0:17").unwrap(), SwitchSource::Gpio { chip: "/dev/gpiochip0".into(), line: 17, active_low: false });
+        assert!(matches!(parse_switch("gpio:/dev/gpiochip1:3:active_low").unwrap(), SwitchSource::Gpio { active_low: true, .. }));
+        assert!(parse_switch("gpio:x").is_err());
+        assert!(parse_switch("always-on").is_err());
+    }
+
+    #[test]
+    fn bad_targets_are_refused() {
+        for bad in [
+            "[[target]]\nname = \"a b\"\naddress = \"1.2.3.4:1\"\n",
+            "[[target]]\nname = \"a\"\naddress = \"1.2.3.4\"\n",
+            "[[target]]\nname = \"a\"\naddress = \"1.2.3.4:1\"\nprotocol = \"sctp\"\n",
+            "[[target]]\nname = \"a\"\naddress = \"1.2.3.4:1\"\n[[target]]\nname = \"a\"\naddress = \"1.2.3.4:2\"\n",
+            "[[target]]\nname = \"a\"\naddress = \"1.2.3.4:1\"\nport = 5\n",
+        ] {
+            assert!(AgentConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

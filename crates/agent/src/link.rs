@@ -1,0 +1,114 @@
+//! The one persistent outbound link to the server, with capped exponential backoff and jitter.
+
+use std::time::{Duration, Instant};
+
+use fernwart_proto::{AgentToServer, ServerToAgent, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
+use fernwart_transport::{frame_io::read_frame_within, read_frame, tls, write_frame, Dialer, HttpClient, Mux};
+use tokio_util::sync::CancellationToken;
+
+use crate::{identity, Agent};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A link that stays silent this long (the server pings every 15 s) is dead.
+const IDLE_LIMIT: Duration = Duration::from_secs(45);
+
+pub async fn run(agent: Agent, shutdown: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = connect_once(&agent) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match result {
+            Ok(reason) => tracing::warn!(%reason, "link to server closed"),
+            Err(e) => tracing::warn!(error = %e, "cannot connect to server"),
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = BACKOFF_MIN;
+        }
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        let wait = backoff.mul_f64(jitter);
+        tracing::info!(secs = wait.as_secs_f64(), "reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+pub fn dialer(agent: &Agent) -> Result<Dialer, String> {
+    let dir = &agent.dir;
+    let roots = tls::roots(Some(&dir.join(identity::CA_FILE))).map_err(|e| e.to_string())?;
+    let certs = tls::load_certs(&dir.join(identity::CERT_FILE)).map_err(|e| e.to_string())?;
+    let key = tls::load_key(&dir.join(identity::KEY_FILE)).map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(roots, Some((certs, key))).map_err(|e| e.to_string())?;
+    let url = url::Url::parse(&agent.identity.server).map_err(|e| e.to_string())?;
+    Dialer::new(url, cfg, agent.proxy.clone()).map_err(|e| e.to_string())
+}
+
+async fn connect_once(agent: &Agent) -> Result<String, String> {
+    let client = HttpClient::new(dialer(agent)?);
+    let ws = client.websocket("/v1/agent/link", None).await.map_err(|e| e.to_string())?;
+    let (mux, mut inbound) = Mux::start(ws, fernwart_transport::Mode::Client);
+    let link_closed = CancellationToken::new();
+    let _guard = link_closed.clone().drop_guard();
+    let mut control = mux.open().await.map_err(|e| e.to_string())?;
+    let mut switch_rx = agent.switch.subscribe();
+    let hello = AgentToServer::Hello {
+        version: PROTOCOL_VERSION,
+        agent: format!("fernwart-agent {}", env!("CARGO_PKG_VERSION")),
+        targets: agent.cfg.announced(),
+        switch_on: *switch_rx.borrow_and_update(),
+    };
+    write_frame(&mut control, &hello).await.map_err(|e| e.to_string())?;
+    match read_frame_within::<ServerToAgent, _>(&mut control, HANDSHAKE_TIMEOUT).await.map_err(|e| format!("handshake: {e}"))? {
+        ServerToAgent::Welcome { machine, grants, .. } => {
+            tracing::info!(%machine, grants = grants.len(), "connected to server");
+            agent.set_grants(grants);
+        }
+        ServerToAgent::Refused { reason } => return Err(format!("server refused the link: {reason}")),
+        other => return Err(format!("unexpected handshake answer: {other:?}")),
+    }
+    let (mut rd, mut wr) = tokio::io::split(control);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<AgentToServer>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if write_frame(&mut wr, &m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let reason = loop {
+        tokio::select! {
+            f = tokio::time::timeout(IDLE_LIMIT, read_frame::<ServerToAgent, _>(&mut rd)) => match f {
+                Err(_) => break "server silent too long".to_owned(),
+                Ok(Err(e)) => break format!("control stream: {e}"),
+                Ok(Ok(ServerToAgent::Grant { grant })) => {
+                    let session = grant.session.clone();
+                    agent.add_grant(grant);
+                    let _ = out_tx.send(AgentToServer::GrantAck { session }).await;
+                }
+                Ok(Ok(ServerToAgent::Revoke { session })) => agent.revoke(&session),
+                Ok(Ok(ServerToAgent::Ping { nonce })) => { let _ = out_tx.send(AgentToServer::Pong { nonce }).await; }
+                Ok(Ok(ServerToAgent::Refused { reason })) => break format!("server refused: {reason}"),
+                Ok(Ok(ServerToAgent::Welcome { .. })) => break "unexpected second welcome".to_owned(),
+            },
+            r = switch_rx.changed() => {
+                if r.is_err() { break "switch watcher ended".to_owned() }
+                let on = *switch_rx.borrow_and_update();
+                let _ = out_tx.send(AgentToServer::Switch { on }).await;
+            }
+            s = inbound.recv() => match s {
+                Some(stream) => { tokio::spawn(crate::forward::serve(agent.clone(), stream, link_closed.clone())); }
+                None => break "link closed".to_owned(),
+            },
+            _ = mux.closed() => break "link closed".to_owned(),
+        }
+    };
+    writer.abort();
+    mux.close();
+    Ok(reason)
+}

@@ -1,0 +1,127 @@
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fernwart_agent::{identity, switch, Agent, AgentConfig};
+use fernwart_transport::ProxyConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "fernwart-agent", version, about = "fernwart machine agent")]
+struct Cli {
+    /// HTTP proxy for the outbound link (else HTTPS_PROXY).
+    #[arg(long, global = true)]
+    proxy: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enrol this machine with a one-time token: key made here, certificate from the server's CA.
+    Enroll {
+        #[arg(long)]
+        server: String,
+        /// The one-time token (or --token-file, or FERNWART_ENROLL_TOKEN).
+        #[arg(long, env = "FERNWART_ENROLL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        #[arg(long)]
+        data: PathBuf,
+        /// The server's CA certificate to trust and pin (else the system's roots).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+    },
+    /// Keep the link to the server and forward approved session traffic.
+    Run {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// The key switch: on, off or status.
+    Switch {
+        #[arg(value_parser = ["on", "off", "status"])]
+        state: String,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fernwart-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(try_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fernwart-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn proxy(explicit: Option<&str>) -> anyhow::Result<ProxyConfig> {
+    let env = |k: &str| std::env::var(k).ok().or_else(|| std::env::var(k.to_ascii_lowercase()).ok());
+    Ok(ProxyConfig::resolve(explicit, env("HTTPS_PROXY"), env("NO_PROXY"))?)
+}
+
+async fn try_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Enroll { server, token, token_file, data, ca_cert } => {
+            let token = match (token, token_file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+                (None, None) => anyhow::bail!("give --token, --token-file or FERNWART_ENROLL_TOKEN"),
+            };
+            let cfg_proxy = AgentConfig::load(&data).ok().and_then(|c| c.proxy);
+            let proxy = proxy(cli.proxy.as_deref().or(cfg_proxy.as_deref()))?;
+            let machine = identity::enroll(&data, &server, &token, ca_cert.as_deref(), proxy).await.map_err(anyhow::Error::msg)?;
+            println!("enrolled as machine {machine}; key and certificate in {}", data.display());
+            Ok(())
+        }
+        Cmd::Run { data } => {
+            let cfg = AgentConfig::load(&data).map_err(anyhow::Error::msg)?;
+            let id = identity::Identity::load(&data).map_err(anyhow::Error::msg)?;
+            let proxy = proxy(cli.proxy.as_deref().or(cfg.proxy.as_deref()))?;
+            tracing::info!(machine = %id.machine, server = %id.server, targets = cfg.targets.len(), "fernwart-agent running");
+            let agent = Agent::new(data, cfg, id, proxy);
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                if let Ok(mut term) = signal(SignalKind::terminate()) {
+                    tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+                } else {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+                stop.cancel();
+            });
+            fernwart_agent::run(agent, shutdown).await;
+            Ok(())
+        }
+        Cmd::Switch { state, data, json } => {
+            let source = AgentConfig::load(&data).map(|c| c.switch).unwrap_or(fernwart_agent::config::SwitchSource::Local);
+            let (on, live) = switch::command(&data, &source, &state).await.map_err(anyhow::Error::msg)?;
+            let word = if on { "on" } else { "off" };
+            if json {
+                println!("{}", serde_json::json!({"switch": word, "agent_running": live}));
+            } else if live || state == "status" {
+                println!("key switch {word}");
+            } else {
+                println!("key switch {word} (agent not running; applies when it starts)");
+            }
+            Ok(())
+        }
+    }
+}

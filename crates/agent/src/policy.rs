@@ -1,0 +1,80 @@
+//! The agent's own check of DESIGN §4 promise 2: the server's word is not enough.
+
+use std::collections::HashMap;
+
+use fernwart_proto::Grant;
+
+use crate::config::AgentConfig;
+
+#[derive(Debug, Default)]
+pub struct Grants {
+    by_session: HashMap<String, Grant>,
+}
+
+impl Grants {
+    pub fn replace_all(&mut self, grants: Vec<Grant>) {
+        self.by_session = grants.into_iter().map(|g| (g.session.clone(), g)).collect();
+    }
+
+    pub fn insert(&mut self, g: Grant) {
+        self.by_session.insert(g.session.clone(), g);
+    }
+
+    pub fn remove(&mut self, session: &str) -> Option<Grant> {
+        self.by_session.remove(session)
+    }
+
+    pub fn get(&self, session: &str) -> Option<&Grant> {
+        self.by_session.get(session)
+    }
+}
+
+/// Whether a tunnel to `target` for `session` may open now. `Err` says why not.
+pub fn check(cfg: &AgentConfig, grants: &Grants, switch_on: bool, session: &str, target: &str, now: i64) -> Result<(), String> {
+    if !switch_on {
+        return Err("the key switch is off".into());
+    }
+    if cfg.target(target).is_none() {
+        return Err(format!("target {target:?} is not in this machine's allow-list"));
+    }
+    let grant = grants.get(session).ok_or_else(|| format!("no grant for session {session}"))?;
+    if !grant.targets.iter().any(|t| t == target) {
+        return Err(format!("session {session} does not include target {target:?}"));
+    }
+    if now >= grant.until {
+        return Err(format!("session {session} is past its time window"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> AgentConfig {
+        AgentConfig::parse("[[target]]\nname = \"plc\"\naddress = \"127.0.0.1:1\"\n[[target]]\nname = \"hmi\"\naddress = \"127.0.0.1:2\"\n").unwrap()
+    }
+
+    fn grants(targets: &[&str], until: i64) -> Grants {
+        let mut g = Grants::default();
+        g.insert(Grant { session: "s1".into(), targets: targets.iter().map(|s| s.to_string()).collect(), until, users: vec![] });
+        g
+    }
+
+    #[test]
+    fn every_condition_must_hold() {
+        let c = cfg();
+        assert!(check(&c, &grants(&["plc"], 100), true, "s1", "plc", 50).is_ok());
+        assert!(check(&c, &grants(&["plc"], 100), false, "s1", "plc", 50).unwrap_err().contains("switch"));
+        assert!(check(&c, &grants(&["plc"], 100), true, "s2", "plc", 50).unwrap_err().contains("no grant"));
+        assert!(check(&c, &grants(&["plc"], 100), true, "s1", "hmi", 50).unwrap_err().contains("does not include"));
+        assert!(check(&c, &grants(&["plc"], 100), true, "s1", "plc", 100).unwrap_err().contains("time window"));
+    }
+
+    #[test]
+    fn a_confused_server_cannot_open_unlisted_targets() {
+        let c = cfg();
+        let err = check(&c, &grants(&["plc", "ssh"], 100), true, "s1", "ssh", 50).unwrap_err();
+        assert!(err.contains("allow-list"));
+    }
+}
