@@ -1,0 +1,99 @@
+//! `fernwart connect`: wait for the session's release, then one local port per target.
+
+use std::{net::IpAddr, time::Duration};
+
+use anyhow::{bail, Context as _};
+use fernwart_proto::{ClientToServer, OpenReply, OpenRequest, ServerToClient, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
+use fernwart_transport::{frame_io::read_frame_within, read_frame, write_frame, Mux, Mode};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::admin::enc;
+use crate::{output, Context};
+
+pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> anyhow::Result<()> {
+    let login = ctx.load_login()?;
+    let client = ctx.client()?;
+    let ws = client.websocket(&format!("/v1/connect/{}", enc(session)), Some(&login.token)).await?;
+    let (mux, _inbound) = Mux::start(ws, Mode::Client);
+    let mut control = mux.open().await.context("opening the control stream")?;
+    write_frame(&mut control, &ClientToServer::Hello { version: PROTOCOL_VERSION, client: format!("fernwart {}", env!("CARGO_PKG_VERSION")) }).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut said = String::new();
+    let targets = loop {
+        let frame = tokio::select! {
+            f = read_frame::<ServerToClient, _>(&mut control) => f,
+            _ = tokio::time::sleep_until(deadline) => bail!("gave up waiting after {} (--wait)", humantime::format_duration(wait)),
+            _ = tokio::signal::ctrl_c() => bail!("interrupted while waiting"),
+        };
+        match frame.context("connection to the server lost")? {
+            ServerToClient::Waiting { state, message } => {
+                if message != said {
+                    eprintln!("session {session} is {state}: {message}");
+                    said = message;
+                }
+            }
+            ServerToClient::Ready { targets, .. } => break targets,
+            ServerToClient::Closed { reason, .. } => bail!("{reason}"),
+        }
+    };
+    let mut forwards = Vec::new();
+    for t in &targets {
+        let listener = TcpListener::bind((bind, 0)).await.with_context(|| format!("cannot listen on {bind} for target {t}"))?;
+        let local = listener.local_addr()?;
+        forwards.push(json!({"target": t, "local": local.to_string()}));
+        tokio::spawn(accept_loop(listener, mux.clone(), session.to_owned(), t.clone()));
+    }
+    if ctx.json {
+        output::print_json(&json!({"session": session, "forwards": forwards}));
+    } else {
+        println!("session {session} is open; point your tools at:");
+        for f in &forwards {
+            println!("  {:<12} {}", output::s(f, "target"), output::s(f, "local"));
+        }
+        println!("press Ctrl-C to leave");
+    }
+    let outcome = tokio::select! {
+        f = read_frame::<ServerToClient, _>(&mut control) => match f {
+            Ok(ServerToClient::Closed { state, reason }) => Ok((state, reason)),
+            Ok(other) => Err(anyhow::anyhow!("unexpected message from server: {other:?}")),
+            Err(e) => Err(anyhow::anyhow!("connection to the server lost: {e}")),
+        },
+        _ = tokio::signal::ctrl_c() => Ok(("left".into(), "you left the session".into())),
+    };
+    mux.close();
+    let (state, reason) = outcome?;
+    match state.as_str() {
+        "ended" | "expired" | "left" => {
+            eprintln!("{reason}");
+            Ok(())
+        }
+        _ => bail!("{reason}"),
+    }
+}
+
+async fn accept_loop(listener: TcpListener, mux: Mux, session: String, target: String) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = mux.closed() => return,
+        };
+        let Ok((tcp, _)) = accepted else { continue };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(tunnel(tcp, mux.clone(), session.clone(), target.clone()));
+    }
+}
+
+async fn tunnel(mut tcp: TcpStream, mux: Mux, session: String, target: String) {
+    let Ok(mut stream) = mux.open().await else { return };
+    if write_frame(&mut stream, &OpenRequest { session, target: target.clone() }).await.is_err() {
+        return;
+    }
+    match read_frame_within::<OpenReply, _>(&mut stream, HANDSHAKE_TIMEOUT * 2).await {
+        Ok(r) if r.ok => {
+            let _ = tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, 64 * 1024, 64 * 1024).await;
+        }
+        Ok(r) => eprintln!("connection to {target} refused: {}", r.error.unwrap_or_default()),
+        Err(e) => eprintln!("connection to {target} failed: {e}"),
+    }
+}

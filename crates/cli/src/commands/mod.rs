@@ -1,0 +1,6 @@
+//! One module per command group.
+
+pub mod account;
+pub mod admin;
+pub mod connect;
+pub mod session;

@@ -1,0 +1,135 @@
+//! Where the CLI keeps its login (FERNWART_HOME) and how it reaches the server.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use fernwart_transport::{http_client::HttpMethod, tls, Dialer, HttpClient, ProxyConfig};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+pub const LOGIN_FILE: &str = "login.json";
+pub const CA_FILE: &str = "server-ca.pem";
+
+#[derive(Serialize, Deserialize)]
+pub struct Login {
+    pub server: String,
+    pub user: String,
+    pub token: String,
+    pub scope: String,
+    pub expires: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").field("server", &self.server).field("user", &self.user).field("token", &"<redacted>").finish()
+    }
+}
+
+pub struct Context {
+    pub home: PathBuf,
+    pub server: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub proxy: ProxyConfig,
+    pub json: bool,
+}
+
+impl Context {
+    fn login_path(&self) -> PathBuf {
+        self.home.join(LOGIN_FILE)
+    }
+
+    pub fn load_login(&self) -> anyhow::Result<Login> {
+        let path = self.login_path();
+        let text = std::fs::read_to_string(&path).map_err(|_| anyhow::anyhow!("not logged in: run `fernwart login --user NAME --password-stdin`"))?;
+        let login: Login = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        let expired = time::OffsetDateTime::parse(&login.expires, &time::format_description::well_known::Rfc3339)
+            .map(|t| t <= time::OffsetDateTime::now_utc())
+            .unwrap_or(false);
+        if expired {
+            bail!("login expired: run `fernwart login` again");
+        }
+        Ok(login)
+    }
+
+    pub fn save_login(&self, login: &Login) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.home).with_context(|| format!("creating {}", self.home.display()))?;
+        set_mode(&self.home, 0o700);
+        write_private(&self.login_path(), serde_json::to_string_pretty(login)?.as_bytes())
+    }
+
+    pub fn forget_login(&self) {
+        let _ = std::fs::remove_file(self.login_path());
+    }
+
+    /// The server URL: flag or env, else the one of the stored login.
+    pub fn server_url(&self) -> anyhow::Result<String> {
+        if let Some(s) = &self.server {
+            return Ok(s.clone());
+        }
+        if let Ok(text) = std::fs::read_to_string(self.login_path()) {
+            if let Ok(l) = serde_json::from_str::<Login>(&text) {
+                return Ok(l.server);
+            }
+        }
+        bail!("no server: give --server https://HOST:PORT or set FERNWART_SERVER")
+    }
+
+    /// The CA to trust: flag or env (remembered in FERNWART_HOME), else the remembered one.
+    fn ca_path(&self) -> anyhow::Result<Option<PathBuf>> {
+        let stored = self.home.join(CA_FILE);
+        if let Some(p) = &self.ca_cert {
+            let pem = std::fs::read(p).with_context(|| format!("reading CA certificate {}", p.display()))?;
+            if std::fs::read(&stored).ok().as_deref() != Some(&pem[..]) && std::fs::create_dir_all(&self.home).is_ok() {
+                let _ = std::fs::write(&stored, &pem);
+            }
+            return Ok(Some(p.clone()));
+        }
+        Ok(stored.exists().then_some(stored))
+    }
+
+    pub fn client(&self) -> anyhow::Result<HttpClient> {
+        let url = url::Url::parse(&self.server_url()?).context("server URL")?;
+        let roots = tls::roots(self.ca_path()?.as_deref())?;
+        let cfg = tls::client_config(roots, None)?;
+        Ok(HttpClient::new(Dialer::new(url, cfg, self.proxy.clone())?))
+    }
+
+    pub async fn call<T: DeserializeOwned>(&self, method: HttpMethod, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<T> {
+        let login = self.load_login()?;
+        let client = self.client()?;
+        let r = client.json(method, path, Some(&login.token), body.as_ref()).await;
+        if let Err(e) = &r {
+            if e.status() == Some(401) {
+                bail!("{e} (run `fernwart login`)");
+            }
+        }
+        Ok(r?)
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    set_mode(&tmp, 0o600);
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads one line from stdin (a password), without the line end.
+pub fn read_secret_line() -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use std::io::BufRead;
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+    let pw = zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
+    if pw.is_empty() {
+        bail!("no password on stdin");
+    }
+    Ok(pw)
+}

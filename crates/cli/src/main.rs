@@ -1,0 +1,222 @@
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use fernwart_cli::{commands, Context};
+use fernwart_transport::ProxyConfig;
+
+#[derive(Parser)]
+#[command(name = "fernwart", version, about = "fernwart: secure remote maintenance (technician and admin CLI)")]
+struct Cli {
+    /// Server URL, e.g. https://fernwart.example:8443
+    #[arg(long, global = true, env = "FERNWART_SERVER")]
+    server: Option<String>,
+    /// CA certificate of the server (DIR/ca.pem of `fernwart-server init`).
+    #[arg(long, global = true, env = "FERNWART_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// HTTP proxy (HTTP CONNECT), else HTTPS_PROXY.
+    #[arg(long, global = true)]
+    proxy: Option<String>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Log in (password on stdin).
+    Login {
+        #[arg(long)]
+        user: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        #[arg(long)]
+        otp: Option<String>,
+    },
+    /// Forget the stored login.
+    Logout,
+    /// Second factor (TOTP).
+    Mfa {
+        #[command(subcommand)]
+        cmd: MfaCmd,
+    },
+    /// Users (admin).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// Machines (admin).
+    Machine {
+        #[command(subcommand)]
+        cmd: MachineCmd,
+    },
+    /// Maintenance sessions.
+    Session {
+        #[command(subcommand)]
+        cmd: SessionCmd,
+    },
+    /// Open local ports to the targets of a session; stays in the foreground.
+    Connect {
+        name: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: IpAddr,
+        /// How long to wait for approval, e.g. 10m.
+        #[arg(long, default_value = "30m")]
+        wait: String,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum MfaCmd {
+    Enroll,
+    Confirm { code: String },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    Add {
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    Disable { name: String },
+    List,
+}
+
+#[derive(Subcommand)]
+enum MachineCmd {
+    Add {
+        name: String,
+        #[arg(long)]
+        org: Option<String>,
+    },
+    List,
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        machine: String,
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        #[arg(long = "user", required = true)]
+        users: Vec<String>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, conflicts_with = "duration")]
+        until: Option<String>,
+        #[arg(long)]
+        duration: Option<String>,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        no_approval: bool,
+    },
+    Approve { name: String },
+    Reject { name: String },
+    End { name: String },
+    List,
+    Show { name: String },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    List {
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fernwart: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(try_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fernwart: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn home() -> PathBuf {
+    if let Some(h) = std::env::var_os("FERNWART_HOME") {
+        return PathBuf::from(h);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("fernwart")
+}
+
+async fn try_main(cli: Cli) -> anyhow::Result<()> {
+    let env = |k: &str| std::env::var(k).ok().or_else(|| std::env::var(k.to_ascii_lowercase()).ok());
+    let ctx = Context {
+        home: home(),
+        server: cli.server,
+        ca_cert: cli.ca_cert,
+        proxy: ProxyConfig::resolve(cli.proxy.as_deref(), env("HTTPS_PROXY"), env("NO_PROXY"))?,
+        json: cli.json,
+    };
+    match cli.cmd {
+        Cmd::Login { user, otp, .. } => commands::account::login(&ctx, &user, otp.as_deref()).await,
+        Cmd::Logout => commands::account::logout(&ctx),
+        Cmd::Mfa { cmd: MfaCmd::Enroll } => commands::account::mfa_enroll(&ctx).await,
+        Cmd::Mfa { cmd: MfaCmd::Confirm { code } } => commands::account::mfa_confirm(&ctx, &code).await,
+        Cmd::User { cmd } => match cmd {
+            UserCmd::Add { name, role, org, expires, .. } => commands::admin::user_add(&ctx, &name, &role, org.as_deref(), expires.as_deref()).await,
+            UserCmd::Disable { name } => commands::admin::user_disable(&ctx, &name).await,
+            UserCmd::List => commands::admin::user_list(&ctx).await,
+        },
+        Cmd::Machine { cmd } => match cmd {
+            MachineCmd::Add { name, org } => commands::admin::machine_add(&ctx, &name, org.as_deref()).await,
+            MachineCmd::List => commands::admin::machine_list(&ctx).await,
+            MachineCmd::Revoke { name } => commands::admin::machine_revoke(&ctx, &name).await,
+        },
+        Cmd::Session { cmd } => match cmd {
+            SessionCmd::Create { name, machine, targets, users, from, until, duration, reason, no_approval } => {
+                let args = commands::session::CreateArgs { name, machine, targets, users, from, until, duration, reason, no_approval };
+                commands::session::create(&ctx, args).await
+            }
+            SessionCmd::Approve { name } => commands::session::action(&ctx, &name, "approve").await,
+            SessionCmd::Reject { name } => commands::session::action(&ctx, &name, "reject").await,
+            SessionCmd::End { name } => commands::session::action(&ctx, &name, "end").await,
+            SessionCmd::List => commands::session::list(&ctx).await,
+            SessionCmd::Show { name } => commands::session::show(&ctx, &name).await,
+        },
+        Cmd::Connect { name, bind, wait } => {
+            let wait = humantime::parse_duration(&wait).map_err(|e| anyhow::anyhow!("--wait {wait:?}: {e}"))?;
+            commands::connect::run(&ctx, &name, bind, wait).await
+        }
+        Cmd::Audit { cmd: AuditCmd::List { since } } => commands::admin::audit_list(&ctx, since.as_deref()).await,
+    }
+}
+
+#[allow(dead_code)]
+const _: Duration = Duration::from_secs(0);
