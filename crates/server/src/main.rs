@@ -1,3 +1,6 @@
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{io::BufRead, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;

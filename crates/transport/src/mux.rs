@@ -23,8 +23,9 @@ pub type MuxStream = Compat<yamux::Stream>;
 
 /// Streams a link may carry at once.
 pub const MAX_STREAMS: usize = 512;
-/// Upper bound for the receive windows of all streams of one link together.
-const MAX_CONNECTION_WINDOW: usize = 256 * 1024 * MAX_STREAMS;
+/// Receive window per stream: how many bytes a peer may send ahead of our reads. It bounds
+/// each stream's buffer; yamux's 256 KiB default caps loopback throughput far below TLS speed.
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// Inbound streams waiting for a handler; more are refused (closed) at once.
 const INBOUND_QUEUE: usize = 64;
 
@@ -54,7 +55,9 @@ impl Mux {
     {
         let mut cfg = Config::default();
         cfg.set_max_num_streams(MAX_STREAMS);
-        cfg.set_max_connection_receive_window(Some(MAX_CONNECTION_WINDOW));
+        cfg.set_receive_window(STREAM_WINDOW);
+        cfg.set_max_buffer_size(STREAM_WINDOW as usize);
+        cfg.set_window_update_mode(yamux::WindowUpdateMode::OnRead);
         cfg.set_split_send_size(64 * 1024);
         let conn = Connection::new(io, cfg, mode);
         let (open_tx, open_rx) = mpsc::channel(16);
