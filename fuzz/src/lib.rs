@@ -34,17 +34,13 @@ pub fn check_decode_frame(data: &[u8]) {
 /// `frame_len` on its own: a length is only reported when it is within the limit.
 fn check_header(data: &[u8], header: &Result<Option<usize>, DecodeError>) {
     match header {
-        Ok(None) => assert!(
-            data.len() < HEADER_LEN,
-            "frame_len wants more than {HEADER_LEN} bytes"
-        ),
+        Ok(None) => {
+            assert!(data.len() < HEADER_LEN, "frame_len wants more than {HEADER_LEN} bytes")
+        }
         Ok(Some(len)) => assert!((1..=MAX_FRAME_LEN).contains(len), "frame_len gave {len}"),
         Err(DecodeError::TooLarge { len, max }) => {
             assert_eq!(*max, MAX_FRAME_LEN);
-            assert!(
-                *len > MAX_FRAME_LEN,
-                "refused a length of {len} as too large"
-            );
+            assert!(*len > MAX_FRAME_LEN, "refused a length of {len} as too large");
         }
         Err(DecodeError::Malformed(_)) => {}
     }
@@ -60,16 +56,9 @@ where
                 panic!("decode succeeded although frame_len said {header:?}");
             };
             assert_eq!(used, HEADER_LEN + len, "decode consumed a different length");
-            assert!(
-                used <= data.len(),
-                "decode consumed {used} of {} bytes",
-                data.len()
-            );
+            assert!(used <= data.len(), "decode consumed {used} of {} bytes", data.len());
             // The payload alone decodes to the same message through `decode_payload`.
-            assert_eq!(
-                decode_payload::<T>(&data[HEADER_LEN..used]).as_ref(),
-                Ok(&msg)
-            );
+            assert_eq!(decode_payload::<T>(&data[HEADER_LEN..used]).as_ref(), Ok(&msg));
             check_roundtrip(&msg);
         }
         Ok(None) => match header {
@@ -82,10 +71,7 @@ where
         },
         Err(e) => {
             if let Err(header_err) = header {
-                assert_eq!(
-                    &e, header_err,
-                    "decode and frame_len refuse the header differently"
-                );
+                assert_eq!(&e, header_err, "decode and frame_len refuse the header differently");
             } else {
                 assert!(
                     matches!(e, DecodeError::Malformed(_)),

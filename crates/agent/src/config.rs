@@ -1,6 +1,9 @@
 //! The operator's `DIR/agent.toml`: targets and the key switch source. Never written by us.
 
-use std::{net::SocketAddr, path::{Path, PathBuf}};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use fernwart_proto::{TargetInfo, TargetProtocol};
 use serde::Deserialize;
@@ -62,7 +65,8 @@ pub struct AgentConfig {
 impl AgentConfig {
     pub fn load(dir: &Path) -> Result<Self, String> {
         let path = dir.join(FILE_NAME);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -71,7 +75,10 @@ impl AgentConfig {
         let switch = parse_switch(&raw.switch)?;
         let mut targets: Vec<Target> = Vec::new();
         for t in raw.targets {
-            if t.name.is_empty() || t.name.len() > 64 || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            if t.name.is_empty()
+                || t.name.len() > 64
+                || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
                 return Err(format!("target name {:?}: 1-64 letters, digits, - _ .", t.name));
             }
             if targets.iter().any(|o| o.name == t.name) {
@@ -79,13 +86,21 @@ impl AgentConfig {
             }
             let protocol = match t.protocol.as_str() {
                 "tcp" => TargetProtocol::Tcp,
-                "udp" => return Err(format!("target {:?}: udp targets are not supported yet", t.name)),
+                "udp" => {
+                    return Err(format!("target {:?}: udp targets are not supported yet", t.name))
+                }
                 other => return Err(format!("target {:?}: protocol {other:?} is not tcp", t.name)),
             };
             if t.address.parse::<SocketAddr>().is_err() {
-                let ok = t.address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                let ok = t
+                    .address
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
                 if !ok {
-                    return Err(format!("target {:?}: address {:?} is not HOST:PORT", t.name, t.address));
+                    return Err(format!(
+                        "target {:?}: address {:?} is not HOST:PORT",
+                        t.name, t.address
+                    ));
                 }
             }
             targets.push(Target { name: t.name, address: t.address, protocol });
@@ -98,7 +113,14 @@ impl AgentConfig {
     }
 
     pub fn announced(&self) -> Vec<TargetInfo> {
-        self.targets.iter().map(|t| TargetInfo { name: t.name.clone(), address: t.address.clone(), protocol: t.protocol }).collect()
+        self.targets
+            .iter()
+            .map(|t| TargetInfo {
+                name: t.name.clone(),
+                address: t.address.clone(),
+                protocol: t.protocol,
+            })
+            .collect()
     }
 }
 
@@ -120,11 +142,19 @@ fn parse_switch(s: &str) -> Result<SwitchSource, String> {
             parts.pop();
         }
         if let [chip, line] = parts[..] {
-            let line = line.parse::<u32>().map_err(|_| format!("switch {s:?}: line {line:?} is not a number"))?;
-            let chip = if chip.starts_with('/') { PathBuf::from(chip) } else { Path::new("/dev").join(chip) };
+            let line = line
+                .parse::<u32>()
+                .map_err(|_| format!("switch {s:?}: line {line:?} is not a number"))?;
+            let chip = if chip.starts_with('/') {
+                PathBuf::from(chip)
+            } else {
+                Path::new("/dev").join(chip)
+            };
             return Ok(SwitchSource::Gpio { chip, line, active_low });
         }
-        return Err(format!("switch {s:?}: use gpio:CHIP:LINE[:active_low], e.g. gpio:gpiochip0:17"));
+        return Err(format!(
+            "switch {s:?}: use gpio:CHIP:LINE[:active_low], e.g. gpio:gpiochip0:17"
+        ));
     }
     Err(format!("switch {s:?}: use \"local\", \"file:PATH\" or \"gpio:CHIP:LINE\""))
 }
@@ -142,9 +172,18 @@ mod tests {
 
     #[test]
     fn switch_sources() {
-        assert_eq!(parse_switch("file:/run/keyswitch").unwrap(), SwitchSource::File("/run/keyswitch".into()));
-        assert_eq!(parse_switch("gpio:gpiochip0:17").unwrap(), SwitchSource::Gpio { chip: "/dev/gpiochip0".into(), line: 17, active_low: false });
-        assert!(matches!(parse_switch("gpio:/dev/gpiochip1:3:active_low").unwrap(), SwitchSource::Gpio { active_low: true, .. }));
+        assert_eq!(
+            parse_switch("file:/run/keyswitch").unwrap(),
+            SwitchSource::File("/run/keyswitch".into())
+        );
+        assert_eq!(
+            parse_switch("gpio:gpiochip0:17").unwrap(),
+            SwitchSource::Gpio { chip: "/dev/gpiochip0".into(), line: 17, active_low: false }
+        );
+        assert!(matches!(
+            parse_switch("gpio:/dev/gpiochip1:3:active_low").unwrap(),
+            SwitchSource::Gpio { active_low: true, .. }
+        ));
         assert!(parse_switch("gpio:x").is_err());
         assert!(parse_switch("always-on").is_err());
     }

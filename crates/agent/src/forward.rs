@@ -10,7 +10,11 @@ use crate::{policy, Agent};
 
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn serve(agent: Agent, mut stream: MuxStream, link_closed: tokio_util::sync::CancellationToken) {
+pub async fn serve(
+    agent: Agent,
+    mut stream: MuxStream,
+    link_closed: tokio_util::sync::CancellationToken,
+) {
     let req: OpenRequest = match read_frame_within(&mut stream, HANDSHAKE_TIMEOUT).await {
         Ok(r) => r,
         Err(e) => {
@@ -27,23 +31,43 @@ pub async fn serve(agent: Agent, mut stream: MuxStream, link_closed: tokio_util:
     let until = match checked {
         Ok(u) => u,
         Err(reason) => {
-            agent.audit("tunnel.refused", serde_json::json!({"session": req.session, "target": req.target, "reason": reason}));
+            agent.audit(
+                "tunnel.refused",
+                serde_json::json!({"session": req.session, "target": req.target, "reason": reason}),
+            );
             let _ = write_frame(&mut stream, &OpenReply::refused(reason)).await;
             return;
         }
     };
     let Some(target) = agent.cfg.target(&req.target).cloned() else { return };
-    let tcp = match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(&target.address)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            let _ = write_frame(&mut stream, &OpenReply::refused(format!("cannot reach target {} ({}): {e}", target.name, target.address))).await;
-            return;
-        }
-        Err(_) => {
-            let _ = write_frame(&mut stream, &OpenReply::refused(format!("target {} ({}) did not answer", target.name, target.address))).await;
-            return;
-        }
-    };
+    let tcp =
+        match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(&target.address))
+            .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                let _ = write_frame(
+                    &mut stream,
+                    &OpenReply::refused(format!(
+                        "cannot reach target {} ({}): {e}",
+                        target.name, target.address
+                    )),
+                )
+                .await;
+                return;
+            }
+            Err(_) => {
+                let _ = write_frame(
+                    &mut stream,
+                    &OpenReply::refused(format!(
+                        "target {} ({}) did not answer",
+                        target.name, target.address
+                    )),
+                )
+                .await;
+                return;
+            }
+        };
     let _ = tcp.set_nodelay(true);
     if write_frame(&mut stream, &OpenReply::ok()).await.is_err() {
         return;
@@ -63,5 +87,8 @@ pub async fn serve(agent: Agent, mut stream: MuxStream, link_closed: tokio_util:
         _ = link_closed.cancelled() => "link to server lost".to_owned(),
         _ = tokio::time::sleep(left) => "time window closed".to_owned(),
     };
-    agent.audit("tunnel.close", serde_json::json!({"session": req.session, "target": target.name, "outcome": outcome}));
+    agent.audit(
+        "tunnel.close",
+        serde_json::json!({"session": req.session, "target": target.name, "outcome": outcome}),
+    );
 }

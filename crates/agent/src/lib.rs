@@ -49,7 +49,10 @@ impl std::ops::Deref for Agent {
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -57,9 +60,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Agent {
-    pub fn new(dir: PathBuf, cfg: AgentConfig, identity: identity::Identity, proxy: ProxyConfig) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        cfg: AgentConfig,
+        identity: identity::Identity,
+        proxy: ProxyConfig,
+    ) -> Self {
         let on = switch::read(&dir, &cfg.switch);
-        let audit_file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(AUDIT_FILE)).ok();
+        let audit_file =
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.join(AUDIT_FILE)).ok();
         Agent(Arc::new(AgentInner {
             switch: watch::channel(on).0,
             dir,
@@ -131,7 +140,11 @@ impl Agent {
 
 /// `fernwart-agent run`: watch the switch, keep the link up, until `shutdown`.
 pub async fn run(agent: Agent, shutdown: CancellationToken) {
-    let watcher = tokio::spawn(switch::watch_source(agent.dir.clone(), agent.cfg.switch.clone(), agent.switch.clone()));
+    let watcher = tokio::spawn(switch::watch_source(
+        agent.dir.clone(),
+        agent.cfg.switch.clone(),
+        agent.switch.clone(),
+    ));
     let mut rx = agent.switch.subscribe();
     let a = agent.clone();
     let reactor = tokio::spawn(async move {

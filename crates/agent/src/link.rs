@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use fernwart_proto::{AgentToServer, ServerToAgent, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
-use fernwart_transport::{frame_io::read_frame_within, read_frame, tls, write_frame, Dialer, HttpClient, Mux};
+use fernwart_transport::{
+    frame_io::read_frame_within, read_frame, tls, write_frame, Dialer, HttpClient, Mux,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{identity, Agent};
@@ -64,12 +66,17 @@ async fn connect_once(agent: &Agent) -> Result<String, String> {
         switch_on: *switch_rx.borrow_and_update(),
     };
     write_frame(&mut control, &hello).await.map_err(|e| e.to_string())?;
-    match read_frame_within::<ServerToAgent, _>(&mut control, HANDSHAKE_TIMEOUT).await.map_err(|e| format!("handshake: {e}"))? {
+    match read_frame_within::<ServerToAgent, _>(&mut control, HANDSHAKE_TIMEOUT)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?
+    {
         ServerToAgent::Welcome { machine, grants, .. } => {
             tracing::info!(%machine, grants = grants.len(), "connected to server");
             agent.set_grants(grants);
         }
-        ServerToAgent::Refused { reason } => return Err(format!("server refused the link: {reason}")),
+        ServerToAgent::Refused { reason } => {
+            return Err(format!("server refused the link: {reason}"))
+        }
         other => return Err(format!("unexpected handshake answer: {other:?}")),
     }
     let (mut rd, mut wr) = tokio::io::split(control);

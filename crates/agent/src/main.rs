@@ -55,7 +55,10 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Runtime::new() {
@@ -75,7 +78,8 @@ fn main() -> ExitCode {
 }
 
 fn proxy(explicit: Option<&str>) -> anyhow::Result<ProxyConfig> {
-    let env = |k: &str| std::env::var(k).ok().or_else(|| std::env::var(k.to_ascii_lowercase()).ok());
+    let env =
+        |k: &str| std::env::var(k).ok().or_else(|| std::env::var(k.to_ascii_lowercase()).ok());
     Ok(ProxyConfig::resolve(explicit, env("HTTPS_PROXY"), env("NO_PROXY"))?)
 }
 
@@ -84,12 +88,17 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Enroll { server, token, token_file, data, ca_cert } => {
             let token = match (token, token_file) {
                 (Some(t), _) => t,
-                (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
-                (None, None) => anyhow::bail!("give --token, --token-file or FERNWART_ENROLL_TOKEN"),
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?,
+                (None, None) => {
+                    anyhow::bail!("give --token, --token-file or FERNWART_ENROLL_TOKEN")
+                }
             };
             let cfg_proxy = AgentConfig::load(&data).ok().and_then(|c| c.proxy);
             let proxy = proxy(cli.proxy.as_deref().or(cfg_proxy.as_deref()))?;
-            let machine = identity::enroll(&data, &server, &token, ca_cert.as_deref(), proxy).await.map_err(anyhow::Error::msg)?;
+            let machine = identity::enroll(&data, &server, &token, ca_cert.as_deref(), proxy)
+                .await
+                .map_err(anyhow::Error::msg)?;
             println!("enrolled as machine {machine}; key and certificate in {}", data.display());
             Ok(())
         }
@@ -114,8 +123,11 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Switch { state, data, json } => {
-            let source = AgentConfig::load(&data).map(|c| c.switch).unwrap_or(fernwart_agent::config::SwitchSource::Local);
-            let (on, live) = switch::command(&data, &source, &state).await.map_err(anyhow::Error::msg)?;
+            let source = AgentConfig::load(&data)
+                .map(|c| c.switch)
+                .unwrap_or(fernwart_agent::config::SwitchSource::Local);
+            let (on, live) =
+                switch::command(&data, &source, &state).await.map_err(anyhow::Error::msg)?;
             let word = if on { "on" } else { "off" };
             if json {
                 println!("{}", serde_json::json!({"switch": word, "agent_running": live}));

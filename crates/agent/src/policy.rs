@@ -30,7 +30,14 @@ impl Grants {
 }
 
 /// Whether a tunnel to `target` for `session` may open now. `Err` says why not.
-pub fn check(cfg: &AgentConfig, grants: &Grants, switch_on: bool, session: &str, target: &str, now: i64) -> Result<(), String> {
+pub fn check(
+    cfg: &AgentConfig,
+    grants: &Grants,
+    switch_on: bool,
+    session: &str,
+    target: &str,
+    now: i64,
+) -> Result<(), String> {
     if !switch_on {
         return Err("the key switch is off".into());
     }
@@ -57,7 +64,12 @@ mod tests {
 
     fn grants(targets: &[&str], until: i64) -> Grants {
         let mut g = Grants::default();
-        g.insert(Grant { session: "s1".into(), targets: targets.iter().map(|s| s.to_string()).collect(), until, users: vec![] });
+        g.insert(Grant {
+            session: "s1".into(),
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            until,
+            users: vec![],
+        });
         g
     }
 
@@ -65,10 +77,18 @@ mod tests {
     fn every_condition_must_hold() {
         let c = cfg();
         assert!(check(&c, &grants(&["plc"], 100), true, "s1", "plc", 50).is_ok());
-        assert!(check(&c, &grants(&["plc"], 100), false, "s1", "plc", 50).unwrap_err().contains("switch"));
-        assert!(check(&c, &grants(&["plc"], 100), true, "s2", "plc", 50).unwrap_err().contains("no grant"));
-        assert!(check(&c, &grants(&["plc"], 100), true, "s1", "hmi", 50).unwrap_err().contains("does not include"));
-        assert!(check(&c, &grants(&["plc"], 100), true, "s1", "plc", 100).unwrap_err().contains("time window"));
+        assert!(check(&c, &grants(&["plc"], 100), false, "s1", "plc", 50)
+            .unwrap_err()
+            .contains("switch"));
+        assert!(check(&c, &grants(&["plc"], 100), true, "s2", "plc", 50)
+            .unwrap_err()
+            .contains("no grant"));
+        assert!(check(&c, &grants(&["plc"], 100), true, "s1", "hmi", 50)
+            .unwrap_err()
+            .contains("does not include"));
+        assert!(check(&c, &grants(&["plc"], 100), true, "s1", "plc", 100)
+            .unwrap_err()
+            .contains("time window"));
     }
 
     #[test]

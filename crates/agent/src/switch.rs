@@ -3,7 +3,10 @@
 //! Sources: `local` (state file in DIR, changed through the agent's Unix socket by
 //! `fernwart-agent switch on|off`), `file:PATH` (content 1/0) and `gpio:CHIP:LINE`.
 
-use std::{path::{Path, PathBuf}, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -45,10 +48,11 @@ pub fn read(dir: &Path, source: &SwitchSource) -> bool {
     match source {
         SwitchSource::Local => read_local(dir),
         SwitchSource::File(p) => read_file_source(p),
-        SwitchSource::Gpio { chip, line, active_low } => read_gpio(chip, *line, *active_low).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot read the key switch; treating it as off");
-            false
-        }),
+        SwitchSource::Gpio { chip, line, active_low } => read_gpio(chip, *line, *active_low)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the key switch; treating it as off");
+                false
+            }),
     }
 }
 
@@ -92,23 +96,30 @@ async fn serve_socket(dir: PathBuf, tx: watch::Sender<bool>) {
             let (rd, mut wr) = stream.into_split();
             let mut line = String::new();
             let mut rd = BufReader::new(rd.take(64));
-            let answer = match tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line)).await {
-                Ok(Ok(_)) => match line.trim() {
-                    "on" | "off" => {
-                        let on = line.trim() == "on";
-                        match write_local(&dir, on) {
-                            Ok(()) => {
-                                tx.send_if_modified(|cur| std::mem::replace(cur, on) != on);
-                                line.trim().to_owned()
+            let answer =
+                match tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line)).await {
+                    Ok(Ok(_)) => match line.trim() {
+                        "on" | "off" => {
+                            let on = line.trim() == "on";
+                            match write_local(&dir, on) {
+                                Ok(()) => {
+                                    tx.send_if_modified(|cur| std::mem::replace(cur, on) != on);
+                                    line.trim().to_owned()
+                                }
+                                Err(e) => format!("error {e}"),
                             }
-                            Err(e) => format!("error {e}"),
                         }
-                    }
-                    "status" => if *tx.borrow() { "on".into() } else { "off".into() },
-                    other => format!("error unknown command {other:?}"),
-                },
-                _ => "error no command".into(),
-            };
+                        "status" => {
+                            if *tx.borrow() {
+                                "on".into()
+                            } else {
+                                "off".into()
+                            }
+                        }
+                        other => format!("error unknown command {other:?}"),
+                    },
+                    _ => "error no command".into(),
+                };
             let _ = wr.write_all(format!("{answer}\n").as_bytes()).await;
         });
     }
@@ -120,11 +131,15 @@ use tokio::io::AsyncReadExt as _;
 /// state file is changed and applies at its next start.
 pub async fn command(dir: &Path, source: &SwitchSource, cmd: &str) -> Result<(bool, bool), String> {
     if cmd != "status" && *source != SwitchSource::Local {
-        return Err(format!("the key switch source is {source:?}; change it there, not with this command"));
+        return Err(format!(
+            "the key switch source is {source:?}; change it there, not with this command"
+        ));
     }
     match UnixStream::connect(dir.join(SOCKET_FILE)).await {
         Ok(mut s) => {
-            s.write_all(format!("{cmd}\n").as_bytes()).await.map_err(|e| format!("agent socket: {e}"))?;
+            s.write_all(format!("{cmd}\n").as_bytes())
+                .await
+                .map_err(|e| format!("agent socket: {e}"))?;
             let mut answer = String::new();
             tokio::time::timeout(Duration::from_secs(5), BufReader::new(s).read_line(&mut answer))
                 .await
@@ -186,7 +201,10 @@ mod tests {
         rx.changed().await.unwrap();
         assert!(*rx.borrow());
         assert!(read_local(dir.path()));
-        assert_eq!(command(dir.path(), &SwitchSource::Local, "status").await.unwrap(), (true, true));
+        assert_eq!(
+            command(dir.path(), &SwitchSource::Local, "status").await.unwrap(),
+            (true, true)
+        );
     }
 
     #[tokio::test]

@@ -20,7 +20,11 @@ pub struct Login {
 
 impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Login").field("server", &self.server).field("user", &self.user).field("token", &"<redacted>").finish()
+        f.debug_struct("Login")
+            .field("server", &self.server)
+            .field("user", &self.user)
+            .field("token", &"<redacted>")
+            .finish()
     }
 }
 
@@ -39,11 +43,17 @@ impl Context {
 
     pub fn load_login(&self) -> anyhow::Result<Login> {
         let path = self.login_path();
-        let text = std::fs::read_to_string(&path).map_err(|_| anyhow::anyhow!("not logged in: run `fernwart login --user NAME --password-stdin`"))?;
-        let login: Login = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
-        let expired = time::OffsetDateTime::parse(&login.expires, &time::format_description::well_known::Rfc3339)
-            .map(|t| t <= time::OffsetDateTime::now_utc())
-            .unwrap_or(false);
+        let text = std::fs::read_to_string(&path).map_err(|_| {
+            anyhow::anyhow!("not logged in: run `fernwart login --user NAME --password-stdin`")
+        })?;
+        let login: Login =
+            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        let expired = time::OffsetDateTime::parse(
+            &login.expires,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map(|t| t <= time::OffsetDateTime::now_utc())
+        .unwrap_or(false);
         if expired {
             bail!("login expired: run `fernwart login` again");
         }
@@ -51,7 +61,8 @@ impl Context {
     }
 
     pub fn save_login(&self, login: &Login) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.home).with_context(|| format!("creating {}", self.home.display()))?;
+        std::fs::create_dir_all(&self.home)
+            .with_context(|| format!("creating {}", self.home.display()))?;
         set_mode(&self.home, 0o700);
         write_private(&self.login_path(), serde_json::to_string_pretty(login)?.as_bytes())
     }
@@ -77,8 +88,11 @@ impl Context {
     fn ca_path(&self) -> anyhow::Result<Option<PathBuf>> {
         let stored = self.home.join(CA_FILE);
         if let Some(p) = &self.ca_cert {
-            let pem = std::fs::read(p).with_context(|| format!("reading CA certificate {}", p.display()))?;
-            if std::fs::read(&stored).ok().as_deref() != Some(&pem[..]) && std::fs::create_dir_all(&self.home).is_ok() {
+            let pem = std::fs::read(p)
+                .with_context(|| format!("reading CA certificate {}", p.display()))?;
+            if std::fs::read(&stored).ok().as_deref() != Some(&pem[..])
+                && std::fs::create_dir_all(&self.home).is_ok()
+            {
                 let _ = std::fs::write(&stored, &pem);
             }
             return Ok(Some(p.clone()));
@@ -93,7 +107,12 @@ impl Context {
         Ok(HttpClient::new(Dialer::new(url, cfg, self.proxy.clone())?))
     }
 
-    pub async fn call<T: DeserializeOwned>(&self, method: HttpMethod, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<T> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: HttpMethod,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
         let login = self.load_login()?;
         let client = self.client()?;
         let r = client.json(method, path, Some(&login.token), body.as_ref()).await;
@@ -114,7 +133,12 @@ fn set_mode(path: &Path, mode: u32) {
 pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(data)?;
     f.sync_all()?;

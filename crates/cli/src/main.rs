@@ -8,7 +8,11 @@ use fernwart_cli::{commands, Context};
 use fernwart_transport::ProxyConfig;
 
 #[derive(Parser)]
-#[command(name = "fernwart", version, about = "fernwart: secure remote maintenance (technician and admin CLI)")]
+#[command(
+    name = "fernwart",
+    version,
+    about = "fernwart: secure remote maintenance (technician and admin CLI)"
+)]
 struct Cli {
     /// Server URL, e.g. https://fernwart.example:8443
     #[arg(long, global = true, env = "FERNWART_SERVER")]
@@ -94,7 +98,9 @@ enum UserCmd {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
-    Disable { name: String },
+    Disable {
+        name: String,
+    },
     List,
 }
 
@@ -106,7 +112,9 @@ enum MachineCmd {
         org: Option<String>,
     },
     List,
-    Revoke { name: String },
+    Revoke {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,11 +138,19 @@ enum SessionCmd {
         #[arg(long)]
         no_approval: bool,
     },
-    Approve { name: String },
-    Reject { name: String },
-    End { name: String },
+    Approve {
+        name: String,
+    },
+    Reject {
+        name: String,
+    },
+    End {
+        name: String,
+    },
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -148,7 +164,10 @@ enum AuditCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -179,7 +198,8 @@ fn home() -> PathBuf {
 }
 
 async fn try_main(cli: Cli) -> anyhow::Result<()> {
-    let env = |k: &str| std::env::var(k).ok().or_else(|| std::env::var(k.to_ascii_lowercase()).ok());
+    let env =
+        |k: &str| std::env::var(k).ok().or_else(|| std::env::var(k.to_ascii_lowercase()).ok());
     let ctx = Context {
         home: home(),
         server: cli.server,
@@ -191,20 +211,47 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Login { user, otp, .. } => commands::account::login(&ctx, &user, otp.as_deref()).await,
         Cmd::Logout => commands::account::logout(&ctx),
         Cmd::Mfa { cmd: MfaCmd::Enroll } => commands::account::mfa_enroll(&ctx).await,
-        Cmd::Mfa { cmd: MfaCmd::Confirm { code } } => commands::account::mfa_confirm(&ctx, &code).await,
+        Cmd::Mfa { cmd: MfaCmd::Confirm { code } } => {
+            commands::account::mfa_confirm(&ctx, &code).await
+        }
         Cmd::User { cmd } => match cmd {
-            UserCmd::Add { name, role, org, expires, .. } => commands::admin::user_add(&ctx, &name, &role, org.as_deref(), expires.as_deref()).await,
+            UserCmd::Add { name, role, org, expires, .. } => {
+                commands::admin::user_add(&ctx, &name, &role, org.as_deref(), expires.as_deref())
+                    .await
+            }
             UserCmd::Disable { name } => commands::admin::user_disable(&ctx, &name).await,
             UserCmd::List => commands::admin::user_list(&ctx).await,
         },
         Cmd::Machine { cmd } => match cmd {
-            MachineCmd::Add { name, org } => commands::admin::machine_add(&ctx, &name, org.as_deref()).await,
+            MachineCmd::Add { name, org } => {
+                commands::admin::machine_add(&ctx, &name, org.as_deref()).await
+            }
             MachineCmd::List => commands::admin::machine_list(&ctx).await,
             MachineCmd::Revoke { name } => commands::admin::machine_revoke(&ctx, &name).await,
         },
         Cmd::Session { cmd } => match cmd {
-            SessionCmd::Create { name, machine, targets, users, from, until, duration, reason, no_approval } => {
-                let args = commands::session::CreateArgs { name, machine, targets, users, from, until, duration, reason, no_approval };
+            SessionCmd::Create {
+                name,
+                machine,
+                targets,
+                users,
+                from,
+                until,
+                duration,
+                reason,
+                no_approval,
+            } => {
+                let args = commands::session::CreateArgs {
+                    name,
+                    machine,
+                    targets,
+                    users,
+                    from,
+                    until,
+                    duration,
+                    reason,
+                    no_approval,
+                };
                 commands::session::create(&ctx, args).await
             }
             SessionCmd::Approve { name } => commands::session::action(&ctx, &name, "approve").await,
@@ -214,10 +261,13 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             SessionCmd::Show { name } => commands::session::show(&ctx, &name).await,
         },
         Cmd::Connect { name, bind, wait } => {
-            let wait = humantime::parse_duration(&wait).map_err(|e| anyhow::anyhow!("--wait {wait:?}: {e}"))?;
+            let wait = humantime::parse_duration(&wait)
+                .map_err(|e| anyhow::anyhow!("--wait {wait:?}: {e}"))?;
             commands::connect::run(&ctx, &name, bind, wait).await
         }
-        Cmd::Audit { cmd: AuditCmd::List { since } } => commands::admin::audit_list(&ctx, since.as_deref()).await,
+        Cmd::Audit { cmd: AuditCmd::List { since } } => {
+            commands::admin::audit_list(&ctx, since.as_deref()).await
+        }
     }
 }
 

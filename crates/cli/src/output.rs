@@ -20,6 +20,15 @@ pub fn s<'a>(v: &'a Value, key: &str) -> &'a str {
 pub fn list(v: &Value, key: &str) -> String {
     v.get(key)
         .and_then(Value::as_array)
-        .map(|a| a.iter().map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.get("name").and_then(Value::as_str).unwrap_or("?").to_owned())).collect::<Vec<_>>().join(","))
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    x.as_str().map(str::to_owned).unwrap_or_else(|| {
+                        x.get("name").and_then(Value::as_str).unwrap_or("?").to_owned()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }

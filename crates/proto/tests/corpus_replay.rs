@@ -28,11 +28,7 @@ fn replay_decode_frame_corpus() {
         .filter(|path| path.is_file())
         .collect();
     files.sort();
-    assert!(
-        !files.is_empty(),
-        "fuzz corpus {} holds no file",
-        dir.display()
-    );
+    assert!(!files.is_empty(), "fuzz corpus {} holds no file", dir.display());
 
     for path in &files {
         let data = match std::fs::read(path) {
@@ -40,15 +36,7 @@ fn replay_decode_frame_corpus() {
             Err(e) => panic!("reading {}: {e}", path.display()),
         };
         let outcome = std::panic::catch_unwind(|| decode_check::check_decode_frame(&data));
-        assert!(
-            outcome.is_ok(),
-            "corpus input {} failed the decode checks",
-            path.display()
-        );
+        assert!(outcome.is_ok(), "corpus input {} failed the decode checks", path.display());
     }
-    eprintln!(
-        "replayed {} corpus inputs from {}",
-        files.len(),
-        dir.display()
-    );
+    eprintln!("replayed {} corpus inputs from {}", files.len(), dir.display());
 }

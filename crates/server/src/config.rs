@@ -122,17 +122,21 @@ pub const FILE_NAME: &str = "server.toml";
 
 impl Config {
     /// Reads `DIR/server.toml` and applies `env` overrides (pairs of name and value).
-    pub fn load(dir: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load(
+        dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let path = dir.join(FILE_NAME);
         let text = std::fs::read_to_string(&path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Self::parse(&text, env).map_err(|message| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
+        Self::parse(&text, env)
+            .map_err(|message| ConfigError::Invalid { path: path.display().to_string(), message })
     }
 
-    pub fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, String> {
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, String> {
         let mut value: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix("FERNWART_") else { continue };
@@ -187,7 +191,8 @@ impl Config {
 mod tests {
     use super::*;
 
-    const BASE: &str = "[server]\nlisten = \"127.0.0.1:8443\"\npublic_url = \"https://127.0.0.1:8443\"\n";
+    const BASE: &str =
+        "[server]\nlisten = \"127.0.0.1:8443\"\npublic_url = \"https://127.0.0.1:8443\"\n";
 
     #[test]
     fn defaults_apply() {

@@ -3,7 +3,12 @@
 //! One TLS port serves the JSON API, the agent links (mutual TLS) and the technician links.
 //! State lives in embedded SQLite in the data directory; live links live in the [`relay::Hub`].
 
-use std::{net::SocketAddr, path::{Path, PathBuf}, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -78,20 +83,29 @@ pub struct InitOptions {
 
 /// `fernwart-server init`: data directory, CA, server certificate, settings, first admin.
 pub fn init(opts: &InitOptions) -> Result<(), ServerError> {
-    let url = url::Url::parse(&opts.public_url).map_err(|e| ServerError::Init(format!("--public-url {}: {e}", opts.public_url)))?;
+    let url = url::Url::parse(&opts.public_url)
+        .map_err(|e| ServerError::Init(format!("--public-url {}: {e}", opts.public_url)))?;
     if url.scheme() != "https" {
         return Err(ServerError::Init("--public-url must start with https://".into()));
     }
-    let host = url.host_str().ok_or_else(|| ServerError::Init("--public-url has no host".into()))?.to_owned();
+    let host = url
+        .host_str()
+        .ok_or_else(|| ServerError::Init("--public-url has no host".into()))?
+        .to_owned();
     if !util::valid_name(&opts.admin) {
-        return Err(ServerError::Init(format!("admin name {:?}: use letters, digits, - _ . @ (at most 64)", opts.admin)));
+        return Err(ServerError::Init(format!(
+            "admin name {:?}: use letters, digits, - _ . @ (at most 64)",
+            opts.admin
+        )));
     }
     if opts.data.join(config::FILE_NAME).exists() || opts.data.join(store::DB_FILE).exists() {
         return Err(ServerError::Init(format!("{} is already initialised", opts.data.display())));
     }
     let policy = config::PasswordSection::default();
-    auth::check_policy(&opts.admin_password, &policy).map_err(|e| ServerError::Init(format!("admin {e}")))?;
-    std::fs::create_dir_all(&opts.data).map_err(|e| ServerError::Init(format!("cannot create {}: {e}", opts.data.display())))?;
+    auth::check_policy(&opts.admin_password, &policy)
+        .map_err(|e| ServerError::Init(format!("admin {e}")))?;
+    std::fs::create_dir_all(&opts.data)
+        .map_err(|e| ServerError::Init(format!("cannot create {}: {e}", opts.data.display())))?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&opts.data, std::fs::Permissions::from_mode(0o700));
@@ -104,14 +118,22 @@ pub fn init(opts: &InitOptions) -> Result<(), ServerError> {
     }
     ca.issue_server_cert(&opts.data, &hosts)?;
     let settings = config::Settings {
-        server: config::ServerSection { listen: opts.listen, public_url: opts.public_url.clone(), max_connections: 16_384 },
+        server: config::ServerSection {
+            listen: opts.listen,
+            public_url: opts.public_url.clone(),
+            max_connections: 16_384,
+        },
         auth: Default::default(),
         password: Default::default(),
         enrolment: Default::default(),
         sessions: Default::default(),
     };
     let text = toml::to_string_pretty(&settings).map_err(|e| ServerError::Init(e.to_string()))?;
-    ca::write_file(&opts.data.join(config::FILE_NAME), format!("# fernwart server settings; see docs/server.md\n{text}").as_bytes(), 0o600)?;
+    ca::write_file(
+        &opts.data.join(config::FILE_NAME),
+        format!("# fernwart server settings; see docs/server.md\n{text}").as_bytes(),
+        0o600,
+    )?;
     let store = store::Store::open(&opts.data)?;
     let hash = auth::hash_password(&opts.admin_password).map_err(ServerError::Init)?;
     store.tx(|tx| {
@@ -146,17 +168,35 @@ impl App {
     /// Records an event off the hot path (tunnel and link events); API changes record theirs
     /// in their own transaction instead.
     pub fn audit_async(&self, actor: &str, action: &str, target: &str, details: serde_json::Value) {
-        let ev = AsyncAudit { actor: actor.into(), action: action.into(), target: target.into(), details };
+        let ev = AsyncAudit {
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            details,
+        };
         if self.audit_tx.try_send(ev).is_err() {
             tracing::error!(%action, "audit queue full; event recorded in the log only");
         }
     }
 
     /// Moves a session to `state`, records it, and tells the live side.
-    pub fn transition(&self, s: &sessions::Session, state: &str, by: &str, source: &str) -> Result<(), store::StoreError> {
+    pub fn transition(
+        &self,
+        s: &sessions::Session,
+        state: &str,
+        by: &str,
+        source: &str,
+    ) -> Result<(), store::StoreError> {
         self.store.tx(|tx| {
             sessions::set_state(tx, s.id, state, Some(by))?;
-            store::audit(tx, by, &format!("session.{}", verb(state)), &s.name, source, serde_json::json!({"from": s.state, "to": state}))
+            store::audit(
+                tx,
+                by,
+                &format!("session.{}", verb(state)),
+                &s.name,
+                source,
+                serde_json::json!({"from": s.state, "to": state}),
+            )
         })?;
         let terminal = sessions::TERMINAL.contains(&state);
         self.hub.session_changed(s.id, terminal);
@@ -224,7 +264,12 @@ async fn expiry_sweeper(app: App) {
 }
 
 /// `fernwart-server run`: serve on `listener` until `shutdown` fires.
-pub async fn run(data: &Path, cfg: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServerError> {
+pub async fn run(
+    data: &Path,
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let tls = tls::server_config(data)?;
     let app = App::open(data, cfg, shutdown.clone())?;
     api::serve(app, listener, tls).await;

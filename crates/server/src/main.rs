@@ -52,7 +52,10 @@ enum AuditCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match try_main(cli) {
@@ -68,13 +71,26 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Init { data, listen, public_url, admin } => {
             let mut line = Zeroizing::new(String::new());
-            std::io::stdin().lock().read_line(&mut line).context("reading the admin password from stdin")?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the admin password from stdin")?;
             let password = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
             if password.is_empty() {
                 anyhow::bail!("no admin password on stdin");
             }
-            fernwart_server::init(&fernwart_server::InitOptions { data: data.clone(), listen, public_url, admin, admin_password: password.to_string() })?;
-            println!("initialised {}; CA certificate for agents and technicians: {}", data.display(), data.join("ca.pem").display());
+            fernwart_server::init(&fernwart_server::InitOptions {
+                data: data.clone(),
+                listen,
+                public_url,
+                admin,
+                admin_password: password.to_string(),
+            })?;
+            println!(
+                "initialised {}; CA certificate for agents and technicians: {}",
+                data.display(),
+                data.join("ca.pem").display()
+            );
             Ok(())
         }
         Cmd::Run { data } => {

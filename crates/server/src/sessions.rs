@@ -111,7 +111,11 @@ pub fn list(c: &Connection, only_user: Option<i64>) -> Result<Vec<Session>, Stor
 }
 
 /// Sessions whose agent should hold a grant (approved or active, window open).
-pub fn grantable_for_machine(c: &Connection, machine: i64, now: i64) -> Result<Vec<Session>, StoreError> {
+pub fn grantable_for_machine(
+    c: &Connection,
+    machine: i64,
+    now: i64,
+) -> Result<Vec<Session>, StoreError> {
     let mut stmt = c.prepare(&format!(
         "{SELECT} WHERE s.machine_id = ?1 AND s.state IN ('approved', 'active') AND s.valid_until > ?2"
     ))?;
@@ -129,12 +133,7 @@ pub fn overdue(c: &Connection, now: i64) -> Result<Vec<(i64, i64, String)>, Stor
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-pub fn set_state(
-    c: &Connection,
-    id: i64,
-    state: &str,
-    by: Option<&str>,
-) -> Result<(), StoreError> {
+pub fn set_state(c: &Connection, id: i64, state: &str, by: Option<&str>) -> Result<(), StoreError> {
     let now = util::now();
     match state {
         "approved" | "rejected" => c.execute(

@@ -29,7 +29,10 @@ pub fn server_config(dir: &Path) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&dir.join(ca::SERVER_CERT))?, load_key(&dir.join(ca::SERVER_KEY))?)?;
+        .with_single_cert(
+            load_certs(&dir.join(ca::SERVER_CERT))?,
+            load_key(&dir.join(ca::SERVER_KEY))?,
+        )?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

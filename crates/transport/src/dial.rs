@@ -42,7 +42,9 @@ impl ProxyConfig {
                 if url.scheme() != "http" {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        format!("proxy URL {raw:?}: only http:// proxies (HTTP CONNECT) are supported"),
+                        format!(
+                            "proxy URL {raw:?}: only http:// proxies (HTTP CONNECT) are supported"
+                        ),
                     ));
                 }
                 Some(url)
@@ -208,8 +210,12 @@ mod tests {
 
     #[test]
     fn no_proxy_bypasses_listed_hosts() {
-        let p = ProxyConfig::resolve(None, Some("http://proxy:3128".into()), Some("example.org, 10.0.0.1".into()))
-            .unwrap();
+        let p = ProxyConfig::resolve(
+            None,
+            Some("http://proxy:3128".into()),
+            Some("example.org, 10.0.0.1".into()),
+        )
+        .unwrap();
         assert!(p.for_host("example.org").is_none());
         assert!(p.for_host("a.example.org").is_none());
         assert!(p.for_host("10.0.0.1").is_none());

@@ -58,10 +58,10 @@ impl HttpClient {
     }
 
     async fn connect(&self) -> Result<TlsStream<TcpStream>, ApiError> {
-        self.dialer.connect().await.map_err(|source| ApiError::Connect {
-            server: self.dialer.server.to_string(),
-            source,
-        })
+        self.dialer
+            .connect()
+            .await
+            .map_err(|source| ApiError::Connect { server: self.dialer.server.to_string(), source })
     }
 
     /// Sends one JSON request; a non-2xx answer becomes [`ApiError::Status`] with the server's reason.
@@ -107,9 +107,8 @@ impl HttpClient {
         if let Some(token) = bearer {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let req = req
-            .body(Full::new(Bytes::from(payload)))
-            .map_err(|e| ApiError::Http(e.to_string()))?;
+        let req =
+            req.body(Full::new(Bytes::from(payload))).map_err(|e| ApiError::Http(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(|e| ApiError::Http(e.to_string()))?;
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
@@ -118,7 +117,10 @@ impl HttpClient {
             .map_err(|e| ApiError::Http(e.to_string()))?
             .to_bytes();
         if !status.is_success() {
-            return Err(ApiError::Status { status: status.as_u16(), message: error_text(status, &bytes) });
+            return Err(ApiError::Status {
+                status: status.as_u16(),
+                message: error_text(status, &bytes),
+            });
         }
         let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
         serde_json::from_slice(body).map_err(|e| ApiError::Decode(e.to_string()))
@@ -133,8 +135,7 @@ impl HttpClient {
         let fut = async {
             let tls = self.connect().await?;
             let url = format!("wss://{}{}", self.dialer.authority(), path);
-            let mut req =
-                url.into_client_request().map_err(|e| ApiError::Http(e.to_string()))?;
+            let mut req = url.into_client_request().map_err(|e| ApiError::Http(e.to_string()))?;
             req.headers_mut().insert(
                 "sec-websocket-protocol",
                 HeaderValue::from_static(fernwart_proto::WS_SUBPROTOCOL),
@@ -144,13 +145,10 @@ impl HttpClient {
                     .map_err(|e| ApiError::Http(e.to_string()))?;
                 req.headers_mut().insert("authorization", value);
             }
-            let (ws, _resp) = tokio_tungstenite::client_async_with_config(
-                req,
-                tls,
-                Some(crate::ws_config()),
-            )
-            .await
-            .map_err(ws_error)?;
+            let (ws, _resp) =
+                tokio_tungstenite::client_async_with_config(req, tls, Some(crate::ws_config()))
+                    .await
+                    .map_err(ws_error)?;
             Ok::<WebSocketStream<_>, ApiError>(ws)
         };
         let ws = tokio::time::timeout(crate::dial::DIAL_TIMEOUT, fut)

@@ -4,11 +4,7 @@
 //! inbound streams to a bounded channel and opens outbound streams on request. Streams are
 //! tokio byte streams with yamux's per-stream flow control underneath.
 
-use std::{
-    future::Future,
-    pin::pin,
-    task::Poll,
-};
+use std::{future::Future, pin::pin, task::Poll};
 
 use futures::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};

@@ -4,7 +4,10 @@ use anyhow::Context as _;
 use fernwart_transport::http_client::HttpMethod;
 use serde_json::{json, Value};
 
-use crate::{context::{read_secret_line, Login}, output, Context};
+use crate::{
+    context::{read_secret_line, Login},
+    output, Context,
+};
 
 pub async fn login(ctx: &Context, user: &str, otp: Option<&str>) -> anyhow::Result<()> {
     let password = read_secret_line()?;
@@ -20,7 +23,9 @@ pub async fn login(ctx: &Context, user: &str, otp: Option<&str>) -> anyhow::Resu
     };
     ctx.save_login(&login).context("saving the login")?;
     if ctx.json {
-        output::print_json(&json!({"user": user, "role": resp.get("role"), "scope": login.scope, "expires": login.expires}));
+        output::print_json(
+            &json!({"user": user, "role": resp.get("role"), "scope": login.scope, "expires": login.expires}),
+        );
     } else if login.scope == "full" {
         println!("logged in as {user} until {}", login.expires);
     } else {
@@ -50,7 +55,8 @@ pub async fn mfa_enroll(ctx: &Context) -> anyhow::Result<()> {
 }
 
 pub async fn mfa_confirm(ctx: &Context, code: &str) -> anyhow::Result<()> {
-    let resp: Value = ctx.call(HttpMethod::POST, "/v1/mfa/confirm", Some(json!({"code": code}))).await?;
+    let resp: Value =
+        ctx.call(HttpMethod::POST, "/v1/mfa/confirm", Some(json!({"code": code}))).await?;
     if ctx.json {
         output::print_json(&resp);
     } else {

@@ -3,8 +3,10 @@
 use std::{net::IpAddr, time::Duration};
 
 use anyhow::{bail, Context as _};
-use fernwart_proto::{ClientToServer, OpenReply, OpenRequest, ServerToClient, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
-use fernwart_transport::{frame_io::read_frame_within, read_frame, write_frame, Mux, Mode};
+use fernwart_proto::{
+    ClientToServer, OpenReply, OpenRequest, ServerToClient, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
+};
+use fernwart_transport::{frame_io::read_frame_within, read_frame, write_frame, Mode, Mux};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -17,7 +19,14 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
     let ws = client.websocket(&format!("/v1/connect/{}", enc(session)), Some(&login.token)).await?;
     let (mux, _inbound) = Mux::start(ws, Mode::Client);
     let mut control = mux.open().await.context("opening the control stream")?;
-    write_frame(&mut control, &ClientToServer::Hello { version: PROTOCOL_VERSION, client: format!("fernwart {}", env!("CARGO_PKG_VERSION")) }).await?;
+    write_frame(
+        &mut control,
+        &ClientToServer::Hello {
+            version: PROTOCOL_VERSION,
+            client: format!("fernwart {}", env!("CARGO_PKG_VERSION")),
+        },
+    )
+    .await?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut said = String::new();
     let targets = loop {
@@ -39,7 +48,9 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
     };
     let mut forwards = Vec::new();
     for t in &targets {
-        let listener = TcpListener::bind((bind, 0)).await.with_context(|| format!("cannot listen on {bind} for target {t}"))?;
+        let listener = TcpListener::bind((bind, 0))
+            .await
+            .with_context(|| format!("cannot listen on {bind} for target {t}"))?;
         let local = listener.local_addr()?;
         forwards.push(json!({"target": t, "local": local.to_string()}));
         tokio::spawn(accept_loop(listener, mux.clone(), session.to_owned(), t.clone()));
@@ -91,7 +102,13 @@ async fn tunnel(mut tcp: TcpStream, mux: Mux, session: String, target: String) {
     }
     match read_frame_within::<OpenReply, _>(&mut stream, HANDSHAKE_TIMEOUT * 2).await {
         Ok(r) if r.ok => {
-            let _ = tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, 64 * 1024, 64 * 1024).await;
+            let _ = tokio::io::copy_bidirectional_with_sizes(
+                &mut tcp,
+                &mut stream,
+                64 * 1024,
+                64 * 1024,
+            )
+            .await;
         }
         Ok(r) => eprintln!("connection to {target} refused: {}", r.error.unwrap_or_default()),
         Err(e) => eprintln!("connection to {target} failed: {e}"),

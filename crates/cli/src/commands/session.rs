@@ -21,7 +21,11 @@ pub struct CreateArgs {
 
 pub async fn create(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
     let duration_secs = match &a.duration {
-        Some(d) => Some(humantime::parse_duration(d).map_err(|e| anyhow::anyhow!("--duration {d:?}: {e}"))?.as_secs()),
+        Some(d) => Some(
+            humantime::parse_duration(d)
+                .map_err(|e| anyhow::anyhow!("--duration {d:?}: {e}"))?
+                .as_secs(),
+        ),
         None => None,
     };
     if a.until.is_some() && duration_secs.is_some() {
@@ -35,15 +39,28 @@ pub async fn create(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
     if ctx.json {
         output::print_json(&resp);
     } else {
-        println!("session {} prepared on {} for {} ({} to {}){}", a.name, a.machine, a.users.join(","), output::s(&resp, "from"),
-            output::s(&resp, "until"), if a.no_approval { "" } else { "; needs an approver's release" });
+        println!(
+            "session {} prepared on {} for {} ({} to {}){}",
+            a.name,
+            a.machine,
+            a.users.join(","),
+            output::s(&resp, "from"),
+            output::s(&resp, "until"),
+            if a.no_approval { "" } else { "; needs an approver's release" }
+        );
     }
     Ok(())
 }
 
 pub async fn action(ctx: &Context, name: &str, action: &str) -> anyhow::Result<()> {
-    let resp: Value = ctx.call(HttpMethod::POST, &format!("/v1/sessions/{}/{action}", enc(name)), Some(json!({}))).await?;
-    if ctx.json { output::print_json(&resp) } else { println!("session {name} is {}", output::s(&resp, "state")) }
+    let resp: Value = ctx
+        .call(HttpMethod::POST, &format!("/v1/sessions/{}/{action}", enc(name)), Some(json!({})))
+        .await?;
+    if ctx.json {
+        output::print_json(&resp)
+    } else {
+        println!("session {name} is {}", output::s(&resp, "state"))
+    }
     Ok(())
 }
 
@@ -64,19 +81,44 @@ pub async fn show(ctx: &Context, name: &str) -> anyhow::Result<()> {
     if ctx.json {
         output::print_json(&s);
     } else {
-        for key in ["name", "state", "machine", "from", "until", "reason", "created_by", "decided_by", "ended_by"] {
+        for key in [
+            "name",
+            "state",
+            "machine",
+            "from",
+            "until",
+            "reason",
+            "created_by",
+            "decided_by",
+            "ended_by",
+        ] {
             if let Some(v) = s.get(key).and_then(Value::as_str) {
                 println!("{key:<11} {v}");
             }
         }
         println!("{:<11} {}", "targets", output::list(&s, "targets"));
         println!("{:<11} {}", "users", output::list(&s, "users"));
-        println!("{:<11} {}", "approval", if s["approval_required"].as_bool() == Some(true) { "required" } else { "not required" });
+        println!(
+            "{:<11} {}",
+            "approval",
+            if s["approval_required"].as_bool() == Some(true) {
+                "required"
+            } else {
+                "not required"
+            }
+        );
     }
     Ok(())
 }
 
 fn print_line(s: &Value) {
-    println!("{:<16} {:<9} {:<12} targets={} users={} until {}", output::s(s, "name"), output::s(s, "state"), output::s(s, "machine"),
-        output::list(s, "targets"), output::list(s, "users"), output::s(s, "until"));
+    println!(
+        "{:<16} {:<9} {:<12} targets={} users={} until {}",
+        output::s(s, "name"),
+        output::s(s, "state"),
+        output::s(s, "machine"),
+        output::list(s, "targets"),
+        output::list(s, "users"),
+        output::s(s, "until")
+    );
 }

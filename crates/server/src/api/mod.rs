@@ -16,7 +16,11 @@ use serde_json::{json, Value};
 use tokio_tungstenite::{tungstenite::protocol::Role, WebSocketStream};
 
 use crate::{
-    auth, relay::{agent_link, tech_link}, sessions, store::{self, StoreError}, util, App,
+    auth,
+    relay::{agent_link, tech_link},
+    sessions,
+    store::{self, StoreError},
+    util, App,
 };
 
 mod serve;
@@ -186,7 +190,11 @@ struct LoginReq {
     otp: Option<String>,
 }
 
-async fn login(State(app): State<App>, info: Option<axum::Extension<ConnInfo>>, Json(req): Json<LoginReq>) -> ApiResult<Json<Value>> {
+async fn login(
+    State(app): State<App>,
+    info: Option<axum::Extension<ConnInfo>>,
+    Json(req): Json<LoginReq>,
+) -> ApiResult<Json<Value>> {
     let src = source(info.as_deref());
     let now = util::now();
     let invalid = || ApiError::unauthorized("invalid user name, password or code");
@@ -211,24 +219,45 @@ async fn login(State(app): State<App>, info: Option<axum::Extension<ConnInfo>>, 
         .await
         .unwrap_or(false)
         && exists;
-    let Some((id, role, _, secret, confirmed, used, disabled, expires, failed, locked_until)) = row else {
-        audit_now(&app, &req.user, "auth.login_failed", &req.user, &src, json!({"reason": "unknown user"}))?;
+    let Some((id, role, _, secret, confirmed, used, disabled, expires, failed, locked_until)) = row
+    else {
+        audit_now(
+            &app,
+            &req.user,
+            "auth.login_failed",
+            &req.user,
+            &src,
+            json!({"reason": "unknown user"}),
+        )?;
         return Err(invalid());
     };
     if locked_until.is_some_and(|t| t > now) {
-        audit_now(&app, &req.user, "auth.login_refused", &req.user, &src, json!({"reason": "locked"}))?;
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "account temporarily locked after repeated failures; try later or ask an admin"));
+        audit_now(
+            &app,
+            &req.user,
+            "auth.login_refused",
+            &req.user,
+            &src,
+            json!({"reason": "locked"}),
+        )?;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "account temporarily locked after repeated failures; try later or ask an admin",
+        ));
     }
     let mut otp_step = None;
     let mut failure = if !pw_ok { Some("wrong password") } else { None };
     if failure.is_none() && confirmed {
         match req.otp.as_deref() {
             None => {
-                return Err(ApiError::unauthorized("second factor required: log in with --otp CODE"));
+                return Err(ApiError::unauthorized(
+                    "second factor required: log in with --otp CODE",
+                ));
             }
             Some(code) => {
                 let steps = auth::parse_steps(&used);
-                match secret.as_deref().and_then(|s| auth::verify_totp(s, code, now as u64, &steps)) {
+                match secret.as_deref().and_then(|s| auth::verify_totp(s, code, now as u64, &steps))
+                {
                     Some(step) => otp_step = Some(auth::remember_step(&steps, step, now as u64)),
                     None => failure = Some("wrong or reused code"),
                 }
@@ -273,25 +302,49 @@ async fn login(State(app): State<App>, info: Option<axum::Extension<ConnInfo>>, 
         )?;
         store::audit(tx, &req.user, "auth.login", &req.user, &src, json!({"scope": scope}))
     })?;
-    Ok(Json(json!({"token": token, "user": req.user, "role": role, "scope": scope, "expires": util::rfc3339(until)})))
+    Ok(Json(
+        json!({"token": token, "user": req.user, "role": role, "scope": scope, "expires": util::rfc3339(until)}),
+    ))
 }
 
-fn audit_now(app: &App, actor: &str, action: &str, target: &str, src: &str, details: Value) -> ApiResult<()> {
+fn audit_now(
+    app: &App,
+    actor: &str,
+    action: &str,
+    target: &str,
+    src: &str,
+    details: Value,
+) -> ApiResult<()> {
     app.store.tx(|tx| store::audit(tx, actor, action, target, src, details))?;
     Ok(())
 }
 
 async fn mfa_enroll(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
     let confirmed: bool = app.store.read(|c| {
-        c.query_row("SELECT totp_confirmed FROM users WHERE id = ?1", [caller.id], |r| r.get::<_, i64>(0)).map_err(StoreError::from)
+        c.query_row("SELECT totp_confirmed FROM users WHERE id = ?1", [caller.id], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(StoreError::from)
     })? != 0;
     if confirmed {
-        return Err(ApiError::conflict("a second factor is already enrolled; an admin must reset it"));
+        return Err(ApiError::conflict(
+            "a second factor is already enrolled; an admin must reset it",
+        ));
     }
     let secret = auth::new_totp_secret();
     app.store.tx(|tx| {
-        tx.execute("UPDATE users SET totp_secret = ?2, totp_used_steps = '' WHERE id = ?1", params![caller.id, secret])?;
-        store::audit(tx, &caller.name, "mfa.enroll", &caller.name, &caller.source, json!({"kind": "totp"}))
+        tx.execute(
+            "UPDATE users SET totp_secret = ?2, totp_used_steps = '' WHERE id = ?1",
+            params![caller.id, secret],
+        )?;
+        store::audit(
+            tx,
+            &caller.name,
+            "mfa.enroll",
+            &caller.name,
+            &caller.source,
+            json!({"kind": "totp"}),
+        )
     })?;
     let uri = auth::totp_uri(&secret, &caller.name);
     Ok(Json(json!({"secret": secret, "uri": uri})))
@@ -303,22 +356,46 @@ struct CodeReq {
     code: String,
 }
 
-async fn mfa_confirm(State(app): State<App>, caller: Caller, Json(req): Json<CodeReq>) -> ApiResult<Json<Value>> {
+async fn mfa_confirm(
+    State(app): State<App>,
+    caller: Caller,
+    Json(req): Json<CodeReq>,
+) -> ApiResult<Json<Value>> {
     let (secret, confirmed, used): (Option<String>, i64, String) = app.store.read(|c| {
-        c.query_row("SELECT totp_secret, totp_confirmed, totp_used_steps FROM users WHERE id = ?1", [caller.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(StoreError::from)
+        c.query_row(
+            "SELECT totp_secret, totp_confirmed, totp_used_steps FROM users WHERE id = ?1",
+            [caller.id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(StoreError::from)
     })?;
     if confirmed != 0 {
         return Err(ApiError::conflict("second factor already confirmed"));
     }
-    let secret = secret.ok_or_else(|| ApiError::conflict("no second factor pending: run `fernwart mfa enroll` first"))?;
+    let secret = secret.ok_or_else(|| {
+        ApiError::conflict("no second factor pending: run `fernwart mfa enroll` first")
+    })?;
     let now = util::now() as u64;
     let steps = auth::parse_steps(&used);
-    let step = auth::verify_totp(&secret, &req.code, now, &steps).ok_or_else(|| ApiError::bad("code does not match; check the authenticator's clock"))?;
+    let step = auth::verify_totp(&secret, &req.code, now, &steps)
+        .ok_or_else(|| ApiError::bad("code does not match; check the authenticator's clock"))?;
     app.store.tx(|tx| {
-        tx.execute("UPDATE users SET totp_confirmed = 1, totp_used_steps = ?2 WHERE id = ?1", params![caller.id, auth::remember_step(&steps, step, now)])?;
-        tx.execute("DELETE FROM auth_tokens WHERE user_id = ?1 AND scope = 'mfa-setup'", [caller.id])?;
-        store::audit(tx, &caller.name, "mfa.confirm", &caller.name, &caller.source, json!({"kind": "totp"}))
+        tx.execute(
+            "UPDATE users SET totp_confirmed = 1, totp_used_steps = ?2 WHERE id = ?1",
+            params![caller.id, auth::remember_step(&steps, step, now)],
+        )?;
+        tx.execute(
+            "DELETE FROM auth_tokens WHERE user_id = ?1 AND scope = 'mfa-setup'",
+            [caller.id],
+        )?;
+        store::audit(
+            tx,
+            &caller.name,
+            "mfa.confirm",
+            &caller.name,
+            &caller.source,
+            json!({"kind": "totp"}),
+        )
     })?;
     Ok(Json(json!({"confirmed": true, "next": "log in again with --otp CODE"})))
 }
@@ -335,16 +412,27 @@ struct UserReq {
     password: String,
 }
 
-async fn user_add(State(app): State<App>, caller: Caller, Json(req): Json<UserReq>) -> ApiResult<Json<Value>> {
+async fn user_add(
+    State(app): State<App>,
+    caller: Caller,
+    Json(req): Json<UserReq>,
+) -> ApiResult<Json<Value>> {
     caller.require_role(&["admin"])?;
     if !util::valid_name(&req.name) {
         return Err(ApiError::bad("user name: 1-64 letters, digits, - _ . @"));
     }
     if !auth::ROLES.contains(&req.role.as_str()) {
-        return Err(ApiError::bad(format!("unknown role {:?}: one of {}", req.role, auth::ROLES.join(", "))));
+        return Err(ApiError::bad(format!(
+            "unknown role {:?}: one of {}",
+            req.role,
+            auth::ROLES.join(", ")
+        )));
     }
     let expires = match &req.expires {
-        Some(e) => Some(util::parse_rfc3339(e).ok_or_else(|| ApiError::bad(format!("--expires {e:?} is not RFC 3339")))?),
+        Some(e) => Some(
+            util::parse_rfc3339(e)
+                .ok_or_else(|| ApiError::bad(format!("--expires {e:?} is not RFC 3339")))?,
+        ),
         None => None,
     };
     auth::check_policy(&req.password, &app.cfg.settings.password).map_err(ApiError::bad)?;
@@ -353,7 +441,13 @@ async fn user_add(State(app): State<App>, caller: Caller, Json(req): Json<UserRe
         .await
         .map_err(|e| ApiError::bad(e.to_string()))?
         .map_err(ApiError::bad)?;
-    let exists = app.store.read(|c| Ok::<_, StoreError>(c.query_row("SELECT 1 FROM users WHERE name = ?1", [&req.name], |_| Ok(())).optional()?.is_some()))?;
+    let exists = app.store.read(|c| {
+        Ok::<_, StoreError>(
+            c.query_row("SELECT 1 FROM users WHERE name = ?1", [&req.name], |_| Ok(()))
+                .optional()?
+                .is_some(),
+        )
+    })?;
     if exists {
         return Err(ApiError::conflict(format!("user {} exists", req.name)));
     }
@@ -381,13 +475,19 @@ async fn user_list(State(app): State<App>, caller: Caller) -> ApiResult<Json<Val
     Ok(Json(Value::Array(users)))
 }
 
-async fn user_disable(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn user_disable(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     caller.require_role(&["admin"])?;
     if name == caller.name {
         return Err(ApiError::bad("you cannot disable yourself"));
     }
     let id = app.store.tx(|tx| {
-        let id: Option<i64> = tx.query_row("SELECT id FROM users WHERE name = ?1", [&name], |r| r.get(0)).optional()?;
+        let id: Option<i64> = tx
+            .query_row("SELECT id FROM users WHERE name = ?1", [&name], |r| r.get(0))
+            .optional()?;
         let Some(id) = id else { return Ok(None) };
         tx.execute("UPDATE users SET disabled = 1 WHERE id = ?1", [id])?;
         tx.execute("DELETE FROM auth_tokens WHERE user_id = ?1", [id])?;
@@ -408,7 +508,11 @@ struct MachineReq {
     org: Option<String>,
 }
 
-async fn machine_add(State(app): State<App>, caller: Caller, Json(req): Json<MachineReq>) -> ApiResult<Json<Value>> {
+async fn machine_add(
+    State(app): State<App>,
+    caller: Caller,
+    Json(req): Json<MachineReq>,
+) -> ApiResult<Json<Value>> {
     caller.require_role(&["admin"])?;
     if !util::valid_name(&req.name) {
         return Err(ApiError::bad("machine name: 1-64 letters, digits, - _ . @"));
@@ -455,10 +559,16 @@ async fn machine_list(State(app): State<App>, caller: Caller) -> ApiResult<Json<
     Ok(Json(Value::Array(out)))
 }
 
-async fn machine_revoke(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn machine_revoke(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     caller.require_role(&["admin"])?;
     let id = app.store.tx(|tx| {
-        let id: Option<i64> = tx.query_row("SELECT id FROM machines WHERE name = ?1", [&name], |r| r.get(0)).optional()?;
+        let id: Option<i64> = tx
+            .query_row("SELECT id FROM machines WHERE name = ?1", [&name], |r| r.get(0))
+            .optional()?;
         let Some(id) = id else { return Ok(None) };
         tx.execute("UPDATE machines SET revoked = 1 WHERE id = ?1", [id])?;
         store::audit(tx, &caller.name, "machine.revoke", &name, &caller.source, json!({}))?;
@@ -476,7 +586,11 @@ struct EnrollReq {
     csr: String,
 }
 
-async fn enroll(State(app): State<App>, info: Option<axum::Extension<ConnInfo>>, Json(req): Json<EnrollReq>) -> ApiResult<Json<Value>> {
+async fn enroll(
+    State(app): State<App>,
+    info: Option<axum::Extension<ConnInfo>>,
+    Json(req): Json<EnrollReq>,
+) -> ApiResult<Json<Value>> {
     let src = source(info.as_deref());
     let now = util::now();
     let hash = util::token_hash(req.token.trim());
@@ -487,17 +601,23 @@ async fn enroll(State(app): State<App>, info: Option<axum::Extension<ConnInfo>>,
         ).optional().map_err(StoreError::from)
     })?;
     let refuse = |why: &str| {
-        let _ = audit_now(&app, "unknown", "machine.enrol_refused", "", &src, json!({"reason": why}));
+        let _ =
+            audit_now(&app, "unknown", "machine.enrol_refused", "", &src, json!({"reason": why}));
         ApiError::unauthorized(format!("enrolment refused: {why}"))
     };
-    let Some((machine_id, machine, expires, used)) = row else { return Err(refuse("unknown token")) };
+    let Some((machine_id, machine, expires, used)) = row else {
+        return Err(refuse("unknown token"));
+    };
     if used.is_some() {
         return Err(refuse("token already used"));
     }
     if expires <= now {
         return Err(refuse("token expired"));
     }
-    let issued = app.ca.sign_machine_csr(&req.csr, &machine, app.cfg.cert_ttl).map_err(|e| ApiError::bad(e.to_string()))?;
+    let issued = app
+        .ca
+        .sign_machine_csr(&req.csr, &machine, app.cfg.cert_ttl)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let claimed = app.store.tx(|tx| {
         // Claiming the token and recording the certificate happen together, once.
         let n = tx.execute("UPDATE enrol_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL", params![hash, now])?;
@@ -538,28 +658,38 @@ fn yes() -> bool {
     true
 }
 
-async fn session_create(State(app): State<App>, caller: Caller, Json(req): Json<SessionReq>) -> ApiResult<Json<Value>> {
+async fn session_create(
+    State(app): State<App>,
+    caller: Caller,
+    Json(req): Json<SessionReq>,
+) -> ApiResult<Json<Value>> {
     caller.require_role(&["admin", "session-admin"])?;
     if !util::valid_name(&req.name) {
         return Err(ApiError::bad("session name: 1-64 letters, digits, - _ . @"));
     }
     if req.reason.trim().is_empty() || req.reason.len() > 1000 {
-        return Err(ApiError::bad("a reason (ticket reference) is required, at most 1000 characters"));
+        return Err(ApiError::bad(
+            "a reason (ticket reference) is required, at most 1000 characters",
+        ));
     }
     if req.targets.is_empty() || req.users.is_empty() {
         return Err(ApiError::bad("a session needs at least one --target and one --user"));
     }
     if !req.approval && !app.cfg.settings.sessions.allow_no_approval {
-        return Err(ApiError::forbidden("policy requires approval for every session (sessions.allow_no_approval = false)"));
+        return Err(ApiError::forbidden(
+            "policy requires approval for every session (sessions.allow_no_approval = false)",
+        ));
     }
     let now = util::now();
     let from = match &req.from {
-        Some(f) => util::parse_rfc3339(f).ok_or_else(|| ApiError::bad(format!("--from {f:?} is not RFC 3339")))?,
+        Some(f) => util::parse_rfc3339(f)
+            .ok_or_else(|| ApiError::bad(format!("--from {f:?} is not RFC 3339")))?,
         None => now,
     };
     let until = match (&req.until, req.duration_secs) {
         (Some(_), Some(_)) => return Err(ApiError::bad("give --until or --duration, not both")),
-        (Some(u), None) => util::parse_rfc3339(u).ok_or_else(|| ApiError::bad(format!("--until {u:?} is not RFC 3339")))?,
+        (Some(u), None) => util::parse_rfc3339(u)
+            .ok_or_else(|| ApiError::bad(format!("--until {u:?} is not RFC 3339")))?,
         (None, Some(d)) => from.saturating_add(i64::try_from(d).unwrap_or(i64::MAX)),
         (None, None) => from + app.cfg.default_session.as_secs() as i64,
     };
@@ -621,18 +751,28 @@ fn visible(caller: &Caller, s: &sessions::Session) -> bool {
 
 async fn session_list(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_full()?;
-    let list = app.store.read(|c| sessions::list(c, (caller.role == "technician").then_some(caller.id)))?;
+    let list = app
+        .store
+        .read(|c| sessions::list(c, (caller.role == "technician").then_some(caller.id)))?;
     Ok(Json(serde_json::to_value(list).unwrap_or_default()))
 }
 
-async fn session_show(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn session_show(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     caller.require_full()?;
     let s = app.store.read(|c| sessions::by_name(c, &name))?.filter(|s| visible(&caller, s));
     let s = s.ok_or_else(|| ApiError::not_found(format!("no session {name}")))?;
     Ok(Json(serde_json::to_value(s).unwrap_or_default()))
 }
 
-async fn session_action(State(app): State<App>, caller: Caller, Path((name, action)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+async fn session_action(
+    State(app): State<App>,
+    caller: Caller,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     caller.require_full()?;
     let s = app.store.read(|c| sessions::by_name(c, &name))?.filter(|s| visible(&caller, s));
     let s = s.ok_or_else(|| ApiError::not_found(format!("no session {name}")))?;
@@ -643,10 +783,15 @@ async fn session_action(State(app): State<App>, caller: Caller, Path((name, acti
         "approve" => {
             caller.require_role(&["approver"])?;
             if s.users.contains(&caller.name) || s.created_by == caller.name {
-                return Err(ApiError::forbidden("four eyes: you cannot approve a session you prepared or use"));
+                return Err(ApiError::forbidden(
+                    "four eyes: you cannot approve a session you prepared or use",
+                ));
             }
             if !matches!(s.state.as_str(), "prepared" | "requested") {
-                return Err(ApiError::conflict(format!("session {name} is {}, not waiting for approval", s.state)));
+                return Err(ApiError::conflict(format!(
+                    "session {name} is {}, not waiting for approval",
+                    s.state
+                )));
             }
             "approved"
         }
@@ -655,13 +800,18 @@ async fn session_action(State(app): State<App>, caller: Caller, Path((name, acti
             "rejected"
         }
         "end" => {
-            let allowed = matches!(caller.role.as_str(), "admin" | "session-admin" | "approver") || s.users.contains(&caller.name);
+            let allowed = matches!(caller.role.as_str(), "admin" | "session-admin" | "approver")
+                || s.users.contains(&caller.name);
             if !allowed {
                 return Err(ApiError::forbidden("only admins, session admins, approvers and the session's technicians may end it"));
             }
             "ended"
         }
-        other => return Err(ApiError::not_found(format!("unknown session action {other:?}: approve, reject or end"))),
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown session action {other:?}: approve, reject or end"
+            )))
+        }
     };
     app.transition(&s, to, &caller.name, &caller.source)?;
     if to == "approved" {
@@ -673,7 +823,10 @@ async fn session_action(State(app): State<App>, caller: Caller, Path((name, acti
             }
         });
     }
-    let s = app.store.read(|c| sessions::by_id(c, s.id))?.ok_or_else(|| ApiError::not_found("session vanished"))?;
+    let s = app
+        .store
+        .read(|c| sessions::by_id(c, s.id))?
+        .ok_or_else(|| ApiError::not_found("session vanished"))?;
     Ok(Json(serde_json::to_value(s).unwrap_or_default()))
 }
 
@@ -684,10 +837,18 @@ struct AuditQuery {
     since: Option<String>,
 }
 
-async fn audit_list(State(app): State<App>, caller: Caller, Query(q): Query<AuditQuery>) -> ApiResult<Json<Value>> {
+async fn audit_list(
+    State(app): State<App>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Value>> {
     caller.require_role(&["auditor", "admin"])?;
     let since_ms = match &q.since {
-        Some(s) => util::parse_rfc3339(s).ok_or_else(|| ApiError::bad(format!("--since {s:?} is not RFC 3339")))? * 1000,
+        Some(s) => {
+            util::parse_rfc3339(s)
+                .ok_or_else(|| ApiError::bad(format!("--since {s:?} is not RFC 3339")))?
+                * 1000
+        }
         None => 0,
     };
     let events = app.store.audit_list(since_ms)?;
@@ -700,7 +861,9 @@ async fn audit_list(State(app): State<App>, caller: Caller, Query(q): Query<Audi
 fn ws_handshake(req: &mut Request) -> ApiResult<(Response, hyper::upgrade::OnUpgrade)> {
     let h = req.headers();
     let has = |name: header::HeaderName, want: &str| {
-        h.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
     };
     if !has(header::UPGRADE, "websocket") || !has(header::SEC_WEBSOCKET_VERSION, "13") {
         return Err(ApiError::bad("expected a WebSocket upgrade"));
@@ -708,36 +871,62 @@ fn ws_handshake(req: &mut Request) -> ApiResult<(Response, hyper::upgrade::OnUpg
     if !has(header::SEC_WEBSOCKET_PROTOCOL, WS_SUBPROTOCOL) {
         return Err(ApiError::bad(format!("expected WebSocket subprotocol {WS_SUBPROTOCOL}")));
     }
-    let key = h.get(header::SEC_WEBSOCKET_KEY).ok_or_else(|| ApiError::bad("missing Sec-WebSocket-Key"))?;
+    let key = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| ApiError::bad("missing Sec-WebSocket-Key"))?;
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(req);
     let resp = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).map_err(|e| ApiError::bad(e.to_string()))?)
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).map_err(|e| ApiError::bad(e.to_string()))?,
+        )
         .header(header::SEC_WEBSOCKET_PROTOCOL, WS_SUBPROTOCOL)
         .body(axum::body::Body::empty())
         .map_err(|e| ApiError::bad(e.to_string()))?;
     Ok((resp, on_upgrade))
 }
 
-async fn start_mux(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(Mux, tokio::sync::mpsc::Receiver<fernwart_transport::MuxStream>)> {
+async fn start_mux(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<(Mux, tokio::sync::mpsc::Receiver<fernwart_transport::MuxStream>)> {
     let upgraded = on_upgrade.await.ok()?;
-    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(fernwart_transport::ws_config())).await;
+    let ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(fernwart_transport::ws_config()),
+    )
+    .await;
     Some(Mux::start(WsIo::new(ws), yamux::Mode::Server))
 }
 
 async fn agent_link_upgrade(State(app): State<App>, mut req: Request) -> ApiResult<Response> {
     let info = req.extensions().get::<ConnInfo>().cloned();
     let src = source(info.as_ref());
-    let fp = info.and_then(|i| i.client_cert).ok_or_else(|| ApiError::unauthorized("agent link needs the machine's client certificate (enrol first)"))?;
+    let fp = info.and_then(|i| i.client_cert).ok_or_else(|| {
+        ApiError::unauthorized("agent link needs the machine's client certificate (enrol first)")
+    })?;
     let m: Option<(i64, String, i64, Option<i64>)> = app.store.read(|c| {
-        c.query_row("SELECT id, name, revoked, cert_not_after FROM machines WHERE cert_fingerprint = ?1", [&fp], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .optional().map_err(StoreError::from)
+        c.query_row(
+            "SELECT id, name, revoked, cert_not_after FROM machines WHERE cert_fingerprint = ?1",
+            [&fp],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(StoreError::from)
     })?;
     let Some((id, name, revoked, _)) = m else {
-        let _ = audit_now(&app, "unknown", "agent.refused", "", &src, json!({"reason": "unknown certificate", "fingerprint": fp}));
+        let _ = audit_now(
+            &app,
+            "unknown",
+            "agent.refused",
+            "",
+            &src,
+            json!({"reason": "unknown certificate", "fingerprint": fp}),
+        );
         return Err(ApiError::forbidden("machine certificate unknown or replaced"));
     };
     if revoked != 0 {
@@ -753,12 +942,26 @@ async fn agent_link_upgrade(State(app): State<App>, mut req: Request) -> ApiResu
     Ok(resp)
 }
 
-async fn connect_upgrade(State(app): State<App>, caller: Caller, Path(name): Path<String>, mut req: Request) -> ApiResult<Response> {
+async fn connect_upgrade(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+    mut req: Request,
+) -> ApiResult<Response> {
     caller.require_full()?;
     let s = app.store.read(|c| sessions::by_name(c, &name))?;
-    let s = s.filter(|s| visible(&caller, s)).ok_or_else(|| ApiError::not_found(format!("no session {name}")))?;
+    let s = s
+        .filter(|s| visible(&caller, s))
+        .ok_or_else(|| ApiError::not_found(format!("no session {name}")))?;
     if !s.users.contains(&caller.name) {
-        let _ = audit_now(&app, &caller.name, "session.connect_refused", &name, &caller.source, json!({"reason": "not assigned"}));
+        let _ = audit_now(
+            &app,
+            &caller.name,
+            "session.connect_refused",
+            &name,
+            &caller.source,
+            json!({"reason": "not assigned"}),
+        );
         return Err(ApiError::forbidden(format!("you are not assigned to session {name}")));
     }
     if s.is_terminal() {
@@ -769,7 +972,11 @@ async fn connect_upgrade(State(app): State<App>, caller: Caller, Path(name): Pat
         return Err(ApiError::conflict(format!("session {name} is expired")));
     }
     let (resp, on_upgrade) = ws_handshake(&mut req)?;
-    let who = tech_link::Technician { user_id: caller.id, name: caller.name.clone(), source: caller.source.clone() };
+    let who = tech_link::Technician {
+        user_id: caller.id,
+        name: caller.name.clone(),
+        source: caller.source.clone(),
+    };
     let sid = s.id;
     tokio::spawn(async move {
         if let Some((mux, inbound)) = start_mux(on_upgrade).await {

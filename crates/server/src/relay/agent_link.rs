@@ -12,8 +12,16 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 /// A link that stays silent this long is dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(45);
 
-pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, machine_id: i64, machine: String, source: String) {
-    let Ok(Some(mut control)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await else {
+pub async fn serve(
+    app: App,
+    mux: Mux,
+    mut inbound: mpsc::Receiver<MuxStream>,
+    machine_id: i64,
+    machine: String,
+    source: String,
+) {
+    let Ok(Some(mut control)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await
+    else {
         tracing::info!(%machine, "agent opened no control stream in time");
         mux.close();
         return;
@@ -27,7 +35,9 @@ pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, m
         }
     };
     let AgentToServer::Hello { version, agent, targets, switch_on } = hello else {
-        let _ = write_frame(&mut control, &ServerToAgent::Refused { reason: "expected hello".into() }).await;
+        let _ =
+            write_frame(&mut control, &ServerToAgent::Refused { reason: "expected hello".into() })
+                .await;
         mux.close();
         return;
     };
@@ -44,10 +54,17 @@ pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, m
             rusqlite::params![machine_id, targets_json, switch_on, now],
         )
         .map_err(crate::store::StoreError::from)?;
-        crate::store::audit(tx, &machine, "agent.connect", &machine, &source, serde_json::json!({
-            "agent": agent, "switch": if switch_on { "on" } else { "off" },
-            "targets": targets.iter().map(|t| &t.name).collect::<Vec<_>>(),
-        }))?;
+        crate::store::audit(
+            tx,
+            &machine,
+            "agent.connect",
+            &machine,
+            &source,
+            serde_json::json!({
+                "agent": agent, "switch": if switch_on { "on" } else { "off" },
+                "targets": targets.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            }),
+        )?;
         sessions::grantable_for_machine(tx, machine_id, now)
     });
     let grants = match grants {
@@ -93,16 +110,27 @@ pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, m
             Ok(Ok(AgentToServer::Switch { on })) => {
                 app.hub.set_switch(machine_id, on);
                 let r = app.store.tx(|tx| {
-                    tx.execute("UPDATE machines SET switch_on = ?2 WHERE id = ?1", rusqlite::params![machine_id, on])
-                        .map_err(crate::store::StoreError::from)?;
-                    crate::store::audit(tx, &machine, "machine.switch", &machine, &source,
-                        serde_json::json!({"switch": if on { "on" } else { "off" }}))
+                    tx.execute(
+                        "UPDATE machines SET switch_on = ?2 WHERE id = ?1",
+                        rusqlite::params![machine_id, on],
+                    )
+                    .map_err(crate::store::StoreError::from)?;
+                    crate::store::audit(
+                        tx,
+                        &machine,
+                        "machine.switch",
+                        &machine,
+                        &source,
+                        serde_json::json!({"switch": if on { "on" } else { "off" }}),
+                    )
                 });
                 if let Err(e) = r {
                     tracing::error!(error = %e, "cannot record key switch");
                 }
             }
-            Ok(Ok(AgentToServer::GrantAck { session })) => app.hub.grant_acked(machine_id, &session),
+            Ok(Ok(AgentToServer::GrantAck { session })) => {
+                app.hub.grant_acked(machine_id, &session)
+            }
             Ok(Ok(AgentToServer::Pong { .. })) => {}
             Ok(Ok(AgentToServer::Hello { .. })) => break "second hello".to_owned(),
         }
@@ -112,8 +140,18 @@ pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, m
     mux.close();
     tracing::info!(%machine, %reason, "agent offline");
     let _ = app.store.tx(|tx| {
-        tx.execute("UPDATE machines SET last_seen = ?2 WHERE id = ?1", rusqlite::params![machine_id, util::now()])
-            .map_err(crate::store::StoreError::from)?;
-        crate::store::audit(tx, &machine, "agent.disconnect", &machine, &source, serde_json::json!({"reason": reason}))
+        tx.execute(
+            "UPDATE machines SET last_seen = ?2 WHERE id = ?1",
+            rusqlite::params![machine_id, util::now()],
+        )
+        .map_err(crate::store::StoreError::from)?;
+        crate::store::audit(
+            tx,
+            &machine,
+            "agent.disconnect",
+            &machine,
+            &source,
+            serde_json::json!({"reason": reason}),
+        )
     });
 }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use fernwart_proto::{negotiate, ClientToServer, ServerToClient, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
+use fernwart_proto::{
+    negotiate, ClientToServer, ServerToClient, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
+};
 use fernwart_transport::{frame_io::read_frame_within, write_frame, Mux, MuxStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,16 +18,28 @@ pub struct Technician {
     pub source: String,
 }
 
-pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, session_id: i64, who: Technician) {
-    let Ok(Some(mut control)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await else {
+pub async fn serve(
+    app: App,
+    mux: Mux,
+    mut inbound: mpsc::Receiver<MuxStream>,
+    session_id: i64,
+    who: Technician,
+) {
+    let Ok(Some(mut control)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await
+    else {
         mux.close();
         return;
     };
     match read_frame_within::<ClientToServer, _>(&mut control, HANDSHAKE_TIMEOUT).await {
         Ok(ClientToServer::Hello { version, .. }) if negotiate(version).is_ok() => {}
         Ok(ClientToServer::Hello { version, .. }) => {
-            let reason = format!("client protocol {version} unsupported, server speaks {PROTOCOL_VERSION}");
-            let _ = write_frame(&mut control, &ServerToClient::Closed { state: "refused".into(), reason }).await;
+            let reason =
+                format!("client protocol {version} unsupported, server speaks {PROTOCOL_VERSION}");
+            let _ = write_frame(
+                &mut control,
+                &ServerToClient::Closed { state: "refused".into(), reason },
+            )
+            .await;
             mux.close();
             return;
         }
@@ -47,7 +61,17 @@ pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, s
         let now = util::now();
         if s.is_terminal() {
             let by = s.ended_by.clone().or(s.decided_by.clone()).unwrap_or_default();
-            break (s.state.clone(), format!("session {} is {} {}", s.name, s.state, if by.is_empty() { String::new() } else { format!("(by {by})") }).trim().to_owned());
+            break (
+                s.state.clone(),
+                format!(
+                    "session {} is {} {}",
+                    s.name,
+                    s.state,
+                    if by.is_empty() { String::new() } else { format!("(by {by})") }
+                )
+                .trim()
+                .to_owned(),
+            );
         }
         if now >= s.until_ts {
             app.expire(&s);
@@ -56,8 +80,13 @@ pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, s
         let mut wait_until = s.until_ts;
         if !ready {
             if now < s.from_ts {
-                let msg = ServerToClient::Waiting { state: s.state.clone(), message: format!("session window opens at {}", s.from) };
-                if write_frame(&mut control, &msg).await.is_err() { break ("link".into(), "technician left".into()) }
+                let msg = ServerToClient::Waiting {
+                    state: s.state.clone(),
+                    message: format!("session window opens at {}", s.from),
+                };
+                if write_frame(&mut control, &msg).await.is_err() {
+                    break ("link".into(), "technician left".into());
+                }
                 wait_until = s.from_ts;
             } else if s.state == "prepared" && s.approval_required {
                 if let Err(e) = app.transition(&s, "requested", &who.name, &who.source) {
@@ -65,8 +94,13 @@ pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, s
                 }
                 continue;
             } else if s.state == "requested" {
-                let msg = ServerToClient::Waiting { state: s.state.clone(), message: "waiting for the operator's approval".into() };
-                if write_frame(&mut control, &msg).await.is_err() { break ("link".into(), "technician left".into()) }
+                let msg = ServerToClient::Waiting {
+                    state: s.state.clone(),
+                    message: "waiting for the operator's approval".into(),
+                };
+                if write_frame(&mut control, &msg).await.is_err() {
+                    break ("link".into(), "technician left".into());
+                }
             } else if s.usable(now) {
                 if s.state != "active" {
                     if let Err(e) = app.transition(&s, "active", &who.name, &who.source) {
@@ -76,9 +110,20 @@ pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, s
                 if !app.hub.grant(s.machine_id, sessions::grant_for(&s)).await {
                     tracing::info!(session = %s.name, "agent did not acknowledge the grant (offline?)");
                 }
-                let msg = ServerToClient::Ready { version: PROTOCOL_VERSION, session: s.name.clone(), targets: s.targets.clone() };
-                if write_frame(&mut control, &msg).await.is_err() { break ("link".into(), "technician left".into()) }
-                app.audit_async(&who.name, "session.connect", &s.name, serde_json::json!({"source": who.source, "targets": s.targets}));
+                let msg = ServerToClient::Ready {
+                    version: PROTOCOL_VERSION,
+                    session: s.name.clone(),
+                    targets: s.targets.clone(),
+                };
+                if write_frame(&mut control, &msg).await.is_err() {
+                    break ("link".into(), "technician left".into());
+                }
+                app.audit_async(
+                    &who.name,
+                    "session.connect",
+                    &s.name,
+                    serde_json::json!({"source": who.source, "targets": s.targets}),
+                );
                 ready = true;
             }
         }
@@ -101,8 +146,17 @@ pub async fn serve(app: App, mux: Mux, mut inbound: mpsc::Receiver<MuxStream>, s
     link.cancel();
     let (state, reason) = closed;
     if state != "link" {
-        let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut control, &ServerToClient::Closed { state, reason: reason.clone() })).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            write_frame(&mut control, &ServerToClient::Closed { state, reason: reason.clone() }),
+        )
+        .await;
     }
-    app.audit_async(&who.name, "session.disconnect", &session_id.to_string(), serde_json::json!({"reason": reason}));
+    app.audit_async(
+        &who.name,
+        "session.disconnect",
+        &session_id.to_string(),
+        serde_json::json!({"reason": reason}),
+    );
     mux.close();
 }

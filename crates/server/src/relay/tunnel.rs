@@ -46,7 +46,12 @@ pub async fn serve(app: App, mut stream: MuxStream, session_id: i64, user: Strin
         }
         Err(reason) => {
             tracing::info!(%target, %user, %reason, "tunnel refused");
-            app.audit_async(&user, "tunnel.refused", &target, serde_json::json!({"session_id": session_id, "reason": reason}));
+            app.audit_async(
+                &user,
+                "tunnel.refused",
+                &target,
+                serde_json::json!({"session_id": session_id, "reason": reason}),
+            );
             let _ = write_frame(&mut stream, &OpenReply::refused(reason)).await;
         }
     }
@@ -69,7 +74,10 @@ async fn open(
     if !session.targets.iter().any(|t| t == target) {
         return Err(format!("target {target:?} is not part of session {}", session.name));
     }
-    let agent = app.hub.agent(session.machine_id).ok_or_else(|| format!("machine {} is offline", session.machine))?;
+    let agent = app
+        .hub
+        .agent(session.machine_id)
+        .ok_or_else(|| format!("machine {} is offline", session.machine))?;
     if !agent.switch_on {
         return Err(format!("the key switch of machine {} is off", session.machine));
     }

@@ -124,7 +124,16 @@ mod tests {
     fn audit_records_commit_with_their_change() {
         let store = Store::open_in_memory().unwrap();
         store
-            .tx(|tx| audit(tx, "admin", "user.add", "tech1", "127.0.0.1", serde_json::json!({"role": "technician"})))
+            .tx(|tx| {
+                audit(
+                    tx,
+                    "admin",
+                    "user.add",
+                    "tech1",
+                    "127.0.0.1",
+                    serde_json::json!({"role": "technician"}),
+                )
+            })
             .unwrap();
         let r: Result<(), StoreError> = store.tx(|tx| {
             audit(tx, "admin", "never", "x", "", serde_json::Value::Null)?;
