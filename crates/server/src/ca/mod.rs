@@ -172,7 +172,6 @@ mod tests {
         let ca = Ca::create(dir.path(), "test").unwrap();
         let device_key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec!["evil.example".into()]).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let csr = params.serialize_request(&device_key).unwrap().pem().unwrap();
         let issued = ca.sign_machine_csr(&csr, "m1", Duration::from_secs(3600)).unwrap();
         assert_eq!(issued.fingerprint.len(), 64);
