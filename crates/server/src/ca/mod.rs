@@ -171,7 +171,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::create(dir.path(), "test").unwrap();
         let device_key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["evil.example".into()]).unwrap();
+        let params = CertificateParams::new(vec!["evil.example".into()]).unwrap();
         let csr = params.serialize_request(&device_key).unwrap().pem().unwrap();
         let issued = ca.sign_machine_csr(&csr, "m1", Duration::from_secs(3600)).unwrap();
         assert_eq!(issued.fingerprint.len(), 64);
