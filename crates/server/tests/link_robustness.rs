@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)] // test code: a failed setup step should panic loudly
+
 //! Hostile input on real links: the server closes the offending link and keeps serving others.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
