@@ -157,3 +157,56 @@ pub fn grant_for(s: &Session) -> fernwart_proto::Grant {
         users: s.users.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(state: &str, approval: bool) -> Session {
+        Session {
+            id: 1,
+            name: "s1".into(),
+            machine_id: 1,
+            machine: "m1".into(),
+            targets: vec!["plc".into()],
+            users: vec!["tech1".into()],
+            reason: "t".into(),
+            state: state.into(),
+            approval_required: approval,
+            from: String::new(),
+            until: String::new(),
+            from_ts: 100,
+            until_ts: 200,
+            created_by: "admin".into(),
+            created_at: String::new(),
+            decided_by: None,
+            ended_by: None,
+        }
+    }
+
+    #[test]
+    fn approval_is_needed_when_the_rule_asks() {
+        assert!(!session("prepared", true).usable(150));
+        assert!(!session("requested", true).usable(150));
+        assert!(session("approved", true).usable(150));
+        assert!(session("active", true).usable(150));
+        assert!(session("prepared", false).usable(150));
+    }
+
+    #[test]
+    fn only_inside_the_window() {
+        let s = session("approved", true);
+        assert!(!s.usable(99));
+        assert!(s.usable(100));
+        assert!(!s.usable(200));
+    }
+
+    #[test]
+    fn terminal_states_are_never_usable() {
+        for state in TERMINAL {
+            let s = session(state, false);
+            assert!(s.is_terminal());
+            assert!(!s.usable(150), "{state}");
+        }
+    }
+}
