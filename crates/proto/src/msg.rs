@@ -57,6 +57,7 @@ pub enum ServerToAgent {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientToServer {
     Hello { version: u16, client: String },
+    Pong { nonce: u64 },
 }
 
 /// Server → technician on the control stream.
@@ -69,6 +70,8 @@ pub enum ServerToClient {
     Ready { version: u16, session: String, targets: Vec<String> },
     /// The session is over (ended, rejected, expired, revoked) or the link is refused.
     Closed { state: String, reason: String },
+    /// Keepalive: answer with `pong`; a technician silent for 45 s is disconnected.
+    Ping { nonce: u64 },
 }
 
 /// First frame on a data stream: which target to reach. The agent also sees the session.

@@ -27,11 +27,21 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
         },
     )
     .await?;
+    let (mut rd, wr) = tokio::io::split(control);
+    let (pong_tx, mut pong_rx) = tokio::sync::mpsc::channel::<u64>(4);
+    tokio::spawn(async move {
+        let mut wr = wr;
+        while let Some(nonce) = pong_rx.recv().await {
+            if write_frame(&mut wr, &ClientToServer::Pong { nonce }).await.is_err() {
+                break;
+            }
+        }
+    });
     let deadline = tokio::time::Instant::now() + wait;
     let mut said = String::new();
     let targets = loop {
         let frame = tokio::select! {
-            f = read_frame::<ServerToClient, _>(&mut control) => f,
+            f = read_frame::<ServerToClient, _>(&mut rd) => f,
             _ = tokio::time::sleep_until(deadline) => bail!("gave up waiting after {} (--wait)", humantime::format_duration(wait)),
             _ = tokio::signal::ctrl_c() => bail!("interrupted while waiting"),
         };
@@ -44,6 +54,9 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
             }
             ServerToClient::Ready { targets, .. } => break targets,
             ServerToClient::Closed { reason, .. } => bail!("{reason}"),
+            ServerToClient::Ping { nonce } => {
+                let _ = pong_tx.send(nonce).await;
+            }
         }
     };
     let mut forwards = Vec::new();
@@ -64,13 +77,16 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
         }
         println!("press Ctrl-C to leave");
     }
-    let outcome = tokio::select! {
-        f = read_frame::<ServerToClient, _>(&mut control) => match f {
-            Ok(ServerToClient::Closed { state, reason }) => Ok((state, reason)),
-            Ok(other) => Err(anyhow::anyhow!("unexpected message from server: {other:?}")),
-            Err(e) => Err(anyhow::anyhow!("connection to the server lost: {e}")),
-        },
-        _ = tokio::signal::ctrl_c() => Ok(("left".into(), "you left the session".into())),
+    let outcome = loop {
+        tokio::select! {
+            f = read_frame::<ServerToClient, _>(&mut rd) => match f {
+                Ok(ServerToClient::Closed { state, reason }) => break Ok((state, reason)),
+                Ok(ServerToClient::Ping { nonce }) => { let _ = pong_tx.send(nonce).await; }
+                Ok(other) => break Err(anyhow::anyhow!("unexpected message from server: {other:?}")),
+                Err(e) => break Err(anyhow::anyhow!("connection to the server lost: {e}")),
+            },
+            _ = tokio::signal::ctrl_c() => break Ok(("left".into(), "you left the session".into())),
+        }
     };
     mux.close();
     let (state, reason) = outcome?;

@@ -12,6 +12,30 @@ use tokio_util::sync::CancellationToken;
 use super::tunnel::{self, Guards};
 use crate::{sessions, util, App};
 
+const PING_EVERY: Duration = Duration::from_secs(15);
+/// A technician link that answers nothing for this long is dead (promise 3: tunnels close).
+const IDLE_LIMIT: Duration = Duration::from_secs(45);
+
+async fn keepalive_reader(
+    mut rd: tokio::io::ReadHalf<MuxStream>,
+    link: CancellationToken,
+    mux: Mux,
+) {
+    loop {
+        match tokio::time::timeout(
+            IDLE_LIMIT,
+            fernwart_transport::read_frame::<ClientToServer, _>(&mut rd),
+        )
+        .await
+        {
+            Ok(Ok(ClientToServer::Pong { .. })) => {}
+            _ => break,
+        }
+    }
+    link.cancel();
+    mux.close();
+}
+
 pub struct Technician {
     pub user_id: i64,
     pub name: String,
@@ -32,6 +56,10 @@ pub async fn serve(
     };
     match read_frame_within::<ClientToServer, _>(&mut control, HANDSHAKE_TIMEOUT).await {
         Ok(ClientToServer::Hello { version, .. }) if negotiate(version).is_ok() => {}
+        Ok(ClientToServer::Pong { .. }) => {
+            mux.close();
+            return;
+        }
         Ok(ClientToServer::Hello { version, .. }) => {
             let reason =
                 format!("client protocol {version} unsupported, server speaks {PROTOCOL_VERSION}");
@@ -50,6 +78,10 @@ pub async fn serve(
         }
     }
     let link = CancellationToken::new();
+    let (rd, mut control) = tokio::io::split(control);
+    tokio::spawn(keepalive_reader(rd, link.clone(), mux.clone()));
+    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut nonce = 0u64;
     let session_token = app.hub.session_token(session_id);
     let user_token = app.hub.user_token(who.user_id);
     let mut changes = app.hub.session_watch(session_id);
@@ -139,6 +171,13 @@ pub async fn serve(
                 None => break ("link".into(), "technician left".into()),
             },
             _ = mux.closed() => break ("link".into(), "technician left".into()),
+            _ = link.cancelled() => break ("link".into(), "technician silent too long".into()),
+            _ = ping.tick() => {
+                nonce += 1;
+                if write_frame(&mut control, &ServerToClient::Ping { nonce }).await.is_err() {
+                    break ("link".into(), "technician left".into());
+                }
+            }
             _ = user_token.cancelled() => break ("revoked".into(), format!("user {} was disabled", who.name)),
             _ = app.shutdown.cancelled() => break ("unavailable".into(), "server shutting down".into()),
         }
