@@ -1,6 +1,3 @@
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::{io::BufRead, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;

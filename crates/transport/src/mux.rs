@@ -21,7 +21,7 @@ pub type MuxStream = Compat<yamux::Stream>;
 pub const MAX_STREAMS: usize = 512;
 /// Receive window per stream: how many bytes a peer may send ahead of our reads. It bounds
 /// each stream's buffer; yamux's 256 KiB default caps loopback throughput far below TLS speed.
-pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Inbound streams waiting for a handler; more are refused (closed) at once.
 const INBOUND_QUEUE: usize = 64;
 

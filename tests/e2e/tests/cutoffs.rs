@@ -1,0 +1,123 @@
+//! Promise 2 and 3 of DESIGN.md: when a condition turns false, the affected tunnel
+//! connections end within about a second; no connection outlives its session.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use fernwart_e2e::{open_tunnel, poll, tunnel_refuses, wait_closed, Echo, World};
+
+const T: Duration = Duration::from_secs(10);
+/// The promise says 1 s; the rest is polling and process start-up slack.
+const CUT: Duration = Duration::from_millis(2000);
+
+fn world(echo: &Echo) -> Result<World> {
+    let mut w = World::standard()?;
+    w.start_agent("m1", &[("echo", echo.addr)])?;
+    w.switch("m1", true)?;
+    Ok(w)
+}
+
+fn wait_target_idle(echo: &Echo, timeout: Duration) -> Result<()> {
+    poll(
+        "the agent to close its connections to the target",
+        timeout,
+        Duration::from_millis(50),
+        || Ok((echo.active() == 0).then_some(())),
+    )
+}
+
+#[test]
+fn disabling_the_user_cuts_the_tunnel() -> Result<()> {
+    let echo = Echo::start()?;
+    let mut w = world(&echo)?;
+    w.create_session("s1", "m1", &["echo"], &["tech1"])?;
+    let mut conn = w.connect_approved("s1", "tech1", "op1")?;
+    let fwd = conn.forward("echo")?;
+    let mut open = open_tunnel(fwd)?;
+
+    w.fw("admin", &["user", "disable", "tech1"])?;
+    let Some(after) = wait_closed(&mut open, Duration::from_secs(5)) else {
+        bail!("a tunnel connection stayed open 5 s after `user disable tech1`");
+    };
+    eprintln!("user disable closed the open connection after {after:?}");
+    ensure!(after <= CUT, "user disable took {after:?} to cut the tunnel");
+    wait_target_idle(&echo, CUT)?;
+    ensure!(
+        tunnel_refuses(fwd, Duration::from_secs(3)),
+        "a new connection worked for a disabled user"
+    );
+    ensure!(
+        conn.wait_exit(T).is_some(),
+        "connect of a disabled user still runs: {}",
+        conn.log_tail()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_time_window_ends_the_session() -> Result<()> {
+    let echo = Echo::start()?;
+    let mut w = world(&echo)?;
+    let window = Duration::from_secs(15);
+    let created_short = Instant::now();
+    let out = w.fw_raw(
+        "admin",
+        &[
+            "session",
+            "create",
+            "s2",
+            "--machine",
+            "m1",
+            "--target",
+            "echo",
+            "--user",
+            "tech1",
+            "--duration",
+            "15s",
+            "--reason",
+            "TICKET-1 short window",
+        ],
+        None,
+    )?;
+    out.check()?;
+    let mut conn = w.connect_approved("s2", "tech1", "op1")?;
+    let mut open = open_tunnel(conn.forward("echo")?)?;
+    let Some(_) = wait_closed(&mut open, window + Duration::from_secs(10)) else {
+        bail!("a tunnel connection outlived its 15 s session window by 10 s");
+    };
+    let elapsed = created_short.elapsed();
+    eprintln!("the 15 s window closed the tunnel {elapsed:?} after session create");
+    ensure!(elapsed <= window + CUT, "the tunnel closed {elapsed:?} after create (window 15 s)");
+    wait_target_idle(&echo, CUT)?;
+    ensure!(
+        conn.wait_exit(T).is_some(),
+        "connect still runs after the window: {}",
+        conn.log_tail()
+    );
+    let state = w.session_state("s2")?;
+    ensure!(state == "expired" || state == "ended", "state after the window: {state}");
+    Ok(())
+}
+
+#[test]
+fn a_dropped_technician_link_closes_its_tunnels() -> Result<()> {
+    let echo = Echo::start()?;
+    let mut w = world(&echo)?;
+    w.create_session("s1", "m1", &["echo"], &["tech1"])?;
+    let mut conn = w.connect_approved("s1", "tech1", "op1")?;
+    let _open = open_tunnel(conn.forward("echo")?)?;
+    ensure!(echo.active() == 1, "target connections: {}", echo.active());
+
+    // the laptop dies: no goodbye from connect
+    conn.proc.signal("KILL");
+    ensure!(conn.wait_exit(T).is_some(), "connect survived SIGKILL");
+    let t0 = Instant::now();
+    wait_target_idle(&echo, Duration::from_secs(5))?;
+    eprintln!("agent closed the target connection {:?} after connect died", t0.elapsed());
+    ensure!(
+        t0.elapsed() <= CUT,
+        "the target connection stayed {:?} after connect died",
+        t0.elapsed()
+    );
+    Ok(())
+}
