@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fernwart_transport::{tls, Dialer, HttpClient, ProxyConfig};
+use fernwart_transport::{error_chain, tls, Dialer, HttpClient, ProxyConfig};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde::{Deserialize, Serialize};
 
@@ -58,9 +58,9 @@ pub async fn enroll(
         ));
     }
     let url = url::Url::parse(server).map_err(|e| format!("--server {server}: {e}"))?;
-    let roots = tls::roots(ca_cert).map_err(|e| e.to_string())?;
-    let cfg = tls::client_config(roots, None).map_err(|e| e.to_string())?;
-    let dialer = Dialer::new(url, cfg, proxy).map_err(|e| e.to_string())?;
+    let roots = tls::roots(ca_cert).map_err(|e| error_chain(&e))?;
+    let cfg = tls::client_config(roots, None).map_err(|e| error_chain(&e))?;
+    let dialer = Dialer::new(url, cfg, proxy).map_err(|e| error_chain(&e))?;
     let key = KeyPair::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -79,9 +79,9 @@ pub async fn enroll(
         fernwart_transport::ApiError::Connect { source, .. }
             if source.to_string().contains("certificate") =>
         {
-            format!("{e} (is --ca-cert the CA of this server?)")
+            format!("{} (is --ca-cert the CA of this server?)", error_chain(&e))
         }
-        _ => e.to_string(),
+        _ => error_chain(&e),
     })?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     write(&dir.join(KEY_FILE), key.serialize_pem().as_bytes(), 0o600)?;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use fernwart_proto::{AgentToServer, ServerToAgent, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
 use fernwart_transport::{
-    frame_io::read_frame_within, read_frame, tls, write_frame, Dialer, HttpClient, Mux,
+    error_chain, frame_io::read_frame_within, read_frame, tls, write_frame, Dialer, HttpClient, Mux,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -43,21 +43,21 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
 
 pub fn dialer(agent: &Agent) -> Result<Dialer, String> {
     let dir = &agent.dir;
-    let roots = tls::roots(Some(&dir.join(identity::CA_FILE))).map_err(|e| e.to_string())?;
-    let certs = tls::load_certs(&dir.join(identity::CERT_FILE)).map_err(|e| e.to_string())?;
-    let key = tls::load_key(&dir.join(identity::KEY_FILE)).map_err(|e| e.to_string())?;
-    let cfg = tls::client_config(roots, Some((certs, key))).map_err(|e| e.to_string())?;
-    let url = url::Url::parse(&agent.identity.server).map_err(|e| e.to_string())?;
-    Dialer::new(url, cfg, agent.proxy.clone()).map_err(|e| e.to_string())
+    let roots = tls::roots(Some(&dir.join(identity::CA_FILE))).map_err(|e| error_chain(&e))?;
+    let certs = tls::load_certs(&dir.join(identity::CERT_FILE)).map_err(|e| error_chain(&e))?;
+    let key = tls::load_key(&dir.join(identity::KEY_FILE)).map_err(|e| error_chain(&e))?;
+    let cfg = tls::client_config(roots, Some((certs, key))).map_err(|e| error_chain(&e))?;
+    let url = url::Url::parse(&agent.identity.server).map_err(|e| error_chain(&e))?;
+    Dialer::new(url, cfg, agent.proxy.clone()).map_err(|e| error_chain(&e))
 }
 
 async fn connect_once(agent: &Agent) -> Result<String, String> {
     let client = HttpClient::new(dialer(agent)?);
-    let ws = client.websocket("/v1/agent/link", None).await.map_err(|e| e.to_string())?;
+    let ws = client.websocket("/v1/agent/link", None).await.map_err(|e| error_chain(&e))?;
     let (mux, mut inbound) = Mux::start(ws, fernwart_transport::Mode::Client);
     let link_closed = CancellationToken::new();
     let _guard = link_closed.clone().drop_guard();
-    let mut control = mux.open().await.map_err(|e| e.to_string())?;
+    let mut control = mux.open().await.map_err(|e| error_chain(&e))?;
     let mut switch_rx = agent.switch.subscribe();
     let hello = AgentToServer::Hello {
         version: PROTOCOL_VERSION,
@@ -65,7 +65,7 @@ async fn connect_once(agent: &Agent) -> Result<String, String> {
         targets: agent.cfg.announced(),
         switch_on: *switch_rx.borrow_and_update(),
     };
-    write_frame(&mut control, &hello).await.map_err(|e| e.to_string())?;
+    write_frame(&mut control, &hello).await.map_err(|e| error_chain(&e))?;
     match read_frame_within::<ServerToAgent, _>(&mut control, HANDSHAKE_TIMEOUT)
         .await
         .map_err(|e| format!("handshake: {e}"))?

@@ -1,4 +1,4 @@
-use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use fernwart_cli::{commands, Context};
@@ -267,6 +267,3 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
-
-#[allow(dead_code)]
-const _: Duration = Duration::from_secs(0);

@@ -1,9 +1,26 @@
 //! Printing results: human lines, or JSON with `--json`.
 
+use std::io::Write;
+
 use serde_json::Value;
 
+/// Like `println!`, but a closed stdout (`fernwart audit list | head -1`) is no panic:
+/// the reader has gone, so the line is dropped.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+
+pub fn line(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    // A write error means nobody reads stdout any more; nothing useful is left to do.
+    let _ = stdout.write_fmt(args).and_then(|()| stdout.write_all(b"\n"));
+}
+
 pub fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string(v).unwrap_or_default());
+    line(format_args!("{}", serde_json::to_string(v).unwrap_or_default()));
 }
 
 /// One JSON line per item (for streams of events).

@@ -50,6 +50,7 @@ struct AsyncAudit {
     actor: String,
     action: String,
     target: String,
+    source: String,
     details: serde_json::Value,
 }
 
@@ -167,15 +168,31 @@ impl App {
 
     /// Records an event off the hot path (tunnel and link events); API changes record theirs
     /// in their own transaction instead.
-    pub fn audit_async(&self, actor: &str, action: &str, target: &str, details: serde_json::Value) {
+    pub fn audit_async(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        source: &str,
+        details: serde_json::Value,
+    ) {
         let ev = AsyncAudit {
             actor: actor.into(),
             action: action.into(),
             target: target.into(),
+            source: source.into(),
             details,
         };
-        if self.audit_tx.try_send(ev).is_err() {
-            tracing::error!(%action, "audit queue full; event recorded in the log only");
+        match self.audit_tx.try_send(ev) {
+            Ok(()) => {}
+            // The queue is full: write this one directly rather than lose it.
+            Err(tokio::sync::mpsc::error::TrySendError::Full(ev)) => {
+                let app = self.clone();
+                tokio::task::spawn_blocking(move || write_audit_batch(&app, &[ev]));
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(ev)) => {
+                write_audit_batch(self, &[ev]);
+            }
         }
     }
 
@@ -235,14 +252,24 @@ async fn audit_writer(app: App, mut rx: tokio::sync::mpsc::Receiver<AsyncAudit>)
                 break;
             }
         }
-        let r = app.store.tx(|tx| {
-            for ev in &batch {
-                store::audit(tx, &ev.actor, &ev.action, &ev.target, "", ev.details.clone())?;
-            }
-            Ok::<_, store::StoreError>(())
-        });
-        if let Err(e) = r {
-            tracing::error!(error = %e, "cannot write audit events");
+        let writer = app.clone();
+        if tokio::task::spawn_blocking(move || write_audit_batch(&writer, &batch)).await.is_err() {
+            tracing::error!("audit writer task failed");
+        }
+    }
+}
+
+fn write_audit_batch(app: &App, batch: &[AsyncAudit]) {
+    let r = app.store.tx(|tx| {
+        for ev in batch {
+            store::audit(tx, &ev.actor, &ev.action, &ev.target, &ev.source, ev.details.clone())?;
+        }
+        Ok::<_, store::StoreError>(())
+    });
+    if let Err(e) = r {
+        for ev in batch {
+            tracing::error!(error = %e, actor = %ev.actor, action = %ev.action, target = %ev.target,
+                details = %ev.details, "cannot write audit event");
         }
     }
 }

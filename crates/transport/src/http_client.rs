@@ -22,7 +22,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("cannot reach the server at {server}: {source}")]
+    #[error("cannot reach the server at {server}")]
     Connect {
         server: String,
         #[source]

@@ -32,3 +32,29 @@ pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
         .write_buffer_size(0)
         .max_write_buffer_size(4 * MAX_WS_MESSAGE)
 }
+
+/// An error with all its causes on one line, `outer: cause: root cause`, for logs and
+/// messages that are not printed through `anyhow`'s `{:#}`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_names_every_cause_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = crate::ApiError::Connect { server: "https://x:1".into(), source: inner };
+        assert_eq!(super::error_chain(&e), "cannot reach the server at https://x:1: refused");
+    }
+}

@@ -47,6 +47,13 @@ fn audit_events_say_who_what_when_where() -> Result<()> {
         }
     }
 
+    // the technician's steps are on record: link up, each TCP connection, link down
+    for action in ["session.connect", "tunnel.open", "tunnel.close", "session.disconnect"] {
+        if !events.iter().any(|e| field(e, "action") == action && field(e, "actor") == "tech1") {
+            problems.push(format!("no {action} event by tech1"));
+        }
+    }
+
     // `--since` narrows the list
     let last_time = events.last().map(|e| field(e, "time").to_owned()).unwrap_or_default();
     let recent = w.fw("aud1", &["audit", "list", "--since", &last_time, "--json"])?.json_list();

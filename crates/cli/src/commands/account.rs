@@ -27,9 +27,9 @@ pub async fn login(ctx: &Context, user: &str, otp: Option<&str>) -> anyhow::Resu
             &json!({"user": user, "role": resp.get("role"), "scope": login.scope, "expires": login.expires}),
         );
     } else if login.scope == "full" {
-        println!("logged in as {user} until {}", login.expires);
+        crate::out!("logged in as {user} until {}", login.expires);
     } else {
-        println!("logged in as {user} for second-factor setup only: run `fernwart mfa enroll`, then `fernwart mfa confirm CODE`, then log in again with --otp");
+        crate::out!("logged in as {user} for second-factor setup only: run `fernwart mfa enroll`, then `fernwart mfa confirm CODE`, then log in again with --otp");
     }
     Ok(())
 }
@@ -37,7 +37,7 @@ pub async fn login(ctx: &Context, user: &str, otp: Option<&str>) -> anyhow::Resu
 pub fn logout(ctx: &Context) -> anyhow::Result<()> {
     ctx.forget_login();
     if !ctx.json {
-        println!("logged out");
+        crate::out!("logged out");
     }
     Ok(())
 }
@@ -47,9 +47,9 @@ pub async fn mfa_enroll(ctx: &Context) -> anyhow::Result<()> {
     if ctx.json {
         output::print_json(&resp);
     } else {
-        println!("add this to your authenticator app, then run `fernwart mfa confirm CODE`:");
-        println!("  secret: {}", output::s(&resp, "secret"));
-        println!("  uri:    {}", output::s(&resp, "uri"));
+        crate::out!("add this to your authenticator app, then run `fernwart mfa confirm CODE`:");
+        crate::out!("  secret: {}", output::s(&resp, "secret"));
+        crate::out!("  uri:    {}", output::s(&resp, "uri"));
     }
     Ok(())
 }
@@ -60,7 +60,7 @@ pub async fn mfa_confirm(ctx: &Context, code: &str) -> anyhow::Result<()> {
     if ctx.json {
         output::print_json(&resp);
     } else {
-        println!("second factor confirmed; log in again with --otp CODE");
+        crate::out!("second factor confirmed; log in again with --otp CODE");
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ pub async fn user_add(
     if ctx.json {
         output::print_json(&resp)
     } else {
-        println!("user {name} added with role {role}")
+        crate::out!("user {name} added with role {role}")
     }
     Ok(())
 }
@@ -30,7 +30,7 @@ pub async fn user_disable(ctx: &Context, name: &str) -> anyhow::Result<()> {
     if ctx.json {
         output::print_json(&resp)
     } else {
-        println!("user {name} disabled; their logins and tunnels are closed")
+        crate::out!("user {name} disabled; their logins and tunnels are closed")
     }
     Ok(())
 }
@@ -41,7 +41,7 @@ pub async fn user_list(ctx: &Context) -> anyhow::Result<()> {
         output::print_json(&resp);
     } else {
         for u in resp.as_array().into_iter().flatten() {
-            println!(
+            crate::out!(
                 "{:<20} {:<14} mfa={} disabled={}",
                 output::s(u, "name"),
                 output::s(u, "role"),
@@ -59,11 +59,11 @@ pub async fn machine_add(ctx: &Context, name: &str, org: Option<&str>) -> anyhow
     if ctx.json {
         output::print_json(&resp);
     } else {
-        println!(
+        crate::out!(
             "machine {name} added; one-time enrolment token (valid until {}):",
             output::s(&resp, "expires")
         );
-        println!("{}", output::s(&resp, "token"));
+        crate::out!("{}", output::s(&resp, "token"));
     }
     Ok(())
 }
@@ -74,7 +74,7 @@ pub async fn machine_list(ctx: &Context) -> anyhow::Result<()> {
         output::print_json(&resp);
     } else {
         for m in resp.as_array().into_iter().flatten() {
-            println!(
+            crate::out!(
                 "{:<20} {:<8} switch={:<8} targets={}",
                 output::s(m, "name"),
                 if m["online"].as_bool() == Some(true) { "online" } else { "offline" },
@@ -93,7 +93,7 @@ pub async fn machine_revoke(ctx: &Context, name: &str) -> anyhow::Result<()> {
     if ctx.json {
         output::print_json(&resp)
     } else {
-        println!("machine {name} revoked; its link is closed")
+        crate::out!("machine {name} revoked; its link is closed")
     }
     Ok(())
 }
@@ -109,7 +109,7 @@ pub async fn audit_list(ctx: &Context, since: Option<&str>) -> anyhow::Result<()
         output::print_json_lines(&events);
     } else {
         for e in &events {
-            println!(
+            crate::out!(
                 "{} {:<12} {:<24} {:<16} {} {}",
                 output::s(e, "time"),
                 output::s(e, "actor"),

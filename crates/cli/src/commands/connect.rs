@@ -71,11 +71,11 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
     if ctx.json {
         output::print_json(&json!({"session": session, "forwards": forwards}));
     } else {
-        println!("session {session} is open; point your tools at:");
+        crate::out!("session {session} is open; point your tools at:");
         for f in &forwards {
-            println!("  {:<12} {}", output::s(f, "target"), output::s(f, "local"));
+            crate::out!("  {:<12} {}", output::s(f, "target"), output::s(f, "local"));
         }
-        println!("press Ctrl-C to leave");
+        crate::out!("press Ctrl-C to leave");
     }
     let outcome = loop {
         tokio::select! {

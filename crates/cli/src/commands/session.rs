@@ -39,7 +39,7 @@ pub async fn create(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
     if ctx.json {
         output::print_json(&resp);
     } else {
-        println!(
+        crate::out!(
             "session {} prepared on {} for {} ({} to {}){}",
             a.name,
             a.machine,
@@ -59,7 +59,7 @@ pub async fn action(ctx: &Context, name: &str, action: &str) -> anyhow::Result<(
     if ctx.json {
         output::print_json(&resp)
     } else {
-        println!("session {name} is {}", output::s(&resp, "state"))
+        crate::out!("session {name} is {}", output::s(&resp, "state"))
     }
     Ok(())
 }
@@ -93,12 +93,12 @@ pub async fn show(ctx: &Context, name: &str) -> anyhow::Result<()> {
             "ended_by",
         ] {
             if let Some(v) = s.get(key).and_then(Value::as_str) {
-                println!("{key:<11} {v}");
+                crate::out!("{key:<11} {v}");
             }
         }
-        println!("{:<11} {}", "targets", output::list(&s, "targets"));
-        println!("{:<11} {}", "users", output::list(&s, "users"));
-        println!(
+        crate::out!("{:<11} {}", "targets", output::list(&s, "targets"));
+        crate::out!("{:<11} {}", "users", output::list(&s, "users"));
+        crate::out!(
             "{:<11} {}",
             "approval",
             if s["approval_required"].as_bool() == Some(true) {
@@ -112,7 +112,7 @@ pub async fn show(ctx: &Context, name: &str) -> anyhow::Result<()> {
 }
 
 fn print_line(s: &Value) {
-    println!(
+    crate::out!(
         "{:<16} {:<9} {:<12} targets={} users={} until {}",
         output::s(s, "name"),
         output::s(s, "state"),

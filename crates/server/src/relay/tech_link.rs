@@ -21,21 +21,18 @@ async fn keepalive_reader(
     link: CancellationToken,
     mux: Mux,
 ) {
-    loop {
-        match tokio::time::timeout(
-            IDLE_LIMIT,
-            fernwart_transport::read_frame::<ClientToServer, _>(&mut rd),
-        )
-        .await
-        {
-            Ok(Ok(ClientToServer::Pong { .. })) => {}
-            _ => break,
-        }
-    }
+    // Anything but a timely pong ends the link.
+    while let Ok(Ok(ClientToServer::Pong { .. })) = tokio::time::timeout(
+        IDLE_LIMIT,
+        fernwart_transport::read_frame::<ClientToServer, _>(&mut rd),
+    )
+    .await
+    {}
     link.cancel();
     mux.close();
 }
 
+#[derive(Clone)]
 pub struct Technician {
     pub user_id: i64,
     pub name: String,
@@ -86,10 +83,12 @@ pub async fn serve(
     let user_token = app.hub.user_token(who.user_id);
     let mut changes = app.hub.session_watch(session_id);
     let mut ready = false;
+    let mut session_name = session_id.to_string();
     let closed = loop {
         let Ok(Some(s)) = app.store.read(|c| sessions::by_id(c, session_id)) else {
             break ("gone".to_owned(), "session deleted".to_owned());
         };
+        session_name.clone_from(&s.name);
         let now = util::now();
         if s.is_terminal() {
             let by = s.ended_by.clone().or(s.decided_by.clone()).unwrap_or_default();
@@ -154,7 +153,8 @@ pub async fn serve(
                     &who.name,
                     "session.connect",
                     &s.name,
-                    serde_json::json!({"source": who.source, "targets": s.targets}),
+                    &who.source,
+                    serde_json::json!({"targets": s.targets}),
                 );
                 ready = true;
             }
@@ -166,7 +166,7 @@ pub async fn serve(
             s = inbound.recv(), if ready => match s {
                 Some(stream) => {
                     let guards = Guards { session: session_token.clone(), user: user_token.clone(), link: link.clone() };
-                    tokio::spawn(tunnel::serve(app.clone(), stream, session_id, who.name.clone(), guards));
+                    tokio::spawn(tunnel::serve(app.clone(), stream, session_id, who.clone(), guards));
                 }
                 None => break ("link".into(), "technician left".into()),
             },
@@ -194,7 +194,8 @@ pub async fn serve(
     app.audit_async(
         &who.name,
         "session.disconnect",
-        &session_id.to_string(),
+        &session_name,
+        &who.source,
         serde_json::json!({"reason": reason}),
     );
     mux.close();

@@ -6,6 +6,7 @@ use fernwart_proto::{OpenReply, OpenRequest, HANDSHAKE_TIMEOUT};
 use fernwart_transport::{frame_io::read_frame_within, write_frame, MuxStream};
 use tokio_util::sync::CancellationToken;
 
+use super::tech_link::Technician;
 use crate::{sessions, util, App};
 
 /// Everything a tunnel must stop for.
@@ -15,7 +16,14 @@ pub struct Guards {
     pub link: CancellationToken,
 }
 
-pub async fn serve(app: App, mut stream: MuxStream, session_id: i64, user: String, guards: Guards) {
+pub async fn serve(
+    app: App,
+    mut stream: MuxStream,
+    session_id: i64,
+    who: Technician,
+    guards: Guards,
+) {
+    let user = who.name.clone();
     let req: OpenRequest = match read_frame_within(&mut stream, HANDSHAKE_TIMEOUT).await {
         Ok(r) => r,
         Err(e) => {
@@ -31,6 +39,13 @@ pub async fn serve(app: App, mut stream: MuxStream, session_id: i64, user: Strin
             }
             let left = Duration::from_secs(u64::try_from(until - util::now()).unwrap_or(0));
             let started = std::time::Instant::now();
+            app.audit_async(
+                &user,
+                "tunnel.open",
+                &session,
+                &who.source,
+                serde_json::json!({"target": target}),
+            );
             let outcome = tokio::select! {
                 r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut agent_stream, 64 * 1024, 64 * 1024) => match r {
                     Ok((up, down)) => format!("closed ({up} bytes up, {down} down)"),
@@ -42,15 +57,24 @@ pub async fn serve(app: App, mut stream: MuxStream, session_id: i64, user: Strin
                 _ = switch.cancelled() => "key switch off or agent gone".to_owned(),
                 _ = tokio::time::sleep(left) => "time window closed".to_owned(),
             };
-            tracing::info!(session = %session, %target, %user, %outcome, secs = started.elapsed().as_secs(), "tunnel closed");
+            let secs = started.elapsed().as_secs();
+            tracing::info!(session = %session, %target, %user, %outcome, secs, "tunnel closed");
+            app.audit_async(
+                &user,
+                "tunnel.close",
+                &session,
+                &who.source,
+                serde_json::json!({"target": target, "outcome": outcome, "seconds": secs}),
+            );
         }
         Err(reason) => {
             tracing::info!(%target, %user, %reason, "tunnel refused");
             app.audit_async(
                 &user,
                 "tunnel.refused",
-                &target,
-                serde_json::json!({"session_id": session_id, "reason": reason}),
+                &session_label(&app, session_id),
+                &who.source,
+                serde_json::json!({"target": target, "reason": reason}),
             );
             let _ = write_frame(&mut stream, &OpenReply::refused(reason)).await;
         }
@@ -94,4 +118,12 @@ async fn open(
         return Err(format!("agent refused: {}", reply.error.unwrap_or_default()));
     }
     Ok((s, agent.switch_token, session.until_ts, session.name))
+}
+
+/// The session's name for the audit trail, or its id if it is gone.
+fn session_label(app: &App, session_id: i64) -> String {
+    match app.store.read(|c| sessions::by_id(c, session_id)) {
+        Ok(Some(s)) => s.name,
+        _ => session_id.to_string(),
+    }
 }
