@@ -87,7 +87,8 @@ impl Agent {
         tracing::info!(%action, %details, "audit");
         let line = serde_json::json!({"time": now(), "machine": self.identity.machine, "action": action, "details": details});
         if let Some(f) = lock(&self.audit_file).as_mut() {
-            let _ = writeln!(f, "{line}");
+            // One write per line, so that a crash leaves no half-written record.
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
 

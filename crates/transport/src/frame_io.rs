@@ -20,6 +20,18 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
+impl FrameError {
+    /// As an `io::Error`, for code that relays bytes after a frame.
+    pub fn into_io(self) -> io::Error {
+        match self {
+            FrameError::Io(e) => e,
+            FrameError::Closed => io::ErrorKind::UnexpectedEof.into(),
+            FrameError::Timeout(_) => io::ErrorKind::TimedOut.into(),
+            other => io::Error::new(io::ErrorKind::InvalidData, other),
+        }
+    }
+}
+
 /// Reads exactly one frame: nothing after it is consumed. The length is checked before any
 /// payload buffer is allocated.
 pub async fn read_frame<T, R>(r: &mut R) -> Result<T, FrameError>

@@ -9,6 +9,7 @@ pub mod dial;
 pub mod frame_io;
 pub mod http_client;
 pub mod mux;
+pub mod pipe;
 pub mod tls;
 pub mod ws;
 

@@ -6,7 +6,11 @@ use anyhow::{bail, Context as _};
 use fernwart_proto::{
     ClientToServer, OpenReply, OpenRequest, ServerToClient, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
 };
-use fernwart_transport::{frame_io::read_frame_within, read_frame, write_frame, Mode, Mux};
+use fernwart_transport::{
+    frame_io::read_frame_within,
+    pipe::{self, copy_then_shutdown, Halt},
+    read_frame, write_frame, Mode, Mux,
+};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -111,22 +115,28 @@ async fn accept_loop(listener: TcpListener, mux: Mux, session: String, target: S
     }
 }
 
-async fn tunnel(mut tcp: TcpStream, mux: Mux, session: String, target: String) {
+async fn tunnel(tcp: TcpStream, mux: Mux, session: String, target: String) {
     let Ok(mut stream) = mux.open().await else { return };
     if write_frame(&mut stream, &OpenRequest { session, target: target.clone() }).await.is_err() {
         return;
     }
-    match read_frame_within::<OpenReply, _>(&mut stream, HANDSHAKE_TIMEOUT * 2).await {
-        Ok(r) if r.ok => {
-            let _ = tokio::io::copy_bidirectional_with_sizes(
-                &mut tcp,
-                &mut stream,
-                64 * 1024,
-                64 * 1024,
-            )
-            .await;
+    // The local side's first bytes go out at once, behind the open request; the far side
+    // reads them only once the server and the agent have both said yes.
+    let (mut s_rd, mut s_wr) = tokio::io::split(stream);
+    let (t_rd, mut t_wr) = tcp.into_split();
+    let up = copy_then_shutdown(t_rd, &mut s_wr);
+    let down = async {
+        match read_frame_within::<OpenReply, _>(&mut s_rd, HANDSHAKE_TIMEOUT * 2).await {
+            Ok(r) if r.ok => {}
+            Ok(r) => {
+                return Err(Halt::Refused(format!("refused: {}", r.error.unwrap_or_default())))
+            }
+            Err(e) => return Err(Halt::Refused(format!("failed: {e}"))),
         }
-        Ok(r) => eprintln!("connection to {target} refused: {}", r.error.unwrap_or_default()),
-        Err(e) => eprintln!("connection to {target} failed: {e}"),
+        copy_then_shutdown(&mut s_rd, &mut t_wr).await.map_err(Halt::Io)
+    };
+    // Once open, an I/O error is one side hanging up, as with copy_bidirectional: no message.
+    if let Err(Halt::Refused(why)) = pipe::both(up, down).await {
+        eprintln!("connection to {target} {why}");
     }
 }

@@ -3,7 +3,11 @@
 use std::time::Duration;
 
 use fernwart_proto::{OpenReply, OpenRequest, HANDSHAKE_TIMEOUT};
-use fernwart_transport::{frame_io::read_frame_within, write_frame, MuxStream};
+use fernwart_transport::{
+    frame_io::read_frame_within,
+    pipe::{self, copy_then_shutdown, Halt},
+    write_frame, MuxStream,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::tech_link::Technician;
@@ -32,56 +36,80 @@ pub async fn serve(
         }
     };
     let target = req.target.clone();
-    match open(&app, session_id, &target).await {
-        Ok((mut agent_stream, switch, until, session)) => {
-            if write_frame(&mut stream, &OpenReply::ok()).await.is_err() {
+    let (agent_stream, switch, until, session) = match open(&app, session_id, &target).await {
+        Ok(opened) => opened,
+        Err(reason) => {
+            refused(&app, &who, &session_label(&app, session_id), &target, &reason);
+            let _ = write_frame(&mut stream, &OpenReply::refused(reason)).await;
+            return;
+        }
+    };
+    let left = Duration::from_secs(u64::try_from(until - util::now()).unwrap_or(0));
+    let started = std::time::Instant::now();
+    // The technician's first bytes follow the request to the agent at once; the agent reads
+    // them only after its own checks. Its answer decides whether anything comes back.
+    let (mut t_rd, mut t_wr) = tokio::io::split(stream);
+    let (mut a_rd, mut a_wr) = tokio::io::split(agent_stream);
+    let up = copy_then_shutdown(&mut t_rd, &mut a_wr);
+    let down = async {
+        let reason = match read_frame_within::<OpenReply, _>(&mut a_rd, HANDSHAKE_TIMEOUT).await {
+            Ok(r) if r.ok => None,
+            Ok(r) => Some(format!("agent refused: {}", r.error.unwrap_or_default())),
+            Err(e) => Some(format!("agent did not answer: {e}")),
+        };
+        if let Some(reason) = reason {
+            let _ = write_frame(&mut t_wr, &OpenReply::refused(reason.clone())).await;
+            return Err(Halt::Refused(reason));
+        }
+        write_frame(&mut t_wr, &OpenReply::ok()).await.map_err(|e| Halt::Io(e.into_io()))?;
+        app.audit_async(
+            &user,
+            "tunnel.open",
+            &session,
+            &who.source,
+            serde_json::json!({"target": target}),
+        );
+        copy_then_shutdown(&mut a_rd, &mut t_wr).await.map_err(Halt::Io)
+    };
+    let outcome = tokio::select! {
+        r = pipe::both(up, down) => match r {
+            Ok((up, down)) => format!("closed ({up} bytes up, {down} down)"),
+            Err(Halt::Refused(reason)) => {
+                refused(&app, &who, &session, &target, &reason);
                 return;
             }
-            let left = Duration::from_secs(u64::try_from(until - util::now()).unwrap_or(0));
-            let started = std::time::Instant::now();
-            app.audit_async(
-                &user,
-                "tunnel.open",
-                &session,
-                &who.source,
-                serde_json::json!({"target": target}),
-            );
-            let outcome = tokio::select! {
-                r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut agent_stream, 64 * 1024, 64 * 1024) => match r {
-                    Ok((up, down)) => format!("closed ({up} bytes up, {down} down)"),
-                    Err(e) => format!("failed: {e}"),
-                },
-                _ = guards.session.cancelled() => "session ended".to_owned(),
-                _ = guards.user.cancelled() => "user disabled".to_owned(),
-                _ = guards.link.cancelled() => "technician link closed".to_owned(),
-                _ = switch.cancelled() => "key switch off or agent gone".to_owned(),
-                _ = tokio::time::sleep(left) => "time window closed".to_owned(),
-            };
-            let secs = started.elapsed().as_secs();
-            tracing::info!(session = %session, %target, %user, %outcome, secs, "tunnel closed");
-            app.audit_async(
-                &user,
-                "tunnel.close",
-                &session,
-                &who.source,
-                serde_json::json!({"target": target, "outcome": outcome, "seconds": secs}),
-            );
-        }
-        Err(reason) => {
-            tracing::info!(%target, %user, %reason, "tunnel refused");
-            app.audit_async(
-                &user,
-                "tunnel.refused",
-                &session_label(&app, session_id),
-                &who.source,
-                serde_json::json!({"target": target, "reason": reason}),
-            );
-            let _ = write_frame(&mut stream, &OpenReply::refused(reason)).await;
-        }
-    }
+            Err(Halt::Io(e)) => format!("failed: {e}"),
+        },
+        _ = guards.session.cancelled() => "session ended".to_owned(),
+        _ = guards.user.cancelled() => "user disabled".to_owned(),
+        _ = guards.link.cancelled() => "technician link closed".to_owned(),
+        _ = switch.cancelled() => "key switch off or agent gone".to_owned(),
+        _ = tokio::time::sleep(left) => "time window closed".to_owned(),
+    };
+    let secs = started.elapsed().as_secs();
+    tracing::info!(session = %session, %target, %user, %outcome, secs, "tunnel closed");
+    app.audit_async(
+        &user,
+        "tunnel.close",
+        &session,
+        &who.source,
+        serde_json::json!({"target": target, "outcome": outcome, "seconds": secs}),
+    );
 }
 
-/// Checks promise 2 at the server, then asks the agent, which checks again on its own.
+fn refused(app: &App, who: &Technician, session: &str, target: &str, reason: &str) {
+    tracing::info!(%target, user = %who.name, %reason, "tunnel refused");
+    app.audit_async(
+        &who.name,
+        "tunnel.refused",
+        session,
+        &who.source,
+        serde_json::json!({"target": target, "reason": reason}),
+    );
+}
+
+/// Checks promise 2 at the server, then asks the agent, which checks again on its own and
+/// answers on the returned stream.
 async fn open(
     app: &App,
     session_id: i64,
@@ -111,12 +139,6 @@ async fn open(
     let mut s = agent.mux.open().await.map_err(|e| format!("cannot reach the agent: {e}"))?;
     let req = OpenRequest { session: session.name.clone(), target: target.to_owned() };
     write_frame(&mut s, &req).await.map_err(|e| format!("agent link failed: {e}"))?;
-    let reply: OpenReply = read_frame_within(&mut s, HANDSHAKE_TIMEOUT)
-        .await
-        .map_err(|e| format!("agent did not answer: {e}"))?;
-    if !reply.ok {
-        return Err(format!("agent refused: {}", reply.error.unwrap_or_default()));
-    }
     Ok((s, agent.switch_token, session.until_ts, session.name))
 }
 
