@@ -18,6 +18,9 @@ pub const DB_FILE: &str = "fernwart.db";
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// A second, read-only connection, so that reads (a tunnel's checks) never wait behind a
+    /// write's fsync. WAL gives it the last committed state. None for in-memory stores.
+    reader: Option<Mutex<Connection>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -33,8 +36,16 @@ pub struct AuditEvent {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(dir.join(DB_FILE))?;
-        Self::setup(conn)
+        let path = dir.join(DB_FILE);
+        let mut store = Self::setup(Connection::open(&path)?)?;
+        let reader = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        reader.pragma_update(None, "query_only", "ON")?;
+        store.reader = Some(Mutex::new(reader));
+        Ok(store)
     }
 
     pub fn open_in_memory() -> Result<Self, StoreError> {
@@ -48,7 +59,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrations::migrate(&mut conn)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn: Mutex::new(conn), reader: None })
     }
 
     /// Runs `f` in one transaction; a poisoned lock is recovered (SQLite keeps its own consistency).
@@ -67,7 +78,8 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, E>,
     ) -> Result<T, E> {
-        let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.reader.as_ref().unwrap_or(&self.conn);
+        let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&guard)
     }
 
