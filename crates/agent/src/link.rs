@@ -53,7 +53,8 @@ pub fn dialer(agent: &Agent) -> Result<Dialer, String> {
 
 async fn connect_once(agent: &Agent) -> Result<String, String> {
     let client = HttpClient::new(dialer(agent)?);
-    let ws = client.websocket("/v1/agent/link", None).await.map_err(|e| error_chain(&e))?;
+    let ws =
+        client.websocket("/v1/agent/link", None).await.map_err(|e| explain(&error_chain(&e)))?;
     let (mux, mut inbound) = Mux::start(ws, fernwart_transport::Mode::Client);
     let link_closed = CancellationToken::new();
     let _guard = link_closed.clone().drop_guard();
@@ -118,4 +119,32 @@ async fn connect_once(agent: &Agent) -> Result<String, String> {
     writer.abort();
     mux.close();
     Ok(reason)
+}
+
+/// Adds what to do to the TLS alerts a refused machine certificate produces.
+fn explain(error: &str) -> String {
+    const CERT_ALERTS: [&str; 5] = [
+        "UnknownCA",
+        "BadCertificate",
+        "CertificateRevoked",
+        "CertificateExpired",
+        "CertificateRequired",
+    ];
+    if CERT_ALERTS.iter().any(|a| error.contains(a)) {
+        format!("the server does not accept this machine's certificate ({error}); enrol the machine again with a new token")
+    } else {
+        error.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod explain_tests {
+    #[test]
+    fn certificate_alerts_say_what_to_do() {
+        let e = super::explain(
+            "request to the server failed: IO error: received fatal alert: UnknownCA",
+        );
+        assert!(e.contains("does not accept this machine's certificate"), "{e}");
+        assert_eq!(super::explain("connection refused"), "connection refused");
+    }
 }

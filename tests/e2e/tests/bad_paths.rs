@@ -379,3 +379,66 @@ fn roles_limit_what_each_user_may_do() -> Result<()> {
     roundtrip(conn.forward("echo")?, b"no approval needed", T)?;
     Ok(())
 }
+
+/// Mutual TLS: a certificate the server's CA never issued is refused in the handshake; a
+/// revoked machine is cut off and stays out, and its agent says why.
+#[test]
+fn foreign_or_revoked_machine_certificate_is_refused() -> Result<()> {
+    let echo = Echo::start()?;
+    let mut w = World::standard()?;
+    w.start_agent("m1", &[("echo", echo.addr)])?;
+
+    // A copy of m1's identity whose key and certificate were made elsewhere (self-signed).
+    let real = w.agent_dir("m1");
+    let fake = w.root.join("agent-m1-forged");
+    std::fs::create_dir_all(&fake)?;
+    for f in ["agent.toml", "identity.toml", "server-ca.pem"] {
+        std::fs::copy(real.join(f), fake.join(f)).with_context(|| format!("copy {f}"))?;
+    }
+    let forged = rcgen::generate_simple_self_signed(vec!["m1".to_owned()])?;
+    std::fs::write(fake.join("agent-cert.pem"), forged.cert.pem())?;
+    std::fs::write(fake.join("agent-key.pem"), forged.key_pair.serialize_pem())?;
+    let log = w.log_path("agent-forged");
+    let fake_dir = fake.to_str().context("utf-8 path")?;
+    let mut forged_agent = fernwart_e2e::Proc::spawn(
+        w.agent_cmd(&["run", "--data", fake_dir]),
+        "forged agent",
+        &log,
+        false,
+    )?;
+    let why =
+        poll("the forged agent to report its refusal", T, Duration::from_millis(200), || {
+            let tail = forged_agent.log_tail();
+            Ok(tail.lines().find(|l| l.contains("cannot connect")).map(str::to_owned))
+        })?;
+    eprintln!("forged certificate: {why}");
+    ensure!(
+        why.contains("does not accept this machine's certificate"),
+        "the refusal of a forged certificate does not say it is the certificate: {why}"
+    );
+    ensure!(forged_agent.running(), "a refused agent keeps trying; it must not exit");
+    drop(forged_agent);
+
+    // Revocation: the running agent is cut off and refused on every retry.
+    w.fw("admin", &["machine", "revoke", "m1"])?;
+    w.wait_machine("m1", false, T)?;
+    let why = poll(
+        "the revoked agent to report its refusal",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let tail = w.agent("m1").map(|a| a.log_tail()).unwrap_or_default();
+            Ok(tail.lines().find(|l| l.contains("revoked")).map(str::to_owned))
+        },
+    )?;
+    eprintln!("revoked: {why}");
+    std::thread::sleep(Duration::from_secs(3));
+    let m = w.machine("m1")?.context("m1 is gone from the list")?;
+    ensure!(
+        m.get("online") != Some(&serde_json::Value::Bool(true)),
+        "a revoked machine is back online: {m}"
+    );
+    let actions = fernwart_e2e::audit_actions(&w.audit("aud1")?);
+    ensure!(actions.contains("agent.refused"), "no agent.refused in the audit trail: {actions}");
+    Ok(())
+}
