@@ -145,10 +145,13 @@ impl HttpClient {
                     .map_err(|e| ApiError::Http(e.to_string()))?;
                 req.headers_mut().insert("authorization", value);
             }
-            let (ws, _resp) =
-                tokio_tungstenite::client_async_with_config(req, tls, Some(crate::ws_config()))
-                    .await
-                    .map_err(ws_error)?;
+            let (ws, _resp) = tokio_tungstenite::client_async_with_config(
+                req,
+                tls,
+                Some(crate::ws_config(crate::WS_READ_BUF)),
+            )
+            .await
+            .map_err(ws_error)?;
             Ok::<WebSocketStream<_>, ApiError>(ws)
         };
         let ws = tokio::time::timeout(crate::dial::DIAL_TIMEOUT, fut)

@@ -24,12 +24,19 @@ pub use yamux::Mode;
 /// Upper bound for one WebSocket message on a link (yamux frames are batched into messages).
 pub const MAX_WS_MESSAGE: usize = 1024 * 1024;
 
-/// The WebSocket settings both ends of a link use: bounded messages and modest buffers.
-pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+/// WebSocket read buffer on links that carry bulk data: fewer, larger reads through TLS
+/// (+10–35 % tunnel throughput against 16 KiB on the bench).
+pub const WS_READ_BUF: usize = 128 * 1024;
+/// WebSocket read buffer for the server's end of agent links: a server holds thousands of them,
+/// mostly idle, and this buffer is most of what an idle link costs.
+pub const WS_READ_BUF_IDLE: usize = 16 * 1024;
+
+/// The WebSocket settings of a link end: bounded messages, `read_buffer` bytes per read.
+pub fn ws_config(read_buffer: usize) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE))
         .max_frame_size(Some(MAX_WS_MESSAGE))
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * MAX_WS_MESSAGE)
 }

@@ -892,12 +892,13 @@ fn ws_handshake(req: &mut Request) -> ApiResult<(Response, hyper::upgrade::OnUpg
 
 async fn start_mux(
     on_upgrade: hyper::upgrade::OnUpgrade,
+    read_buffer: usize,
 ) -> Option<(Mux, tokio::sync::mpsc::Receiver<fernwart_transport::MuxStream>)> {
     let upgraded = on_upgrade.await.ok()?;
     let ws = WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
         Role::Server,
-        Some(fernwart_transport::ws_config()),
+        Some(fernwart_transport::ws_config(read_buffer)),
     )
     .await;
     Some(Mux::start(WsIo::new(ws), yamux::Mode::Server))
@@ -935,7 +936,9 @@ async fn agent_link_upgrade(State(app): State<App>, mut req: Request) -> ApiResu
     }
     let (resp, on_upgrade) = ws_handshake(&mut req)?;
     tokio::spawn(async move {
-        if let Some((mux, inbound)) = start_mux(on_upgrade).await {
+        if let Some((mux, inbound)) =
+            start_mux(on_upgrade, fernwart_transport::WS_READ_BUF_IDLE).await
+        {
             agent_link::serve(app, mux, inbound, id, name, src).await;
         }
     });
@@ -979,7 +982,7 @@ async fn connect_upgrade(
     };
     let sid = s.id;
     tokio::spawn(async move {
-        if let Some((mux, inbound)) = start_mux(on_upgrade).await {
+        if let Some((mux, inbound)) = start_mux(on_upgrade, fernwart_transport::WS_READ_BUF).await {
             tech_link::serve(app, mux, inbound, sid, who).await;
         }
     });
