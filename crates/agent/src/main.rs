@@ -23,7 +23,12 @@ enum Cmd {
         #[arg(long)]
         server: String,
         /// The one-time token (or --token-file, or FERNWART_ENROLL_TOKEN).
-        #[arg(long, env = "FERNWART_ENROLL_TOKEN", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "FERNWART_ENROLL_TOKEN",
+            hide_env_values = true,
+            allow_hyphen_values = true
+        )]
         token: Option<String>,
         #[arg(long, conflicts_with = "token")]
         token_file: Option<PathBuf>,

@@ -31,10 +31,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         .map(|t| t.unix_timestamp())
 }
 
-/// 256 random bits, URL-safe base64: login and enrolment tokens.
+/// 256 random bits, URL-safe base64 behind a `fw_` prefix: login and enrolment tokens. The
+/// prefix keeps a token from starting with `-`, which a command line would read as an option.
 pub fn random_token() -> String {
     let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    format!("fw_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Tokens are stored only as their SHA-256; lookup by hash keeps the secret out of the database.
@@ -47,4 +48,15 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+}
+
+#[cfg(test)]
+mod token_tests {
+    #[test]
+    fn tokens_never_look_like_options() {
+        for _ in 0..2000 {
+            let t = super::random_token();
+            assert!(t.starts_with("fw_") && t.len() == 46, "{t}");
+        }
+    }
 }
