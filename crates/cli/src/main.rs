@@ -116,38 +116,12 @@ enum MachineCmd {
 
 #[derive(Subcommand)]
 enum SessionCmd {
-    Create {
-        name: String,
-        #[arg(long)]
-        machine: String,
-        #[arg(long = "target", required = true)]
-        targets: Vec<String>,
-        #[arg(long = "user", required = true)]
-        users: Vec<String>,
-        #[arg(long)]
-        from: Option<String>,
-        #[arg(long, conflicts_with = "duration")]
-        until: Option<String>,
-        #[arg(long)]
-        duration: Option<String>,
-        #[arg(long)]
-        reason: String,
-        #[arg(long)]
-        no_approval: bool,
-    },
-    Approve {
-        name: String,
-    },
-    Reject {
-        name: String,
-    },
-    End {
-        name: String,
-    },
+    Create(commands::session::CreateArgs),
+    Approve { name: String },
+    Reject { name: String },
+    End { name: String },
     List,
-    Show {
-        name: String,
-    },
+    Show { name: String },
 }
 
 #[derive(Subcommand)]
@@ -228,30 +202,7 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             MachineCmd::Revoke { name } => commands::admin::machine_revoke(&ctx, &name).await,
         },
         Cmd::Session { cmd } => match cmd {
-            SessionCmd::Create {
-                name,
-                machine,
-                targets,
-                users,
-                from,
-                until,
-                duration,
-                reason,
-                no_approval,
-            } => {
-                let args = commands::session::CreateArgs {
-                    name,
-                    machine,
-                    targets,
-                    users,
-                    from,
-                    until,
-                    duration,
-                    reason,
-                    no_approval,
-                };
-                commands::session::create(&ctx, args).await
-            }
+            SessionCmd::Create(args) => commands::session::create(&ctx, args).await,
             SessionCmd::Approve { name } => commands::session::action(&ctx, &name, "approve").await,
             SessionCmd::Reject { name } => commands::session::action(&ctx, &name, "reject").await,
             SessionCmd::End { name } => commands::session::action(&ctx, &name, "end").await,

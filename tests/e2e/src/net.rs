@@ -239,15 +239,22 @@ pub fn wait_closed(s: &mut TcpStream, timeout: Duration) -> Option<Duration> {
                 return Some(start.elapsed());
             }
         }
-        match s.read(&mut buf) {
-            Ok(0) => return Some(start.elapsed()),
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return Some(start.elapsed()),
+        if peer_closed(s.read(&mut buf)) {
+            return Some(start.elapsed());
         }
     }
     None
+}
+
+/// Whether a read says the connection is over (EOF or a hard error), not merely quiet.
+fn peer_closed(r: std::io::Result<usize>) -> bool {
+    match r {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+        ),
+    }
 }
 
 /// Waits, only reading, until the peer closes `s`; returns how long that took, or `None`.
@@ -256,12 +263,8 @@ pub fn wait_eof(s: &mut TcpStream, timeout: Duration) -> Option<Duration> {
     let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
     let mut buf = [0u8; 4096];
     while start.elapsed() < timeout {
-        match s.read(&mut buf) {
-            Ok(0) => return Some(start.elapsed()),
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return Some(start.elapsed()),
+        if peer_closed(s.read(&mut buf)) {
+            return Some(start.elapsed());
         }
     }
     None

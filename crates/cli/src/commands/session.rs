@@ -7,15 +7,25 @@ use serde_json::{json, Value};
 use super::admin::enc;
 use crate::{output, Context};
 
+// `fernwart session create`: these fields are its command line.
+#[derive(clap::Args)]
 pub struct CreateArgs {
     pub name: String,
+    #[arg(long)]
     pub machine: String,
+    #[arg(long = "target", required = true)]
     pub targets: Vec<String>,
+    #[arg(long = "user", required = true)]
     pub users: Vec<String>,
+    #[arg(long)]
     pub from: Option<String>,
+    #[arg(long, conflicts_with = "duration")]
     pub until: Option<String>,
+    #[arg(long)]
     pub duration: Option<String>,
+    #[arg(long)]
     pub reason: String,
+    #[arg(long)]
     pub no_approval: bool,
 }
 
