@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use fernwart_proto::{OpenReply, OpenRequest, HANDSHAKE_TIMEOUT};
-use fernwart_transport::{frame_io::read_frame_within, write_frame, MuxStream};
+use fernwart_transport::{frame_io::read_frame_within, pipe, write_frame, MuxStream};
 use tokio::net::TcpStream;
 
 use crate::{policy, Agent};
@@ -35,7 +35,7 @@ pub async fn serve(
                 "tunnel.refused",
                 serde_json::json!({"session": req.session, "target": req.target, "reason": reason}),
             );
-            let _ = write_frame(&mut stream, &OpenReply::refused(reason)).await;
+            refuse(stream, reason).await;
             return;
         }
     };
@@ -46,25 +46,13 @@ pub async fn serve(
         {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
-                let _ = write_frame(
-                    &mut stream,
-                    &OpenReply::refused(format!(
-                        "cannot reach target {} ({}): {e}",
-                        target.name, target.address
-                    )),
-                )
-                .await;
+                let why = format!("cannot reach target {} ({}): {e}", target.name, target.address);
+                refuse(stream, why).await;
                 return;
             }
             Err(_) => {
-                let _ = write_frame(
-                    &mut stream,
-                    &OpenReply::refused(format!(
-                        "target {} ({}) did not answer",
-                        target.name, target.address
-                    )),
-                )
-                .await;
+                let why = format!("target {} ({}) did not answer", target.name, target.address);
+                refuse(stream, why).await;
                 return;
             }
         };
@@ -76,9 +64,16 @@ pub async fn serve(
     let switch_off = agent.switch_off_token();
     let revoked = agent.grant_token(&req.session);
     let left = Duration::from_secs(u64::try_from(until - crate::now()).unwrap_or(0));
-    let mut tcp = tcp;
+    let (mut m_rd, mut m_wr) = stream.into_split();
+    let (t_rd, mut t_wr) = tcp.into_split();
+    let relay = async {
+        tokio::try_join!(
+            pipe::mux_to_socket(&mut m_rd, &mut t_wr),
+            pipe::socket_to_mux(t_rd, &mut m_wr)
+        )
+    };
     let outcome = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut tcp, 64 * 1024, 64 * 1024) => match r {
+        r = relay => match r {
             Ok((down, up)) => format!("closed ({down} bytes to target, {up} from)"),
             Err(e) => format!("failed: {e}"),
         },
@@ -91,4 +86,11 @@ pub async fn serve(
         "tunnel.close",
         serde_json::json!({"session": req.session, "target": target.name, "outcome": outcome}),
     );
+}
+
+/// Answers no and ends the stream (the answer is delivered before the stream goes).
+async fn refuse(mut stream: MuxStream, reason: String) {
+    if write_frame(&mut stream, &OpenReply::refused(reason)).await.is_ok() {
+        stream.end();
+    }
 }

@@ -53,12 +53,18 @@ pub fn dialer(agent: &Agent) -> Result<Dialer, String> {
 
 async fn connect_once(agent: &Agent) -> Result<String, String> {
     let client = HttpClient::new(dialer(agent)?);
-    let ws =
-        client.websocket("/v1/agent/link", None).await.map_err(|e| explain(&error_chain(&e)))?;
-    let (mux, mut inbound) = Mux::start(ws, fernwart_transport::Mode::Client);
+    let io = client.link("/v1/agent/link", None).await.map_err(|e| explain(&error_chain(&e)))?;
+    // The server opens the streams of this link (the control stream first, then one per
+    // tunnel): the agent is its HTTP/2 server.
+    let (mux, mut inbound) =
+        Mux::start(io, fernwart_transport::Mode::Server).await.map_err(|e| error_chain(&e))?;
     let link_closed = CancellationToken::new();
     let _guard = link_closed.clone().drop_guard();
-    let mut control = mux.open().await.map_err(|e| error_chain(&e))?;
+    let mut control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err("the server closed the link".into()),
+        Err(_) => return Err("the server opened no control stream in time".into()),
+    };
     let mut switch_rx = agent.switch.subscribe();
     let hello = AgentToServer::Hello {
         version: PROTOCOL_VERSION,
@@ -80,7 +86,7 @@ async fn connect_once(agent: &Agent) -> Result<String, String> {
         }
         other => return Err(format!("unexpected handshake answer: {other:?}")),
     }
-    let (mut rd, mut wr) = tokio::io::split(control);
+    let (mut rd, mut wr) = control.into_split();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<AgentToServer>(64);
     let writer = tokio::spawn(async move {
         while let Some(m) = out_rx.recv().await {

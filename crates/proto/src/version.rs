@@ -2,8 +2,9 @@
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
-/// The WebSocket subprotocol that carries it; a peer that does not offer it is refused.
-pub const WS_SUBPROTOCOL: &str = "fernwart.v1";
+/// The HTTP/1.1 upgrade token of a link: after `101 Switching Protocols` the connection speaks
+/// HTTP/2 (with prior knowledge). A peer that asks for anything else is refused.
+pub const LINK_UPGRADE: &str = "fernwart-h2/1";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("peer speaks protocol version {peer}, this side speaks {ours}")]

@@ -92,8 +92,8 @@ fn seed(data: &Path) -> String {
 }
 
 async fn link(server: &Server, token: &str) -> Mux {
-    let ws = server.client().websocket("/v1/connect/s1", Some(token)).await.unwrap();
-    Mux::start(ws, Mode::Client).0
+    let io = server.client().link("/v1/connect/s1", Some(token)).await.unwrap();
+    Mux::start(io, Mode::Client).await.unwrap().0
 }
 
 #[tokio::test]
@@ -219,10 +219,10 @@ async fn requests_without_login_and_with_wrong_tokens_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(401));
-    let e = c.websocket("/v1/connect/s1", Some("forged")).await.err().unwrap();
+    let e = c.link("/v1/connect/s1", Some("forged")).await.err().unwrap();
     assert_eq!(e.status(), Some(401));
     // The agent endpoint demands a client certificate.
-    let e = c.websocket("/v1/agent/link", None).await.err().unwrap();
+    let e = c.link("/v1/agent/link", None).await.err().unwrap();
     assert_eq!(e.status(), Some(401));
     // Oversized bodies are refused before they are parsed.
     let big = serde_json::json!({"user": "x".repeat(100_000), "password": "y"});

@@ -1,20 +1,20 @@
-//! A small HTTPS client for the JSON API and for opening WebSocket links.
+//! A small HTTPS client for the JSON API and for opening links (HTTPS upgraded to HTTP/2).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::{
-    tungstenite::{client::IntoClientRequest, http::HeaderValue},
-    WebSocketStream,
-};
 
-use crate::{dial::Dialer, ws::WsIo};
+use crate::dial::Dialer;
+
+/// The byte stream of an upgraded link, ready for [`crate::Mux::start`].
+pub type LinkIo = TokioIo<Upgraded>;
 
 /// The most an API response body may be.
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
@@ -88,10 +88,8 @@ impl HttpClient {
         let tls = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| ApiError::Http(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+            .map_err(|e| ApiError::Http(crate::error_chain(&e)))?;
+        let conn_failed = watch_conn(conn);
         let payload = match body {
             Some(b) => serde_json::to_vec(b).map_err(|e| ApiError::Decode(e.to_string()))?,
             None => Vec::new(),
@@ -107,14 +105,18 @@ impl HttpClient {
         if let Some(token) = bearer {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let req =
-            req.body(Full::new(Bytes::from(payload))).map_err(|e| ApiError::Http(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| ApiError::Http(e.to_string()))?;
+        let req = req
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| ApiError::Http(crate::error_chain(&e)))?;
+        let resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => return Err(request_failed(&e, conn_failed).await),
+        };
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
             .collect()
             .await
-            .map_err(|e| ApiError::Http(e.to_string()))?
+            .map_err(|e| ApiError::Http(crate::error_chain(&*e)))?
             .to_bytes();
         if !status.is_success() {
             return Err(ApiError::Status {
@@ -126,50 +128,86 @@ impl HttpClient {
         serde_json::from_slice(body).map_err(|e| ApiError::Decode(e.to_string()))
     }
 
-    /// Opens a WebSocket link at `path` with the fernwart subprotocol.
-    pub async fn websocket(
-        &self,
-        path: &str,
-        bearer: Option<&str>,
-    ) -> Result<WsIo<TlsStream<TcpStream>>, ApiError> {
+    /// Opens a link at `path`: an HTTPS request that the server upgrades
+    /// ([`fernwart_proto::LINK_UPGRADE`]); a refusal comes back as [`ApiError::Status`] with
+    /// the server's reason.
+    pub async fn link(&self, path: &str, bearer: Option<&str>) -> Result<LinkIo, ApiError> {
         let fut = async {
             let tls = self.connect().await?;
-            let url = format!("wss://{}{}", self.dialer.authority(), path);
-            let mut req = url.into_client_request().map_err(|e| ApiError::Http(e.to_string()))?;
-            req.headers_mut().insert(
-                "sec-websocket-protocol",
-                HeaderValue::from_static(fernwart_proto::WS_SUBPROTOCOL),
-            );
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| ApiError::Http(crate::error_chain(&e)))?;
+            let conn_failed = watch_conn(conn.with_upgrades());
+            let mut req = Request::builder()
+                .method(Method::GET)
+                .uri(path)
+                .header(header::HOST, self.dialer.authority())
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, fernwart_proto::LINK_UPGRADE);
             if let Some(token) = bearer {
-                let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                    .map_err(|e| ApiError::Http(e.to_string()))?;
-                req.headers_mut().insert("authorization", value);
+                req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
             }
-            let (ws, _resp) = tokio_tungstenite::client_async_with_config(
-                req,
-                tls,
-                Some(crate::ws_config(crate::WS_READ_BUF)),
-            )
-            .await
-            .map_err(ws_error)?;
-            Ok::<WebSocketStream<_>, ApiError>(ws)
+            let req = req
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| ApiError::Http(crate::error_chain(&e)))?;
+            let resp = match sender.send_request(req).await {
+                Ok(r) => r,
+                Err(e) => return Err(request_failed(&e, conn_failed).await),
+            };
+            let status = resp.status();
+            if status != StatusCode::SWITCHING_PROTOCOLS {
+                let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                return Err(ApiError::Status {
+                    status: status.as_u16(),
+                    message: error_text(status, &bytes),
+                });
+            }
+            let upgrade = resp.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+            if !upgrade.is_some_and(|v| v.eq_ignore_ascii_case(fernwart_proto::LINK_UPGRADE)) {
+                return Err(ApiError::Decode(format!(
+                    "the server switched to {upgrade:?}, not {}",
+                    fernwart_proto::LINK_UPGRADE
+                )));
+            }
+            let upgraded = hyper::upgrade::on(resp).await.map_err(|e| {
+                ApiError::Http(format!("link upgrade failed: {}", crate::error_chain(&e)))
+            })?;
+            Ok::<LinkIo, ApiError>(TokioIo::new(upgraded))
         };
-        let ws = tokio::time::timeout(crate::dial::DIAL_TIMEOUT, fut)
+        tokio::time::timeout(crate::dial::DIAL_TIMEOUT, fut)
             .await
-            .map_err(|_| ApiError::Timeout(crate::dial::DIAL_TIMEOUT))??;
-        Ok(WsIo::new(ws))
+            .map_err(|_| ApiError::Timeout(crate::dial::DIAL_TIMEOUT))?
     }
 }
 
-fn ws_error(e: tokio_tungstenite::tungstenite::Error) -> ApiError {
-    use tokio_tungstenite::tungstenite::Error as E;
-    match e {
-        E::Http(resp) => {
-            let status = resp.status();
-            let body = resp.body().as_deref().unwrap_or_default();
-            ApiError::Status { status: status.as_u16(), message: error_text(status, body) }
+/// Drives an HTTP/1.1 connection; its failure (a TLS alert, say) is told through the receiver,
+/// since a failed request by itself only says "connection error".
+fn watch_conn<F, E>(conn: F) -> tokio::sync::oneshot::Receiver<String>
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            let _ = tx.send(crate::error_chain(&e));
         }
-        other => ApiError::Http(other.to_string()),
+    });
+    rx
+}
+
+/// A failed request, told by its connection's own error where there is one.
+async fn request_failed(
+    e: &hyper::Error,
+    conn: tokio::sync::oneshot::Receiver<String>,
+) -> ApiError {
+    match tokio::time::timeout(Duration::from_millis(500), conn).await {
+        Ok(Ok(why)) => ApiError::Http(why),
+        _ => ApiError::Http(crate::error_chain(e)),
     }
 }
 

@@ -1,25 +1,64 @@
-//! Relaying bytes between two streams, one direction at a time, so that a tunnel can send its
-//! first bytes while the answer to its open request is still on the way (one round trip less
-//! from a technician's connect to the target's first byte).
+//! Relaying bytes between a socket and a multiplexed stream, or between two streams, one
+//! direction at a time, so that a tunnel can send its first bytes while the answer to its
+//! open request is still on the way (one round trip less from a technician's connect to the
+//! target's first byte). Bytes read from a socket are handed to the link without another
+//! copy, and bytes from one stream go to the next as they arrived.
 
 use std::{future::Future, io, time::Duration};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Bytes read at once on each direction of a tunnel.
+use crate::mux::{MuxReader, MuxWriter};
+
+/// Bytes read from a socket at once.
 pub const RELAY_BUF: usize = 64 * 1024;
 
-/// Copies `rd` to `wr` until `rd` ends, then half-closes `wr`. Returns the bytes copied.
-/// Back-pressure is kept: at most [`RELAY_BUF`] bytes are held between the two.
-pub async fn copy_then_shutdown<R, W>(rd: R, wr: &mut W) -> io::Result<u64>
+/// Copies `rd` (a socket) into the stream until `rd` ends, then ends the stream's direction.
+/// Returns the bytes copied. At most [`RELAY_BUF`] bytes are read ahead of the link's window.
+pub async fn socket_to_mux<R>(mut rd: R, wr: &mut MuxWriter) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::new();
+    let mut total = 0u64;
+    loop {
+        // Reuses the previous buffer once the link has written it out.
+        buf.reserve(RELAY_BUF);
+        let n = rd.read_buf(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        wr.send_all(buf.split().freeze()).await?;
+    }
+    wr.finish()?;
+    Ok(total)
+}
+
+/// Writes the stream's bytes to `wr` (a socket) until the stream ends, then half-closes `wr`.
+pub async fn mux_to_socket<W>(rd: &mut MuxReader, wr: &mut W) -> io::Result<u64>
+where
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let mut rd = BufReader::with_capacity(RELAY_BUF, rd);
-    let n = tokio::io::copy_buf(&mut rd, wr).await?;
+    let mut total = 0u64;
+    while let Some(chunk) = rd.chunk().await? {
+        total += chunk.len() as u64;
+        wr.write_all(&chunk).await?;
+    }
     wr.shutdown().await?;
-    Ok(n)
+    Ok(total)
+}
+
+/// Forwards one stream into another as the bytes arrive, then ends the second's direction.
+pub async fn mux_to_mux(rd: &mut MuxReader, wr: &mut MuxWriter) -> io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(chunk) = rd.chunk().await? {
+        total += chunk.len() as u64;
+        wr.send_all(chunk).await?;
+    }
+    wr.finish()?;
+    Ok(total)
 }
 
 /// Why a pipelined tunnel stopped.
@@ -72,20 +111,40 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
-    async fn copies_everything_then_half_closes() {
+    async fn socket_to_stream_to_stream_to_socket_keeps_every_byte_and_the_half_close() {
+        use crate::mux::{Mode, Mux};
+        async fn link() -> (Mux, tokio::sync::mpsc::Receiver<crate::MuxStream>) {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let server = tokio::spawn(Mux::start(b, Mode::Server));
+            let (client, _) = Mux::start(a, Mode::Client).await.unwrap();
+            let (_server, inbound) = server.await.unwrap().unwrap();
+            (client, inbound)
+        }
+        // socket a|b -> link 1 -> relay -> link 2 -> socket c|d, as technician -> server -> agent.
+        let (one, mut one_in) = link().await;
+        let (two, mut two_in) = link().await;
         let (mut a, b) = tokio::io::duplex(1024);
         let (mut c, mut d) = tokio::io::duplex(1024);
-        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let payload: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
         let writer = tokio::spawn(async move {
             tokio::io::AsyncWriteExt::write_all(&mut a, &sent).await.unwrap();
             tokio::io::AsyncWriteExt::shutdown(&mut a).await.unwrap();
         });
-        let copier = tokio::spawn(async move { super::copy_then_shutdown(b, &mut c).await });
+        let (_r1, mut w1) = one.open().await.unwrap().into_split();
+        let up = tokio::spawn(async move { super::socket_to_mux(b, &mut w1).await });
+        let (mut r1_far, _w1_far) = one_in.recv().await.unwrap().into_split();
+        let (_r2, mut w2) = two.open().await.unwrap().into_split();
+        let relay = tokio::spawn(async move { super::mux_to_mux(&mut r1_far, &mut w2).await });
+        let (mut r2_far, _w2_far) = two_in.recv().await.unwrap().into_split();
+        let down = tokio::spawn(async move { super::mux_to_socket(&mut r2_far, &mut c).await });
         let mut got = Vec::new();
         d.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, payload);
-        assert_eq!(copier.await.unwrap().unwrap(), payload.len() as u64);
+        let n = payload.len() as u64;
+        assert_eq!(up.await.unwrap().unwrap(), n);
+        assert_eq!(relay.await.unwrap().unwrap(), n);
+        assert_eq!(down.await.unwrap().unwrap(), n);
         writer.await.unwrap();
     }
 

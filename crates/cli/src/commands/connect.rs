@@ -8,7 +8,7 @@ use fernwart_proto::{
 };
 use fernwart_transport::{
     frame_io::read_frame_within,
-    pipe::{self, copy_then_shutdown, Halt},
+    pipe::{self, mux_to_socket, socket_to_mux, Halt},
     read_frame, write_frame, Mode, Mux,
 };
 use serde_json::json;
@@ -20,8 +20,8 @@ use crate::{output, Context};
 pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> anyhow::Result<()> {
     let login = ctx.load_login()?;
     let client = ctx.client()?;
-    let ws = client.websocket(&format!("/v1/connect/{}", enc(session)), Some(&login.token)).await?;
-    let (mux, _inbound) = Mux::start(ws, Mode::Client);
+    let io = client.link(&format!("/v1/connect/{}", enc(session)), Some(&login.token)).await?;
+    let (mux, _inbound) = Mux::start(io, Mode::Client).await.context("starting the link")?;
     let mut control = mux.open().await.context("opening the control stream")?;
     write_frame(
         &mut control,
@@ -31,7 +31,7 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
         },
     )
     .await?;
-    let (mut rd, wr) = tokio::io::split(control);
+    let (mut rd, wr) = control.into_split();
     let (pong_tx, mut pong_rx) = tokio::sync::mpsc::channel::<u64>(4);
     tokio::spawn(async move {
         let mut wr = wr;
@@ -122,9 +122,9 @@ async fn tunnel(tcp: TcpStream, mux: Mux, session: String, target: String) {
     }
     // The local side's first bytes go out at once, behind the open request; the far side
     // reads them only once the server and the agent have both said yes.
-    let (mut s_rd, mut s_wr) = tokio::io::split(stream);
+    let (mut s_rd, mut s_wr) = stream.into_split();
     let (t_rd, mut t_wr) = tcp.into_split();
-    let up = copy_then_shutdown(t_rd, &mut s_wr);
+    let up = socket_to_mux(t_rd, &mut s_wr);
     let down = async {
         match read_frame_within::<OpenReply, _>(&mut s_rd, HANDSHAKE_TIMEOUT * 2).await {
             Ok(r) if r.ok => {}
@@ -133,7 +133,7 @@ async fn tunnel(tcp: TcpStream, mux: Mux, session: String, target: String) {
             }
             Err(e) => return Err(Halt::Refused(format!("failed: {e}"))),
         }
-        copy_then_shutdown(&mut s_rd, &mut t_wr).await.map_err(Halt::Io)
+        mux_to_socket(&mut s_rd, &mut t_wr).await.map_err(Halt::Io)
     };
     // Once open, an I/O error is one side hanging up, as with copy_bidirectional: no message.
     if let Err(Halt::Refused(why)) = pipe::both(up, down).await {

@@ -1,19 +1,18 @@
-//! The JSON API and the WebSocket endpoints, all on the one TLS port.
+//! The JSON API and the link endpoints (HTTPS upgraded to HTTP/2), all on the one TLS port.
 
 use axum::{
     extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State},
-    http::{header, request::Parts, HeaderValue, StatusCode},
+    http::{header, request::Parts, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
-use fernwart_proto::WS_SUBPROTOCOL;
-use fernwart_transport::{Mux, WsIo};
+use fernwart_proto::LINK_UPGRADE;
+use fernwart_transport::{Mode, Mux};
 use hyper_util::rt::TokioIo;
 use rusqlite::{params, OptionalExtension};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio_tungstenite::{tungstenite::protocol::Role, WebSocketStream};
 
 use crate::{
     auth,
@@ -857,51 +856,42 @@ async fn audit_list(
 
 // ---------------------------------------------------------------- links
 
-/// Validates a WebSocket upgrade and returns the 101 response; the link starts on `on_upgrade`.
-fn ws_handshake(req: &mut Request) -> ApiResult<(Response, hyper::upgrade::OnUpgrade)> {
+/// Validates a link upgrade and returns the 101 response; the link starts on `on_upgrade`.
+fn link_handshake(req: &mut Request) -> ApiResult<(Response, hyper::upgrade::OnUpgrade)> {
     let h = req.headers();
     let has = |name: header::HeaderName, want: &str| {
         h.get(name)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
     };
-    if !has(header::UPGRADE, "websocket") || !has(header::SEC_WEBSOCKET_VERSION, "13") {
-        return Err(ApiError::bad("expected a WebSocket upgrade"));
+    if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, LINK_UPGRADE) {
+        return Err(ApiError::bad(format!(
+            "expected a link upgrade (Connection: upgrade, Upgrade: {LINK_UPGRADE})"
+        )));
     }
-    if !has(header::SEC_WEBSOCKET_PROTOCOL, WS_SUBPROTOCOL) {
-        return Err(ApiError::bad(format!("expected WebSocket subprotocol {WS_SUBPROTOCOL}")));
-    }
-    let key = h
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or_else(|| ApiError::bad("missing Sec-WebSocket-Key"))?;
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(req);
     let resp = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(
-            header::SEC_WEBSOCKET_ACCEPT,
-            HeaderValue::from_str(&accept).map_err(|e| ApiError::bad(e.to_string()))?,
-        )
-        .header(header::SEC_WEBSOCKET_PROTOCOL, WS_SUBPROTOCOL)
+        .header(header::UPGRADE, LINK_UPGRADE)
         .body(axum::body::Body::empty())
         .map_err(|e| ApiError::bad(e.to_string()))?;
     Ok((resp, on_upgrade))
 }
 
+/// Runs HTTP/2 on an upgraded connection once the 101 has gone out.
 async fn start_mux(
     on_upgrade: hyper::upgrade::OnUpgrade,
-    read_buffer: usize,
+    mode: Mode,
 ) -> Option<(Mux, tokio::sync::mpsc::Receiver<fernwart_transport::MuxStream>)> {
     let upgraded = on_upgrade.await.ok()?;
-    let ws = WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        Role::Server,
-        Some(fernwart_transport::ws_config(read_buffer)),
-    )
-    .await;
-    Some(Mux::start(WsIo::new(ws), yamux::Mode::Server))
+    match Mux::start(TokioIo::new(upgraded), mode).await {
+        Ok(link) => Some(link),
+        Err(e) => {
+            tracing::debug!(error = %fernwart_transport::error_chain(&e), "link handshake failed");
+            None
+        }
+    }
 }
 
 async fn agent_link_upgrade(State(app): State<App>, mut req: Request) -> ApiResult<Response> {
@@ -934,12 +924,11 @@ async fn agent_link_upgrade(State(app): State<App>, mut req: Request) -> ApiResu
         let _ = audit_now(&app, &name, "agent.refused", &name, &src, json!({"reason": "revoked"}));
         return Err(ApiError::forbidden(format!("machine {name} is revoked")));
     }
-    let (resp, on_upgrade) = ws_handshake(&mut req)?;
+    let (resp, on_upgrade) = link_handshake(&mut req)?;
     tokio::spawn(async move {
-        if let Some((mux, inbound)) =
-            start_mux(on_upgrade, fernwart_transport::WS_READ_BUF_IDLE).await
-        {
-            agent_link::serve(app, mux, inbound, id, name, src).await;
+        // The server opens the streams of an agent link: it is the HTTP/2 client there.
+        if let Some((mux, _)) = start_mux(on_upgrade, Mode::Client).await {
+            agent_link::serve(app, mux, id, name, src).await;
         }
     });
     Ok(resp)
@@ -974,7 +963,7 @@ async fn connect_upgrade(
         app.expire(&s);
         return Err(ApiError::conflict(format!("session {name} is expired")));
     }
-    let (resp, on_upgrade) = ws_handshake(&mut req)?;
+    let (resp, on_upgrade) = link_handshake(&mut req)?;
     let who = tech_link::Technician {
         user_id: caller.id,
         name: caller.name.clone(),
@@ -982,7 +971,7 @@ async fn connect_upgrade(
     };
     let sid = s.id;
     tokio::spawn(async move {
-        if let Some((mux, inbound)) = start_mux(on_upgrade, fernwart_transport::WS_READ_BUF).await {
+        if let Some((mux, inbound)) = start_mux(on_upgrade, Mode::Server).await {
             tech_link::serve(app, mux, inbound, sid, who).await;
         }
     });

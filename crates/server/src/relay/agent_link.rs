@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use fernwart_proto::{negotiate, AgentToServer, ServerToAgent, HANDSHAKE_TIMEOUT};
-use fernwart_transport::{frame_io::read_frame_within, read_frame, write_frame, Mux, MuxStream};
+use fernwart_transport::{frame_io::read_frame_within, read_frame, write_frame, Mux};
 use tokio::sync::mpsc;
 
 use crate::{sessions, util, App};
@@ -12,19 +12,20 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 /// A link that stays silent this long is dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(45);
 
-pub async fn serve(
-    app: App,
-    mux: Mux,
-    mut inbound: mpsc::Receiver<MuxStream>,
-    machine_id: i64,
-    machine: String,
-    source: String,
-) {
-    let Ok(Some(mut control)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await
-    else {
-        tracing::info!(%machine, "agent opened no control stream in time");
-        mux.close();
-        return;
+pub async fn serve(app: App, mux: Mux, machine_id: i64, machine: String, source: String) {
+    // The server opens the control stream; the agent's first frame on it is its hello.
+    let mut control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, mux.open()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%machine, error = %fernwart_transport::error_chain(&e), "cannot open the control stream");
+            mux.close();
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%machine, "agent link gave no stream in time");
+            mux.close();
+            return;
+        }
     };
     let hello: AgentToServer = match read_frame_within(&mut control, HANDSHAKE_TIMEOUT).await {
         Ok(h) => h,
@@ -35,14 +36,20 @@ pub async fn serve(
         }
     };
     let AgentToServer::Hello { version, agent, targets, switch_on } = hello else {
-        let _ =
-            write_frame(&mut control, &ServerToAgent::Refused { reason: "expected hello".into() })
-                .await;
+        let refused = ServerToAgent::Refused { reason: "expected hello".into() };
+        if write_frame(&mut control, &refused).await.is_ok() {
+            control.end();
+        }
         mux.close();
         return;
     };
     if let Err(e) = negotiate(version) {
-        let _ = write_frame(&mut control, &ServerToAgent::Refused { reason: e.to_string() }).await;
+        if write_frame(&mut control, &ServerToAgent::Refused { reason: e.to_string() })
+            .await
+            .is_ok()
+        {
+            control.end();
+        }
         mux.close();
         return;
     }
@@ -84,7 +91,7 @@ pub async fn serve(
     let conn_id = app.hub.agent_connected(machine_id, mux.clone(), ctl_tx, switch_on, targets);
     tracing::info!(%machine, switch_on, "agent online");
 
-    let (mut rd, mut wr) = tokio::io::split(control);
+    let (mut rd, mut wr) = control.into_split();
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
         let mut nonce = 0u64;

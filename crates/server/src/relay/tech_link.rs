@@ -17,7 +17,7 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 const IDLE_LIMIT: Duration = Duration::from_secs(45);
 
 async fn keepalive_reader(
-    mut rd: tokio::io::ReadHalf<MuxStream>,
+    mut rd: fernwart_transport::MuxReader,
     link: CancellationToken,
     mux: Mux,
 ) {
@@ -60,11 +60,10 @@ pub async fn serve(
         Ok(ClientToServer::Hello { version, .. }) => {
             let reason =
                 format!("client protocol {version} unsupported, server speaks {PROTOCOL_VERSION}");
-            let _ = write_frame(
-                &mut control,
-                &ServerToClient::Closed { state: "refused".into(), reason },
-            )
-            .await;
+            let refused = ServerToClient::Closed { state: "refused".into(), reason };
+            if write_frame(&mut control, &refused).await.is_ok() {
+                control.end();
+            }
             mux.close();
             return;
         }
@@ -75,7 +74,7 @@ pub async fn serve(
         }
     }
     let link = CancellationToken::new();
-    let (rd, mut control) = tokio::io::split(control);
+    let (rd, mut control) = control.into_split();
     tokio::spawn(keepalive_reader(rd, link.clone(), mux.clone()));
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut nonce = 0u64;
@@ -185,11 +184,12 @@ pub async fn serve(
     link.cancel();
     let (state, reason) = closed;
     if state != "link" {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            write_frame(&mut control, &ServerToClient::Closed { state, reason: reason.clone() }),
-        )
-        .await;
+        let last = ServerToClient::Closed { state, reason: reason.clone() };
+        if let Ok(Ok(())) =
+            tokio::time::timeout(Duration::from_secs(2), write_frame(&mut control, &last)).await
+        {
+            control.end();
+        }
     }
     app.audit_async(
         &who.name,

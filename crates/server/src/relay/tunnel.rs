@@ -5,7 +5,7 @@ use std::time::Duration;
 use fernwart_proto::{OpenReply, OpenRequest, HANDSHAKE_TIMEOUT};
 use fernwart_transport::{
     frame_io::read_frame_within,
-    pipe::{self, copy_then_shutdown, Halt},
+    pipe::{self, mux_to_mux, Halt},
     write_frame, MuxStream,
 };
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,9 @@ pub async fn serve(
         Ok(opened) => opened,
         Err(reason) => {
             refused(&app, &who, &session_label(&app, session_id), &target, &reason);
-            let _ = write_frame(&mut stream, &OpenReply::refused(reason)).await;
+            if write_frame(&mut stream, &OpenReply::refused(reason)).await.is_ok() {
+                stream.end();
+            }
             return;
         }
     };
@@ -48,9 +50,9 @@ pub async fn serve(
     let started = std::time::Instant::now();
     // The technician's first bytes follow the request to the agent at once; the agent reads
     // them only after its own checks. Its answer decides whether anything comes back.
-    let (mut t_rd, mut t_wr) = tokio::io::split(stream);
-    let (mut a_rd, mut a_wr) = tokio::io::split(agent_stream);
-    let up = copy_then_shutdown(&mut t_rd, &mut a_wr);
+    let (mut t_rd, mut t_wr) = stream.into_split();
+    let (mut a_rd, mut a_wr) = agent_stream.into_split();
+    let up = mux_to_mux(&mut t_rd, &mut a_wr);
     let down = async {
         let reason = match read_frame_within::<OpenReply, _>(&mut a_rd, HANDSHAKE_TIMEOUT).await {
             Ok(r) if r.ok => None,
@@ -58,7 +60,11 @@ pub async fn serve(
             Err(e) => Some(format!("agent did not answer: {e}")),
         };
         if let Some(reason) = reason {
-            let _ = write_frame(&mut t_wr, &OpenReply::refused(reason.clone())).await;
+            // Ended, the stream's later drop is a NO_ERROR reset from us (the HTTP/2 server of
+            // technician links), which lets the answer out first.
+            if write_frame(&mut t_wr, &OpenReply::refused(reason.clone())).await.is_ok() {
+                let _ = t_wr.finish();
+            }
             return Err(Halt::Refused(reason));
         }
         write_frame(&mut t_wr, &OpenReply::ok()).await.map_err(|e| Halt::Io(e.into_io()))?;
@@ -69,7 +75,7 @@ pub async fn serve(
             &who.source,
             serde_json::json!({"target": target}),
         );
-        copy_then_shutdown(&mut a_rd, &mut t_wr).await.map_err(Halt::Io)
+        mux_to_mux(&mut a_rd, &mut t_wr).await.map_err(Halt::Io)
     };
     let outcome = tokio::select! {
         r = pipe::both(up, down) => match r {
