@@ -10,6 +10,8 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_rustls::{client::TlsStream, TlsConnector};
+
+use crate::read_ahead::ReadAhead;
 use url::Url;
 
 /// Timeout for the TCP connect, the proxy's answer and the TLS handshake, each.
@@ -113,7 +115,7 @@ impl Dialer {
     }
 
     /// TCP (through the proxy when one applies), then a TLS 1.3 handshake.
-    pub async fn connect(&self) -> io::Result<TlsStream<TcpStream>> {
+    pub async fn connect(&self) -> io::Result<TlsStream<ReadAhead<TcpStream>>> {
         let tcp = match self.proxy.for_host(&self.host()) {
             Some(proxy) => connect_via_proxy(proxy, &self.authority()).await?,
             None => {
@@ -127,7 +129,8 @@ impl Dialer {
             self.host().trim_start_matches('[').trim_end_matches(']').to_owned(),
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        timed("TLS handshake", TlsConnector::from(self.tls.clone()).connect(name, tcp)).await
+        let tls = TlsConnector::from(self.tls.clone());
+        timed("TLS handshake", tls.connect(name, ReadAhead::new(tcp))).await
     }
 }
 

@@ -11,7 +11,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::dial::Dialer;
+use crate::{dial::Dialer, read_ahead::ReadAhead};
 
 /// The byte stream of an upgraded link, ready for [`crate::Mux::start`].
 pub type LinkIo = TokioIo<Upgraded>;
@@ -57,7 +57,7 @@ impl HttpClient {
         Self { dialer }
     }
 
-    async fn connect(&self) -> Result<TlsStream<TcpStream>, ApiError> {
+    async fn connect(&self) -> Result<TlsStream<ReadAhead<TcpStream>>, ApiError> {
         self.dialer
             .connect()
             .await

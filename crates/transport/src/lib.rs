@@ -10,6 +10,7 @@ pub mod frame_io;
 pub mod http_client;
 pub mod mux;
 pub mod pipe;
+pub mod read_ahead;
 pub mod tls;
 
 pub use dial::{Dialer, ProxyConfig};
