@@ -2,9 +2,10 @@
 //!
 //! rustls asks its transport for at most about 4 KiB at a time, so a TLS connection straight
 //! on a socket makes four or more `recv` calls per 16 KiB record. `ReadAhead` reads up to
-//! [`READ_AHEAD`] bytes per call and serves rustls from memory. The buffer is given back as
-//! soon as a read brings little (an idle link's keepalive), so that a server holding
-//! thousands of idle agent links does not hold thousands of buffers.
+//! [`READ_AHEAD`] bytes per call and serves rustls from memory. It only buffers while data
+//! streams in: reads pass straight through until one fills the caller's buffer (more is
+//! waiting), and the buffer is given back as soon as a read brings little (an idle link's
+//! keepalive), so that a server holding thousands of idle agent links holds no buffers.
 
 use std::{
     io,
@@ -18,18 +19,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The most bytes one read from the socket takes.
 pub const READ_AHEAD: usize = 64 * 1024;
 /// A read that brings less than this is traffic of an idle link: the buffer is released
-/// once it has been drained.
+/// once it has been drained, and reads pass through again.
 const SMALL_READ: usize = 4 * 1024;
 
 pub struct ReadAhead<S> {
     io: S,
     buf: BytesMut,
+    /// Reading ahead (data is streaming in) or passing reads through.
+    ahead: bool,
     release: bool,
 }
 
 impl<S> ReadAhead<S> {
     pub fn new(io: S) -> Self {
-        Self { io, buf: BytesMut::new(), release: false }
+        Self { io, buf: BytesMut::new(), ahead: false, release: false }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -61,6 +64,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         this.buf.advance(n);
         if this.buf.is_empty() && this.release {
             this.buf = BytesMut::new();
+            this.ahead = false;
         }
         Poll::Ready(Ok(()))
     }

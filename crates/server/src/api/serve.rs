@@ -2,7 +2,6 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use fernwart_transport::read_ahead::ReadAhead;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -48,11 +47,7 @@ pub async fn serve(app: App, listener: TcpListener, tls: Arc<ServerConfig>) {
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(
-                TLS_HANDSHAKE_TIMEOUT,
-                acceptor.accept(ReadAhead::new(tcp)),
-            )
-            .await
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
