@@ -60,7 +60,7 @@ pub fn with_processes(bins: &Bins, n: usize, target: SocketAddr) -> Result<IdleR
 }
 
 /// Enrols `n` machines and runs the real agent link code of the `fernwart_agent` library for
-/// each, as tasks in this process: one TLS + WebSocket + yamux connection per agent, exactly as
+/// each, as tasks in this process: one TLS + upgraded HTTP/2 connection per agent, exactly as
 /// `fernwart-agent run` keeps it, without the cost of n processes.
 pub fn with_library(bins: &Bins, n: usize, target: SocketAddr) -> Result<IdleResult> {
     use fernwart_agent::{identity, Agent, AgentConfig};

@@ -1,8 +1,9 @@
 //! The fernwart wire protocol, free of I/O.
 //!
-//! Every link (agent ↔ server, technician ↔ server) is a WebSocket carrying a yamux
-//! multiplexer. The first stream of a link is the *control* stream; every further stream
-//! carries one TCP connection to one target and starts with an [`OpenRequest`] frame.
+//! Every link (agent ↔ server, technician ↔ server) is an HTTPS connection upgraded
+//! ([`LINK_UPGRADE`]) to HTTP/2. The first stream of a link is the *control* stream; every
+//! further stream carries one TCP connection to one target and starts with an
+//! [`OpenRequest`] frame.
 //!
 //! On every stream, control data travels as frames: a 4-byte big-endian length followed by
 //! that many bytes of JSON. A length above [`MAX_FRAME_LEN`] is refused before anything is
