@@ -11,8 +11,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::mux::{MuxReader, MuxWriter};
 
-/// Bytes read from a socket at once.
+/// Bytes read from a socket at once, at most.
 pub const RELAY_BUF: usize = 64 * 1024;
+/// Bytes read from a socket at once while the traffic is small.
+const SMALL_BUF: usize = 4 * 1024;
 
 /// Copies `rd` (a socket) into the stream until `rd` ends, then ends the stream's direction.
 /// Returns the bytes copied. At most [`RELAY_BUF`] bytes are read ahead of the link's window.
@@ -21,14 +23,18 @@ where
     R: AsyncRead + Unpin,
 {
     let mut buf = BytesMut::new();
+    let mut size = SMALL_BUF;
     let mut total = 0u64;
     loop {
-        // Reuses the previous buffer once the link has written it out.
-        buf.reserve(RELAY_BUF);
+        // The link still holds the last buffer until it is written out, so this usually takes
+        // a fresh one: small while the traffic is small (requests, answers), as large as
+        // RELAY_BUF while reads fill it (bulk data).
+        buf.reserve(size);
         let n = rd.read_buf(&mut buf).await?;
         if n == 0 {
             break;
         }
+        size = if n >= size { (size * 4).min(RELAY_BUF) } else { SMALL_BUF.max(n * 2) };
         total += n as u64;
         wr.send_all(buf.split().freeze()).await?;
     }
