@@ -48,8 +48,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.buf.is_empty() {
-            if out.remaining() >= READ_AHEAD {
-                return Pin::new(&mut this.io).poll_read(cx, out);
+            if !this.ahead || out.remaining() >= READ_AHEAD {
+                let want = out.remaining();
+                let before = out.filled().len();
+                ready!(Pin::new(&mut this.io).poll_read(cx, out))?;
+                // A read that fills the caller's buffer means more is waiting: read ahead.
+                this.ahead = want > 0 && out.filled().len() - before == want;
+                return Poll::Ready(Ok(()));
             }
             this.buf.reserve(READ_AHEAD);
             let n =
@@ -136,8 +141,11 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(1024);
         let mut r = ReadAhead::new(a);
         b.write_all(b"ping").await.unwrap();
-        let mut four = [0u8; 4];
-        r.read_exact(&mut four).await.unwrap();
+        // rustls reads into a buffer of about 4 KiB.
+        let mut buf = [0u8; 4096];
+        let n = r.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ping");
         assert_eq!(r.buf.capacity(), 0);
+        assert!(!r.ahead, "a short read must not start reading ahead");
     }
 }
