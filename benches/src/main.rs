@@ -3,6 +3,7 @@
 //! fernwart (real release binaries). See docs/bench.md.
 
 mod echo;
+mod floor;
 mod fw;
 mod idle;
 mod load;
@@ -66,24 +67,37 @@ struct Args {
     skip_ssh: bool,
     skip_fernwart: bool,
     skip_idle: bool,
+    skip_floor: bool,
     idle_processes: bool,
     check: bool,
     agents: Option<usize>,
+    rtt_count: Option<usize>,
+    /// Only these figures (`bulk1`, `bulk4`, `rtt`, `connect`); all when empty.
+    only: Vec<String>,
     bin_dir: Option<PathBuf>,
 }
 
+/// The figures `--only` can pick, in the order they are measured.
+const FIGURES: [&str; 4] = ["bulk1", "bulk4", "rtt", "connect"];
+
 const USAGE: &str =
     "usage: fernwart-bench [--quick] [--json] [--check] [--skip-ssh] [--skip-fernwart]
-                      [--skip-idle] [--idle-processes] [--agents N] [--bin-dir DIR]
+                      [--skip-idle] [--skip-floor] [--idle-processes] [--agents N] [--bin-dir DIR]
+                      [--only bulk1,bulk4,rtt,connect] [--rtt-count N]
   --quick          small sizes for a fast smoke run
   --json           print the results as one JSON object instead of a table
   --check          exit 2 when a target is missed
   --skip-ssh       do not measure the OpenSSH path
   --skip-fernwart  do not measure the fernwart path
   --skip-idle      do not measure server memory per idle agent connection
+  --skip-floor     do not measure the floor (three plain TCP relays in place of fernwart's
+                   three processes: what the process hops alone cost)
   --agents N       idle agent connections for the memory figure (default 1000, quick 50)
   --idle-processes run one real fernwart-agent process per idle agent instead of in-process
                    agents (fernwart_agent library); heavy, use with a small --agents
+  --only LIST      measure only these figures (comma-separated: bulk1, bulk4, rtt,
+                   connect); the idle-agent figure follows --skip-idle
+  --rtt-count N    round trips for the RTT figure (default 10000, quick 1000)
   --bin-dir DIR    where fernwart-server, fernwart-agent and fernwart are
                    (default: next to this binary, i.e. target/release)";
 
@@ -94,9 +108,12 @@ fn parse_args() -> Result<Args> {
         skip_ssh: false,
         skip_fernwart: false,
         skip_idle: false,
+        skip_floor: false,
         idle_processes: false,
         check: false,
         agents: None,
+        rtt_count: None,
+        only: Vec::new(),
         bin_dir: None,
     };
     let mut it = std::env::args().skip(1);
@@ -108,9 +125,21 @@ fn parse_args() -> Result<Args> {
             "--skip-ssh" => a.skip_ssh = true,
             "--skip-fernwart" => a.skip_fernwart = true,
             "--skip-idle" => a.skip_idle = true,
+            "--skip-floor" => a.skip_floor = true,
             "--idle-processes" => a.idle_processes = true,
             "--agents" => {
                 a.agents = Some(it.next().context("--agents needs a number")?.parse()?);
+            }
+            "--rtt-count" => {
+                a.rtt_count = Some(it.next().context("--rtt-count needs a number")?.parse()?);
+            }
+            "--only" => {
+                for f in it.next().context("--only needs a list of figures")?.split(',') {
+                    if !FIGURES.contains(&f) {
+                        bail!("--only: unknown figure {f:?} (known: {})", FIGURES.join(", "));
+                    }
+                    a.only.push(f.to_string());
+                }
             }
             "--bin-dir" => a.bin_dir = Some(it.next().context("--bin-dir needs a path")?.into()),
             "-h" | "--help" => {
@@ -223,7 +252,7 @@ impl Live {
 
 /// Runs every figure `rounds` times, the paths taking turns within each round so that a change
 /// in background load hits all of them alike.
-fn measure_all(paths: &mut [Live], sizes: &Sizes) {
+fn measure_all(paths: &mut [Live], sizes: &Sizes, only: &[String]) {
     let rounds = sizes.rounds.max(1);
     type Step = dyn Fn(&mut Live, &Sizes, usize) -> Result<()>;
     let steps: [(&str, &Step); 4] = [
@@ -248,7 +277,10 @@ fn measure_all(paths: &mut [Live], sizes: &Sizes) {
             Ok(())
         }),
     ];
-    for (what, step) in steps {
+    for ((what, step), figure) in steps.into_iter().zip(FIGURES) {
+        if !only.is_empty() && !only.iter().any(|o| o == figure) {
+            continue;
+        }
         for round in 1..=rounds {
             for p in paths.iter_mut().filter(|p| p.result.error.is_none()) {
                 progress(&format!("{}: {what} (round {round}/{rounds})", p.result.path));
@@ -287,10 +319,20 @@ fn failed(path: &'static str, e: &anyhow::Error) -> PathResult {
 }
 
 fn main() -> Result<()> {
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some(floor::RELAY_ARG) {
+        let (Some(listen), Some(target)) = (raw.get(2), raw.get(3)) else {
+            bail!("usage: fernwart-bench {} LISTEN TARGET", floor::RELAY_ARG);
+        };
+        return floor::run_relay(listen, target);
+    }
     let args = parse_args()?;
     let mut sizes = if args.quick { Sizes::quick() } else { Sizes::full() };
     if let Some(n) = args.agents {
         sizes.idle_agents = n.max(1);
+    }
+    if let Some(n) = args.rtt_count {
+        sizes.rtt_count = n.max(sizes.rounds.max(1) * 10);
     }
     let echo = echo::start()?;
     let started = Instant::now();
@@ -326,6 +368,31 @@ fn main() -> Result<()> {
             }
         }
     };
+    let mut floor_result = None;
+    let floor_path = if args.skip_floor {
+        floor_result =
+            Some(PathResult { path: "floor", error: Some("skipped".into()), ..Default::default() });
+        None
+    } else {
+        progress("floor: three plain TCP relays");
+        match floor::FloorPath::start(echo) {
+            Ok(p) => {
+                let r = PathResult {
+                    path: "floor",
+                    detail: "three plain TCP relay processes (tokio copy_bidirectional, no TLS, \
+                             no multiplexing) in place of connect, server and agent"
+                        .into(),
+                    ..Default::default()
+                };
+                live.push(Live::new(r, p.local, p.roles()));
+                Some(p)
+            }
+            Err(e) => {
+                floor_result = Some(failed("floor", &e));
+                None
+            }
+        }
+    };
     let mut fw_result = None;
     let fw_path = if args.skip_fernwart {
         fw_result = Some(PathResult {
@@ -354,11 +421,13 @@ fn main() -> Result<()> {
         }
     };
 
-    measure_all(&mut live, &sizes);
+    measure_all(&mut live, &sizes, &args.only);
     let mut results: Vec<PathResult> = live.into_iter().map(Live::finish).collect();
     drop(ssh_path);
     drop(fw_path);
+    drop(floor_path);
     results.extend(ssh_result);
+    results.extend(floor_result);
     results.extend(fw_result);
     let take = |name: &str, results: &mut Vec<PathResult>| {
         let i = results.iter().position(|r| r.path == name);
@@ -366,6 +435,7 @@ fn main() -> Result<()> {
     };
     let direct = take("direct", &mut results);
     let ssh = take("openssh", &mut results);
+    let floor = take("floor", &mut results);
     let mut fernwart = take("fernwart", &mut results);
     if !args.skip_fernwart && !args.skip_idle && fernwart.error.is_none() {
         match idle_agents(&args, &sizes, echo) {
@@ -374,7 +444,7 @@ fn main() -> Result<()> {
         }
     }
 
-    let results = [direct, ssh, fernwart];
+    let results = [direct, ssh, floor, fernwart];
     let elapsed = started.elapsed().as_secs_f64();
     // CPU that other processes on this machine used meanwhile: a noise indicator.
     let background =

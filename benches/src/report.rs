@@ -43,11 +43,15 @@ pub struct Row {
     pub unit: &'static str,
     pub direct: Option<f64>,
     pub openssh: Option<f64>,
+    /// Three plain TCP relays in place of fernwart's three processes (see floor.rs).
+    pub floor: Option<f64>,
     pub fernwart: Option<f64>,
     /// fernwart / direct.
     pub ratio_direct: Option<f64>,
     /// fernwart / OpenSSH.
     pub ratio_ssh: Option<f64>,
+    /// fernwart / floor.
+    pub ratio_floor: Option<f64>,
     pub target: Option<String>,
     pub pass: Option<bool>,
 }
@@ -72,27 +76,29 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 impl Report {
     pub fn new(
         sizes: &Sizes,
-        paths: &[PathResult; 3],
+        paths: &[PathResult; 4],
         elapsed_s: f64,
         background_cpu_pct: Option<f64>,
     ) -> Self {
-        let [direct, ssh, fw] = paths;
+        let [direct, ssh, floor, fw] = paths;
         let mut rows = Vec::new();
         let mut row = |key,
                        figure: String,
                        unit,
                        get: &dyn Fn(&PathResult) -> Option<f64>,
                        target: Option<Target>| {
-            let (d, s, f) = (get(direct), get(ssh), get(fw));
+            let (d, s, fl, f) = (get(direct), get(ssh), get(floor), get(fw));
             rows.push(Row {
                 key,
                 figure,
                 unit,
                 direct: d,
                 openssh: s,
+                floor: fl,
                 fernwart: f,
                 ratio_direct: ratio(f, d),
                 ratio_ssh: ratio(f, s),
+                ratio_floor: ratio(f, fl),
                 target: target.map(|t| t.describe(unit)),
                 pass: target.and_then(|t| t.check(f, s)),
             });
@@ -192,10 +198,10 @@ impl Report {
             Some(v) => format!("{v:.2}"),
         };
         let rat = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}x"));
-        let line = |out: &mut String, c: [&str; 9]| {
+        let line = |out: &mut String, c: [&str; 11]| {
             let text = format!(
-                "{:<44} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}  {:<13} {}",
-                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+                "{:<44} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {:<13} {}",
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
             );
             out.push_str(text.trim_end());
             out.push('\n');
@@ -207,14 +213,16 @@ impl Report {
                 "unit",
                 "direct",
                 "openssh",
+                "floor",
                 "fernwart",
                 "fw/direct",
                 "fw/ssh",
+                "fw/floor",
                 "target",
                 "",
             ],
         );
-        let _ = writeln!(out, "{}", "-".repeat(124));
+        let _ = writeln!(out, "{}", "-".repeat(144));
         for r in &self.rows {
             let verdict = match r.pass {
                 Some(true) => "PASS",
@@ -229,9 +237,11 @@ impl Report {
                     r.unit,
                     &num(r.direct),
                     &num(r.openssh),
+                    &num(r.floor),
                     &num(r.fernwart),
                     &rat(r.ratio_direct),
                     &rat(r.ratio_ssh),
+                    &rat(r.ratio_floor),
                     r.target.as_deref().unwrap_or(""),
                     verdict,
                 ],
