@@ -55,6 +55,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    fernwart_transport::malloc::tune_for_relaying();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -8,6 +8,7 @@
 pub mod dial;
 pub mod frame_io;
 pub mod http_client;
+pub mod malloc;
 pub mod mux;
 pub mod pipe;
 pub mod read_ahead;
