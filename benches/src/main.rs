@@ -318,6 +318,54 @@ fn failed(path: &'static str, e: &anyhow::Error) -> PathResult {
     PathResult { path, error: Some(format!("{e:#}")), ..Default::default() }
 }
 
+/// A started path: where the client connects, and whose CPU and memory count.
+trait Started {
+    fn local(&self) -> SocketAddr;
+    fn roles(&self) -> Vec<Role>;
+}
+
+macro_rules! started {
+    ($($t:ty),*) => {$(
+        impl Started for $t {
+            fn local(&self) -> SocketAddr {
+                self.local
+            }
+            fn roles(&self) -> Vec<Role> {
+                <$t>::roles(self)
+            }
+        }
+    )*};
+}
+started!(ssh::SshPath, floor::FloorPath, fw::FwPath);
+
+/// Starts one path unless it is skipped. A started path joins `live` (to be measured) and is
+/// returned, to keep its processes running; a skipped or failed one leaves its result in `done`.
+fn start_path<P: Started>(
+    path: &'static str,
+    skip: bool,
+    what: &str,
+    start: impl FnOnce() -> Result<(String, P)>,
+    live: &mut Vec<Live>,
+    done: &mut Vec<PathResult>,
+) -> Option<P> {
+    if skip {
+        done.push(PathResult { path, error: Some("skipped".into()), ..Default::default() });
+        return None;
+    }
+    progress(&format!("{path}: {what}"));
+    match start() {
+        Ok((detail, p)) => {
+            let result = PathResult { path, detail, ..Default::default() };
+            live.push(Live::new(result, p.local(), p.roles()));
+            Some(p)
+        }
+        Err(e) => {
+            done.push(failed(path, &e));
+            None
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let raw: Vec<String> = std::env::args().collect();
     if raw.get(1).map(String::as_str) == Some(floor::RELAY_ARG) {
@@ -345,90 +393,46 @@ fn main() -> Result<()> {
         ..Default::default()
     };
     let mut live = vec![Live::new(direct, echo, Vec::new())];
-    let mut ssh_result = None;
-    let ssh_path = if args.skip_ssh {
-        ssh_result = Some(PathResult {
-            path: "openssh",
-            error: Some("skipped".into()),
-            ..Default::default()
-        });
-        None
-    } else {
-        progress("openssh: starting sshd, ssh -R and ssh -L");
-        match ssh::SshPath::start(echo) {
-            Ok(p) => {
-                let r =
-                    PathResult { path: "openssh", detail: p.version.clone(), ..Default::default() };
-                live.push(Live::new(r, p.local, p.roles()));
-                Some(p)
-            }
-            Err(e) => {
-                ssh_result = Some(failed("openssh", &e));
-                None
-            }
-        }
-    };
-    let mut floor_result = None;
-    let floor_path = if args.skip_floor {
-        floor_result =
-            Some(PathResult { path: "floor", error: Some("skipped".into()), ..Default::default() });
-        None
-    } else {
-        progress("floor: three plain TCP relays");
-        match floor::FloorPath::start(echo) {
-            Ok(p) => {
-                let r = PathResult {
-                    path: "floor",
-                    detail: "three plain TCP relay processes (tokio copy_bidirectional, no TLS, \
-                             no multiplexing) in place of connect, server and agent"
-                        .into(),
-                    ..Default::default()
-                };
-                live.push(Live::new(r, p.local, p.roles()));
-                Some(p)
-            }
-            Err(e) => {
-                floor_result = Some(failed("floor", &e));
-                None
-            }
-        }
-    };
-    let mut fw_result = None;
-    let fw_path = if args.skip_fernwart {
-        fw_result = Some(PathResult {
-            path: "fernwart",
-            error: Some("skipped".into()),
-            ..Default::default()
-        });
-        None
-    } else {
-        progress("fernwart: server init/run, MFA logins, agent enroll/run, connect");
-        let dir = bin_dir(args.bin_dir.clone());
-        match fw::Bins::in_dir(&dir).and_then(|bins| fw::FwPath::start(&bins, echo)) {
-            Ok(p) => {
-                let r = PathResult {
-                    path: "fernwart",
-                    detail: format!("release binaries in {}", dir.display()),
-                    ..Default::default()
-                };
-                live.push(Live::new(r, p.local, p.roles()));
-                Some(p)
-            }
-            Err(e) => {
-                fw_result = Some(failed("fernwart", &e));
-                None
-            }
-        }
-    };
+    let mut done = Vec::new();
+    let ssh_path = start_path(
+        "openssh",
+        args.skip_ssh,
+        "starting sshd, ssh -R and ssh -L",
+        || ssh::SshPath::start(echo).map(|p| (p.version.clone(), p)),
+        &mut live,
+        &mut done,
+    );
+    let floor_path = start_path(
+        "floor",
+        args.skip_floor,
+        "three plain TCP relays",
+        || {
+            let detail = "three plain TCP relay processes (tokio copy_bidirectional, no TLS, no \
+                          multiplexing) in place of connect, server and agent";
+            floor::FloorPath::start(echo).map(|p| (detail.to_owned(), p))
+        },
+        &mut live,
+        &mut done,
+    );
+    let fw_path = start_path(
+        "fernwart",
+        args.skip_fernwart,
+        "server init/run, MFA logins, agent enroll/run, connect",
+        || {
+            let dir = bin_dir(args.bin_dir.clone());
+            let p = fw::Bins::in_dir(&dir).and_then(|bins| fw::FwPath::start(&bins, echo))?;
+            Ok((format!("release binaries in {}", dir.display()), p))
+        },
+        &mut live,
+        &mut done,
+    );
 
     measure_all(&mut live, &sizes, &args.only);
     let mut results: Vec<PathResult> = live.into_iter().map(Live::finish).collect();
     drop(ssh_path);
     drop(fw_path);
     drop(floor_path);
-    results.extend(ssh_result);
-    results.extend(floor_result);
-    results.extend(fw_result);
+    results.extend(done);
     let take = |name: &str, results: &mut Vec<PathResult>| {
         let i = results.iter().position(|r| r.path == name);
         i.map(|i| results.remove(i)).unwrap_or_default()
