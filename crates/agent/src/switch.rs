@@ -207,6 +207,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_unreadable_gpio_line_counts_as_off() {
+        // No GPIO hardware or gpio-sim here: a chip that cannot be opened (or a line it does
+        // not have) must read as "off", with the reason, never as "on".
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gpiochip-none");
+        let err = read_gpio(&missing, 17, false).unwrap_err();
+        assert!(err.contains("gpiochip-none:17"), "{err}");
+        let not_a_chip = dir.path().join("plain-file");
+        std::fs::write(&not_a_chip, "1").unwrap();
+        assert!(read_gpio(&not_a_chip, 0, true).is_err());
+        let source = SwitchSource::Gpio { chip: missing, line: 17, active_low: false };
+        assert!(!read(dir.path(), &source));
+    }
+
     #[tokio::test]
     async fn file_sources_cannot_be_switched_by_command() {
         let dir = tempfile::tempdir().unwrap();
