@@ -31,7 +31,7 @@ pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Receive window of the whole link, over all its streams.
 pub const LINK_WINDOW: u32 = 8 * 1024 * 1024;
 /// The largest HTTP/2 frame a peer may send us.
-pub const MAX_FRAME: u32 = 64 * 1024;
+pub const MAX_FRAME: u32 = 256 * 1024;
 /// Header block limit: our streams carry no headers worth the name.
 const MAX_HEADER_LIST: u32 = 8 * 1024;
 /// The most bytes one write hands to HTTP/2 at once.

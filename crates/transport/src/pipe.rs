@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::mux::{MuxReader, MuxWriter};
 
 /// Bytes read from a socket at once, at most.
-pub const RELAY_BUF: usize = 64 * 1024;
+pub const RELAY_BUF: usize = 256 * 1024;
 /// Bytes read from a socket at once while the traffic is small.
 const SMALL_BUF: usize = 4 * 1024;
 
