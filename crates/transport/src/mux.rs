@@ -543,6 +543,43 @@ mod tests {
         assert!(matches!(server.open().await, Err(MuxError::NotOpener)));
     }
 
+    /// One raw HTTP/2 frame: 24-bit length, type, flags, stream id, payload.
+    fn raw_frame(len: u32, kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    #[tokio::test]
+    async fn a_frame_above_the_limit_closes_the_link() {
+        let (mut peer, b) = tokio::io::duplex(1024 * 1024);
+        let server = tokio::spawn(Mux::start(b, Mode::Server));
+        peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        peer.write_all(&raw_frame(0, 4, 0, 0, &[])).await.unwrap(); // SETTINGS
+        let (server, mut inbound) = server.await.unwrap().unwrap();
+        peer.write_all(&raw_frame(0, 4, 1, 0, &[])).await.unwrap(); // SETTINGS ACK
+                                                                    // Open stream 1 (HEADERS, HPACK-indexed :method POST, :scheme https, :path /) and
+                                                                    // send a DATA frame of an allowed size: it arrives.
+        peer.write_all(&raw_frame(3, 1, 0x4, 1, &[0x83, 0x87, 0x84])).await.unwrap();
+        peer.write_all(&raw_frame(1000, 0, 0, 1, &[7u8; 1000])).await.unwrap();
+        let stream = tokio::time::timeout(Duration::from_secs(5), inbound.recv())
+            .await
+            .expect("no stream")
+            .expect("link closed");
+        let (mut rd, _wr) = stream.into_split();
+        let chunk = rd.chunk().await.unwrap().unwrap();
+        assert_eq!(&chunk[..], &[7u8; 1000][..]);
+        assert!(!server.is_closed());
+        // On the same stream, a DATA frame header announcing one byte more than MAX_FRAME ends
+        // the link at once, before its payload is read or buffered.
+        peer.write_all(&raw_frame(MAX_FRAME + 1, 0, 0, 1, &[])).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server.closed())
+            .await
+            .expect("the link stayed open after an oversized frame");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_never_speaks_http2_times_out() {
         let (a, _b) = tokio::io::duplex(1024);
