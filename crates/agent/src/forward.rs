@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use fernwart_proto::{OpenReply, OpenRequest, HANDSHAKE_TIMEOUT};
-use fernwart_transport::{frame_io::read_frame_within, pipe, write_frame, MuxStream};
+use fernwart_transport::{
+    frame_io::{read_frame_within, write_last_frame},
+    pipe, write_frame, MuxStream,
+};
 use tokio::net::TcpStream;
 
 use crate::{policy, Agent};
@@ -35,7 +38,7 @@ pub async fn serve(
                 "tunnel.refused",
                 serde_json::json!({"session": req.session, "target": req.target, "reason": reason}),
             );
-            refuse(stream, reason).await;
+            write_last_frame(stream, &OpenReply::refused(reason)).await;
             return;
         }
     };
@@ -47,12 +50,12 @@ pub async fn serve(
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 let why = format!("cannot reach target {} ({}): {e}", target.name, target.address);
-                refuse(stream, why).await;
+                write_last_frame(stream, &OpenReply::refused(why)).await;
                 return;
             }
             Err(_) => {
                 let why = format!("target {} ({}) did not answer", target.name, target.address);
-                refuse(stream, why).await;
+                write_last_frame(stream, &OpenReply::refused(why)).await;
                 return;
             }
         };
@@ -86,11 +89,4 @@ pub async fn serve(
         "tunnel.close",
         serde_json::json!({"session": req.session, "target": target.name, "outcome": outcome}),
     );
-}
-
-/// Answers no and ends the stream (the answer is delivered before the stream goes).
-async fn refuse(mut stream: MuxStream, reason: String) {
-    if write_frame(&mut stream, &OpenReply::refused(reason)).await.is_ok() {
-        stream.end();
-    }
 }

@@ -6,6 +6,8 @@ use fernwart_proto::{codec, DecodeError, EncodeError, HEADER_LEN};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::MuxStream;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("peer closed the stream")]
@@ -77,6 +79,15 @@ where
     w.write_all(&frame).await?;
     w.flush().await?;
     Ok(())
+}
+
+/// Writes `msg` as the stream's last frame (a refusal, a "closed because ...") and ends the
+/// stream so that the frame reaches the peer although the caller is done with the stream
+/// (see [`MuxStream::end`]). A stream that cannot take the frame any more is just dropped.
+pub async fn write_last_frame<T: Serialize>(mut stream: MuxStream, msg: &T) {
+    if write_frame(&mut stream, msg).await.is_ok() {
+        stream.end();
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use fernwart_proto::{negotiate, AgentToServer, ServerToAgent, HANDSHAKE_TIMEOUT};
-use fernwart_transport::{frame_io::read_frame_within, read_frame, write_frame, Mux};
+use fernwart_transport::{
+    frame_io::{read_frame_within, write_last_frame},
+    read_frame, write_frame, Mux,
+};
 use tokio::sync::mpsc;
 
 use crate::{sessions, util, App};
@@ -37,19 +40,12 @@ pub async fn serve(app: App, mux: Mux, machine_id: i64, machine: String, source:
     };
     let AgentToServer::Hello { version, agent, targets, switch_on } = hello else {
         let refused = ServerToAgent::Refused { reason: "expected hello".into() };
-        if write_frame(&mut control, &refused).await.is_ok() {
-            control.end();
-        }
+        write_last_frame(control, &refused).await;
         mux.close();
         return;
     };
     if let Err(e) = negotiate(version) {
-        if write_frame(&mut control, &ServerToAgent::Refused { reason: e.to_string() })
-            .await
-            .is_ok()
-        {
-            control.end();
-        }
+        write_last_frame(control, &ServerToAgent::Refused { reason: e.to_string() }).await;
         mux.close();
         return;
     }

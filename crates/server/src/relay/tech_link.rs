@@ -5,7 +5,10 @@ use std::time::Duration;
 use fernwart_proto::{
     negotiate, ClientToServer, ServerToClient, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
 };
-use fernwart_transport::{frame_io::read_frame_within, write_frame, Mux, MuxStream};
+use fernwart_transport::{
+    frame_io::{read_frame_within, write_last_frame},
+    write_frame, Mux, MuxStream,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -61,9 +64,7 @@ pub async fn serve(
             let reason =
                 format!("client protocol {version} unsupported, server speaks {PROTOCOL_VERSION}");
             let refused = ServerToClient::Closed { state: "refused".into(), reason };
-            if write_frame(&mut control, &refused).await.is_ok() {
-                control.end();
-            }
+            write_last_frame(control, &refused).await;
             mux.close();
             return;
         }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fernwart_proto::{OpenReply, OpenRequest, HANDSHAKE_TIMEOUT};
 use fernwart_transport::{
-    frame_io::read_frame_within,
+    frame_io::{read_frame_within, write_last_frame},
     pipe::{self, mux_to_mux, Halt},
     write_frame, MuxStream,
 };
@@ -40,9 +40,7 @@ pub async fn serve(
         Ok(opened) => opened,
         Err(reason) => {
             refused(&app, &who, &session_label(&app, session_id), &target, &reason);
-            if write_frame(&mut stream, &OpenReply::refused(reason)).await.is_ok() {
-                stream.end();
-            }
+            write_last_frame(stream, &OpenReply::refused(reason)).await;
             return;
         }
     };
