@@ -113,8 +113,32 @@ impl Agent {
         lock(&self.grant_tokens).entry(session.to_owned()).or_default().clone()
     }
 
+    /// The grants of the server's `Welcome`, replacing those held: each new or changed one is
+    /// recorded as a `Grant` frame's is, each dropped one as a revoke, and tunnels of dropped
+    /// ones end.
     pub fn set_grants(&self, grants: Vec<Grant>) {
         let keep: Vec<String> = grants.iter().map(|g| g.session.clone()).collect();
+        let (fresh, mut dropped) = {
+            let held = lock(&self.grants);
+            let fresh: Vec<&Grant> =
+                grants.iter().filter(|g| held.get(&g.session) != Some(*g)).collect();
+            let dropped: Vec<String> = held
+                .sessions()
+                .filter(|s| !keep.iter().any(|k| k == s))
+                .map(str::to_owned)
+                .collect();
+            (fresh, dropped)
+        };
+        for grant in fresh {
+            self.audit_grant(grant);
+        }
+        dropped.sort();
+        for session in dropped {
+            self.audit(
+                "revoke",
+                serde_json::json!({"session": session, "reason": "not in the server's welcome"}),
+            );
+        }
         lock(&self.grants).replace_all(grants);
         lock(&self.grant_tokens).retain(|s, t| {
             let k = keep.contains(s);
@@ -126,8 +150,12 @@ impl Agent {
     }
 
     pub fn add_grant(&self, grant: Grant) {
-        self.audit("grant", serde_json::json!({"session": grant.session, "targets": grant.targets, "until": grant.until, "users": grant.users}));
+        self.audit_grant(&grant);
         lock(&self.grants).insert(grant);
+    }
+
+    fn audit_grant(&self, grant: &Grant) {
+        self.audit("grant", serde_json::json!({"session": grant.session, "targets": grant.targets, "until": grant.until, "users": grant.users}));
     }
 
     pub fn revoke(&self, session: &str) {
@@ -159,4 +187,90 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
     link::run(agent, shutdown).await;
     watcher.abort();
     reactor.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(dir: &std::path::Path) -> Agent {
+        let cfg = AgentConfig::parse(
+            "switch = \"local\"\n[[target]]\nname = \"plc\"\naddress = \"192.168.0.10:102\"\nprotocol = \"tcp\"\n",
+        )
+        .unwrap();
+        let identity =
+            identity::Identity { server: "https://127.0.0.1:8443".into(), machine: "m1".into() };
+        Agent::new(dir.to_owned(), cfg, identity, ProxyConfig::default())
+    }
+
+    fn grant(session: &str, until: i64) -> Grant {
+        Grant {
+            session: session.into(),
+            targets: vec!["plc".into()],
+            until,
+            users: vec!["tech".into()],
+        }
+    }
+
+    /// `(action, session)` of each record in the agent's audit file.
+    fn records(dir: &std::path::Path) -> Vec<(String, String)> {
+        std::fs::read_to_string(dir.join(AUDIT_FILE))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["action"] != "switch")
+            .map(|v| {
+                (
+                    v["action"].as_str().unwrap().to_owned(),
+                    v["details"]["session"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn welcome_grants_are_recorded_like_grant_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(dir.path());
+
+        a.set_grants(vec![grant("s1", 100), grant("s2", 100)]);
+
+        let rec = records(dir.path());
+        assert_eq!(rec, [("grant".into(), "s1".into()), ("grant".into(), "s2".into())]);
+        let line = std::fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap();
+        let first: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+        assert_eq!(first["machine"], "m1");
+        assert_eq!(first["details"]["users"], serde_json::json!(["tech"]));
+        assert_eq!(first["details"]["targets"], serde_json::json!(["plc"]));
+        assert_eq!(first["details"]["until"], 100);
+    }
+
+    #[test]
+    fn a_second_welcome_records_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(dir.path());
+        a.set_grants(vec![grant("s1", 100), grant("s2", 100)]);
+        let s2 = a.grant_token("s2");
+
+        a.set_grants(vec![grant("s1", 100), grant("s3", 100)]);
+
+        let rec = records(dir.path());
+        assert_eq!(
+            rec[2..],
+            [("grant".to_owned(), "s3".to_owned()), ("revoke".to_owned(), "s2".to_owned())]
+        );
+        assert!(s2.is_cancelled());
+        assert!(lock(&a.grants).get("s2").is_none());
+        assert!(lock(&a.grants).get("s3").is_some());
+    }
+
+    #[test]
+    fn grant_frames_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(dir.path());
+
+        a.add_grant(grant("s1", 100));
+
+        assert_eq!(records(dir.path()), [("grant".to_owned(), "s1".to_owned())]);
+    }
 }

@@ -27,6 +27,11 @@ impl Grants {
     pub fn get(&self, session: &str) -> Option<&Grant> {
         self.by_session.get(session)
     }
+
+    /// The sessions held, in no particular order.
+    pub fn sessions(&self) -> impl Iterator<Item = &str> {
+        self.by_session.keys().map(String::as_str)
+    }
 }
 
 /// Whether a tunnel to `target` for `session` may open now. `Err` says why not.
