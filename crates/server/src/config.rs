@@ -133,17 +133,40 @@ impl Config {
             .map_err(|message| ConfigError::Invalid { path: path.display().to_string(), message })
     }
 
+    /// Parses settings, then applies `env`: every `FERNWART_*` name must be a server setting or
+    /// one of [`CLIENT_ENV`]; anything else is refused, so a misspelt override cannot go unnoticed.
     pub fn parse(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, String> {
         let mut value: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(audit) = value.get("audit") {
+            let key = audit.as_table().and_then(|t| t.keys().next()).map_or("", String::as_str);
+            return Err(audit_refused(key, None));
+        }
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix("FERNWART_") else { continue };
-            let rest = rest.to_ascii_lowercase();
-            let Some((section, key)) = rest.split_once('_') else { continue };
-            if !matches!(section, "server" | "auth" | "password" | "enrolment" | "sessions") {
+            if CLIENT_ENV.contains(&name.as_str()) {
                 continue;
+            }
+            let rest = rest.to_ascii_lowercase();
+            let (section, key) = rest.split_once('_').unwrap_or((&rest, ""));
+            if section == "audit" {
+                return Err(audit_refused(key, Some(&name)));
+            }
+            let Some(keys) = section_keys(section) else {
+                return Err(format!(
+                    "{name}: not a fernwart-server setting (FERNWART_<SECTION>_<KEY> with a \
+                     section of {}) nor a client variable it ignores ({})",
+                    known_keys::<Settings>().join(", "),
+                    CLIENT_ENV.join(", ")
+                ));
+            };
+            if !keys.contains(&key) {
+                return Err(format!(
+                    "{name}: [{section}] has no setting {key:?}; it has {}",
+                    keys.join(", ")
+                ));
             }
             let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
                 .ok()
@@ -165,8 +188,12 @@ impl Config {
         let dur = |what: &str, s: &str| {
             humantime::parse_duration(s).map_err(|e| format!("{what} = {s:?}: {e}"))
         };
-        if settings.auth.lockout_threshold == 0 {
-            return Err("auth.lockout_threshold must be at least 1".into());
+        let threshold = settings.auth.lockout_threshold;
+        if !(3..=20).contains(&threshold) {
+            return Err(format!(
+                "auth.lockout_threshold = {threshold}: must be 3 to 20 (BSI OPS.2.4 asks 3, \
+                 CS-108 advises at most 20)"
+            ));
         }
         if !(1..=4).contains(&settings.password.min_classes) {
             return Err("password.min_classes must be 1 to 4".into());
@@ -184,6 +211,67 @@ impl Config {
             default_session: dur("sessions.default_duration", &settings.sessions.default_duration)?,
             settings,
         })
+    }
+}
+
+/// `FERNWART_*` variables of the CLI, the agent, the tests and scripts: they may be set where the
+/// server starts (a shell, the acceptance run) and are not server settings.
+pub const CLIENT_ENV: &[&str] = &[
+    "FERNWART_HOME",
+    "FERNWART_SERVER",
+    "FERNWART_CA_CERT",
+    "FERNWART_PROXY",
+    "FERNWART_ENROLL_TOKEN",
+    "FERNWART_BIN_DIR",
+];
+
+/// The keys of a settings section, or `None` for a name that is not a section.
+fn section_keys(section: &str) -> Option<&'static [&'static str]> {
+    Some(match section {
+        "server" => known_keys::<ServerSection>(),
+        "auth" => known_keys::<AuthSection>(),
+        "password" => known_keys::<PasswordSection>(),
+        "enrolment" => known_keys::<EnrolmentSection>(),
+        "sessions" => known_keys::<SessionSection>(),
+        _ => return None,
+    })
+}
+
+/// Why an `[audit]` setting (planned for a later release) is refused, from the file or `env`.
+fn audit_refused(key: &str, env: Option<&str>) -> String {
+    let setting = if key.is_empty() { "audit".to_owned() } else { format!("audit.{key}") };
+    let source = env.map(|name| format!(" ({name})")).unwrap_or_default();
+    let what = match key {
+        "syslog" => "audit export to syslog",
+        _ => "the [audit] section",
+    };
+    format!("{setting}{source}: {what} is not implemented yet in this release")
+}
+
+/// The field names serde accepts for `T`, taken from its derived `Deserialize` (so a field added
+/// to a section needs no second list here): a map with a key no field has makes a
+/// `deny_unknown_fields` struct report `unknown_field` with the names it expects.
+fn known_keys<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    #[derive(Debug)]
+    struct Probe(Option<&'static [&'static str]>);
+    impl std::fmt::Display for Probe {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("probing the settings keys")
+        }
+    }
+    impl std::error::Error for Probe {}
+    impl serde::de::Error for Probe {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Probe(None)
+        }
+        fn unknown_field(_: &str, expected: &'static [&'static str]) -> Self {
+            Probe(Some(expected))
+        }
+    }
+    let probe = serde::de::value::MapDeserializer::<_, Probe>::new(std::iter::once(("", ())));
+    match T::deserialize(probe) {
+        Err(Probe(Some(keys))) => keys,
+        _ => &[],
     }
 }
 
@@ -223,5 +311,89 @@ mod tests {
     fn bad_durations_are_refused() {
         let err = Config::parse(&format!("{BASE}[auth]\ntoken_ttl = \"soon\"\n"), []).unwrap_err();
         assert!(err.contains("token_ttl"), "{err}");
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn audit_syslog_env_is_refused_as_not_implemented() {
+        let err =
+            Config::parse(BASE, env(&[("FERNWART_AUDIT_SYSLOG", "tcp://host:514")])).unwrap_err();
+        assert_eq!(
+            err,
+            "audit.syslog (FERNWART_AUDIT_SYSLOG): audit export to syslog is not implemented yet \
+             in this release"
+        );
+    }
+
+    #[test]
+    fn audit_section_in_file_is_refused_as_not_implemented() {
+        let err = Config::parse(&format!("{BASE}[audit]\nsyslog = \"tcp://host:514\"\n"), [])
+            .unwrap_err();
+        assert!(err.contains("audit.syslog: audit export to syslog is not implemented"), "{err}");
+        let err = Config::parse(&format!("{BASE}[audit]\n"), []).unwrap_err();
+        assert_eq!(err, "audit: the [audit] section is not implemented yet in this release");
+    }
+
+    #[test]
+    fn other_audit_env_is_refused() {
+        let err = Config::parse(BASE, env(&[("FERNWART_AUDIT_RETENTION", "90d")])).unwrap_err();
+        assert!(err.starts_with("audit.retention (FERNWART_AUDIT_RETENTION): "), "{err}");
+        assert!(err.contains("not implemented yet"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_key_of_a_known_section_names_the_variable() {
+        let err = Config::parse(BASE, env(&[("FERNWART_AUTH_LOCKOUT", "3")])).unwrap_err();
+        assert!(err.starts_with("FERNWART_AUTH_LOCKOUT: "), "{err}");
+        assert!(err.contains("lockout_threshold"), "lists the keys: {err}");
+        let err = Config::parse(BASE, env(&[("FERNWART_SERVER_LISTEN_ADDR", "x")])).unwrap_err();
+        assert!(err.starts_with("FERNWART_SERVER_LISTEN_ADDR: "), "{err}");
+    }
+
+    #[test]
+    fn env_of_an_unknown_section_is_refused() {
+        for name in
+            ["FERNWART_SESSION_DEFAULT_DURATION", "FERNWART_ENROLLMENT_TOKEN_TTL", "FERNWART_X"]
+        {
+            let err = Config::parse(BASE, env(&[(name, "1h")])).unwrap_err();
+            assert!(err.starts_with(&format!("{name}: not a fernwart-server setting")), "{err}");
+        }
+    }
+
+    #[test]
+    fn client_env_is_ignored() {
+        let pairs: Vec<_> = CLIENT_ENV.iter().map(|n| (*n, "/somewhere")).collect();
+        let c = Config::parse(BASE, env(&pairs)).unwrap();
+        assert_eq!(c.settings.server.public_url, "https://127.0.0.1:8443");
+    }
+
+    #[test]
+    fn every_section_knows_its_keys() {
+        assert_eq!(
+            known_keys::<Settings>(),
+            ["server", "auth", "password", "enrolment", "sessions"]
+        );
+        for section in known_keys::<Settings>() {
+            assert!(!section_keys(section).unwrap_or_default().is_empty(), "{section}");
+        }
+        assert!(section_keys("server").unwrap_or_default().contains(&"public_url"));
+    }
+
+    #[test]
+    fn lockout_threshold_must_be_3_to_20() {
+        for bad in ["0", "2", "21"] {
+            let err =
+                Config::parse(BASE, env(&[("FERNWART_AUTH_LOCKOUT_THRESHOLD", bad)])).unwrap_err();
+            assert!(
+                err.starts_with(&format!("auth.lockout_threshold = {bad}: must be 3 to 20")),
+                "{err}"
+            );
+        }
+        for good in ["3", "20"] {
+            assert!(Config::parse(BASE, env(&[("FERNWART_AUTH_LOCKOUT_THRESHOLD", good)])).is_ok());
+        }
     }
 }
