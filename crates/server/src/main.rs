@@ -39,7 +39,7 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Check the audit trail (the tamper-evident chain arrives with a later release).
+    /// Check the audit trail: fails until the tamper-evident chain arrives in a later release.
     Verify {
         #[arg(long)]
         data: PathBuf,
@@ -108,10 +108,13 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Cmd::Audit { cmd: AuditCmd::Verify { data } } => {
-            let store = fernwart_server::store::Store::open(&data)?;
-            let n = store.audit_list(0)?.len();
-            println!("{n} audit events readable; hash-chain verification is not implemented yet");
-            Ok(())
+            // A check that cannot check must not pass: fail until the chain exists. The store
+            // is not opened, so that a mistyped --data cannot create or migrate a database.
+            anyhow::bail!(
+                "audit verify: the tamper-evident hash chain is not implemented yet in this \
+                 release; the records in {} cannot be verified",
+                data.display()
+            )
         }
     }
 }
