@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fernwart_api::{EnrollRequest, EnrollResponse};
 use fernwart_transport::{error_chain, tls, Dialer, HttpClient, ProxyConfig};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde::{Deserialize, Serialize};
@@ -30,13 +31,6 @@ impl Identity {
 
 pub fn path(dir: &Path, file: &str) -> PathBuf {
     dir.join(file)
-}
-
-#[derive(Deserialize)]
-struct EnrollResp {
-    machine: String,
-    certificate: String,
-    ca: String,
 }
 
 /// Generates the key, sends a CSR with the one-time token, stores certificate and CA.
@@ -71,18 +65,18 @@ pub async fn enroll(
         .and_then(|c| c.pem())
         .map_err(|e| format!("cannot make a CSR: {e}"))?;
     let client = HttpClient::new(dialer);
-    let body = serde_json::json!({"token": token.trim(), "csr": csr});
-    let resp: EnrollResp = client
+    let body = EnrollRequest { token: token.trim().to_owned(), csr };
+    let resp: EnrollResponse = client
         .json(http_method_post(), "/v1/enroll", None, Some(&body))
         .await
         .map_err(|e| match &e {
-        fernwart_transport::ApiError::Connect { source, .. }
-            if source.to_string().contains("certificate") =>
-        {
-            format!("{} (is --ca-cert the CA of this server?)", error_chain(&e))
-        }
-        _ => error_chain(&e),
-    })?;
+            fernwart_transport::ApiError::Connect { source, .. }
+                if source.to_string().contains("certificate") =>
+            {
+                format!("{} (is --ca-cert the CA of this server?)", error_chain(&e))
+            }
+            _ => error_chain(&e),
+        })?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     write(&dir.join(KEY_FILE), key.serialize_pem().as_bytes(), 0o600)?;
     write(&dir.join(CERT_FILE), resp.certificate.as_bytes(), 0o644)?;

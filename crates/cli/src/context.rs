@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use fernwart_api::{Empty, Scope};
 use fernwart_transport::{http_client::HttpMethod, tls, Dialer, HttpClient, ProxyConfig};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -14,7 +15,7 @@ pub struct Login {
     pub server: String,
     pub user: String,
     pub token: String,
-    pub scope: String,
+    pub scope: Scope,
     pub expires: String,
 }
 
@@ -107,15 +108,29 @@ impl Context {
         Ok(HttpClient::new(Dialer::new(url, cfg, self.proxy.clone())?))
     }
 
-    pub async fn call<T: DeserializeOwned>(
+    /// `GET path` with the stored login; the answer parsed as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call::<Empty, T>(HttpMethod::GET, path, None).await
+    }
+
+    /// `POST path` with `body` and the stored login; the answer parsed as `T`.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.call(HttpMethod::POST, path, Some(body)).await
+    }
+
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: HttpMethod,
         path: &str,
-        body: Option<serde_json::Value>,
+        body: Option<&B>,
     ) -> anyhow::Result<T> {
         let login = self.load_login()?;
         let client = self.client()?;
-        let r = client.json(method, path, Some(&login.token), body.as_ref()).await;
+        let r = client.json(method, path, Some(&login.token), body).await;
         if let Err(e) = &r {
             if e.status() == Some(401) {
                 bail!("{e} (run `fernwart login`)");

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use serde_json::Value;
+use serde::Serialize;
 
 /// Like `println!`, but a closed stdout (`fernwart audit list | head -1`) is no panic:
 /// the reader has gone, so the line is dropped.
@@ -19,33 +19,19 @@ pub fn line(args: std::fmt::Arguments<'_>) {
     let _ = stdout.write_fmt(args).and_then(|()| stdout.write_all(b"\n"));
 }
 
-pub fn print_json(v: &Value) {
+/// One line of JSON. The API types serialize without fail (plain fields, string keys).
+pub fn print_json<T: Serialize + ?Sized>(v: &T) {
     line(format_args!("{}", serde_json::to_string(v).unwrap_or_default()));
 }
 
 /// One JSON line per item (for streams of events).
-pub fn print_json_lines(items: &[Value]) {
+pub fn print_json_lines<T: Serialize>(items: &[T]) {
     for v in items {
         print_json(v);
     }
 }
 
-pub fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-pub fn list(v: &Value, key: &str) -> String {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|x| {
-                    x.as_str().map(str::to_owned).unwrap_or_else(|| {
-                        x.get("name").and_then(Value::as_str).unwrap_or("?").to_owned()
-                    })
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
+/// Names joined by commas, as the human output lists targets and users.
+pub fn list<T: AsRef<str>>(names: &[T]) -> String {
+    names.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(",")
 }

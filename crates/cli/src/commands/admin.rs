@@ -1,7 +1,10 @@
 //! `user …`, `machine …`, `audit list`.
 
-use fernwart_transport::http_client::HttpMethod;
-use serde_json::{json, Value};
+use fernwart_api::{
+    AuditQuery, AuditRecord, Empty, MachineAddRequest, MachineAdded, MachineInfo, MachineRevoked,
+    Role, UserAddRequest, UserAdded, UserDisabled, UserInfo,
+};
+use zeroize::Zeroize as _;
 
 use crate::{context::read_secret_line, output, Context};
 
@@ -12,21 +15,30 @@ pub async fn user_add(
     org: Option<&str>,
     expires: Option<&str>,
 ) -> anyhow::Result<()> {
-    let password = read_secret_line()?;
-    let body = json!({"name": name, "role": role, "org": org, "expires": expires, "password": password.as_str()});
-    let resp: Value = ctx.call(HttpMethod::POST, "/v1/users", Some(body)).await?;
+    let role: Role = role.parse()?;
+    let mut password = read_secret_line()?;
+    // The password moves into the request (no copy) and is wiped once sent.
+    let mut req = UserAddRequest {
+        name: name.to_owned(),
+        role,
+        org: org.map(str::to_owned),
+        expires: expires.map(str::to_owned),
+        password: std::mem::take(&mut *password),
+    };
+    let resp: anyhow::Result<UserAdded> = ctx.post("/v1/users", &req).await;
+    req.password.zeroize();
+    let resp = resp?;
     if ctx.json {
         output::print_json(&resp)
     } else {
-        crate::out!("user {name} added with role {role}")
+        crate::out!("user {name} added with role {}", resp.role)
     }
     Ok(())
 }
 
 pub async fn user_disable(ctx: &Context, name: &str) -> anyhow::Result<()> {
-    let resp: Value = ctx
-        .call(HttpMethod::POST, &format!("/v1/users/{}/disable", enc(name)), Some(json!({})))
-        .await?;
+    let resp: UserDisabled =
+        ctx.post(&format!("/v1/users/{}/disable", enc(name)), &Empty {}).await?;
     if ctx.json {
         output::print_json(&resp)
     } else {
@@ -36,50 +48,45 @@ pub async fn user_disable(ctx: &Context, name: &str) -> anyhow::Result<()> {
 }
 
 pub async fn user_list(ctx: &Context) -> anyhow::Result<()> {
-    let resp: Value = ctx.call(HttpMethod::GET, "/v1/users", None).await?;
+    let users: Vec<UserInfo> = ctx.get("/v1/users").await?;
     if ctx.json {
-        output::print_json(&resp);
+        output::print_json(&users);
     } else {
-        for u in resp.as_array().into_iter().flatten() {
-            crate::out!(
-                "{:<20} {:<14} mfa={} disabled={}",
-                output::s(u, "name"),
-                output::s(u, "role"),
-                u["mfa"],
-                u["disabled"]
-            );
+        for u in &users {
+            crate::out!("{:<20} {:<14} mfa={} disabled={}", u.name, u.role, u.mfa, u.disabled);
         }
     }
     Ok(())
 }
 
 pub async fn machine_add(ctx: &Context, name: &str, org: Option<&str>) -> anyhow::Result<()> {
-    let resp: Value =
-        ctx.call(HttpMethod::POST, "/v1/machines", Some(json!({"name": name, "org": org}))).await?;
+    let req = MachineAddRequest { name: name.to_owned(), org: org.map(str::to_owned) };
+    let resp: MachineAdded = ctx.post("/v1/machines", &req).await?;
     if ctx.json {
         output::print_json(&resp);
     } else {
         crate::out!(
             "machine {name} added; one-time enrolment token (valid until {}):",
-            output::s(&resp, "expires")
+            resp.expires
         );
-        crate::out!("{}", output::s(&resp, "token"));
+        crate::out!("{}", resp.token);
     }
     Ok(())
 }
 
 pub async fn machine_list(ctx: &Context) -> anyhow::Result<()> {
-    let resp: Value = ctx.call(HttpMethod::GET, "/v1/machines", None).await?;
+    let machines: Vec<MachineInfo> = ctx.get("/v1/machines").await?;
     if ctx.json {
-        output::print_json(&resp);
+        output::print_json(&machines);
     } else {
-        for m in resp.as_array().into_iter().flatten() {
+        for m in &machines {
+            let targets: Vec<&str> = m.targets.iter().map(|t| t.name.as_str()).collect();
             crate::out!(
                 "{:<20} {:<8} switch={:<8} targets={}",
-                output::s(m, "name"),
-                if m["online"].as_bool() == Some(true) { "online" } else { "offline" },
-                output::s(m, "switch"),
-                output::list(m, "targets")
+                m.name,
+                if m.online { "online" } else { "offline" },
+                m.switch,
+                output::list(&targets)
             );
         }
     }
@@ -87,9 +94,8 @@ pub async fn machine_list(ctx: &Context) -> anyhow::Result<()> {
 }
 
 pub async fn machine_revoke(ctx: &Context, name: &str) -> anyhow::Result<()> {
-    let resp: Value = ctx
-        .call(HttpMethod::POST, &format!("/v1/machines/{}/revoke", enc(name)), Some(json!({})))
-        .await?;
+    let resp: MachineRevoked =
+        ctx.post(&format!("/v1/machines/{}/revoke", enc(name)), &Empty {}).await?;
     if ctx.json {
         output::print_json(&resp)
     } else {
@@ -99,24 +105,24 @@ pub async fn machine_revoke(ctx: &Context, name: &str) -> anyhow::Result<()> {
 }
 
 pub async fn audit_list(ctx: &Context, since: Option<&str>) -> anyhow::Result<()> {
-    let path = match since {
+    let query = AuditQuery { since: since.map(str::to_owned) };
+    let path = match &query.since {
         Some(s) => format!("/v1/audit?since={}", enc(s)),
         None => "/v1/audit".to_owned(),
     };
-    let resp: Value = ctx.call(HttpMethod::GET, &path, None).await?;
-    let events = resp.as_array().cloned().unwrap_or_default();
+    let events: Vec<AuditRecord> = ctx.get(&path).await?;
     if ctx.json {
         output::print_json_lines(&events);
     } else {
         for e in &events {
             crate::out!(
                 "{} {:<12} {:<24} {:<16} {} {}",
-                output::s(e, "time"),
-                output::s(e, "actor"),
-                output::s(e, "action"),
-                output::s(e, "target"),
-                output::s(e, "source"),
-                e.get("details").map(Value::to_string).unwrap_or_default()
+                e.time,
+                e.actor,
+                e.action,
+                e.target,
+                e.source,
+                e.details
             );
         }
     }

@@ -11,11 +11,25 @@ use fernwart_transport::{
     pipe::{self, mux_to_socket, socket_to_mux, Halt},
     read_frame, write_frame, Mode, Mux,
 };
-use serde_json::json;
+use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::admin::enc;
 use crate::{output, Context};
+
+/// `connect --json`: the one line printed once every forward listens.
+#[derive(Serialize)]
+struct Opened<'a> {
+    session: &'a str,
+    forwards: Vec<Forward<'a>>,
+}
+
+/// One target and the local address that reaches it.
+#[derive(Serialize)]
+struct Forward<'a> {
+    target: &'a str,
+    local: String,
+}
 
 pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> anyhow::Result<()> {
     let login = ctx.load_login()?;
@@ -69,15 +83,15 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
             .await
             .with_context(|| format!("cannot listen on {bind} for target {t}"))?;
         let local = listener.local_addr()?;
-        forwards.push(json!({"target": t, "local": local.to_string()}));
+        forwards.push(Forward { target: t, local: local.to_string() });
         tokio::spawn(accept_loop(listener, mux.clone(), session.to_owned(), t.clone()));
     }
     if ctx.json {
-        output::print_json(&json!({"session": session, "forwards": forwards}));
+        output::print_json(&Opened { session, forwards });
     } else {
         crate::out!("session {session} is open; point your tools at:");
         for f in &forwards {
-            crate::out!("  {:<12} {}", output::s(f, "target"), output::s(f, "local"));
+            crate::out!("  {:<12} {}", f.target, f.local);
         }
         crate::out!("press Ctrl-C to leave");
     }
@@ -138,5 +152,22 @@ async fn tunnel(tcp: TcpStream, mux: Mux, session: String, target: String) {
     // Once open, an I/O error is one side hanging up, as with copy_bidirectional: no message.
     if let Err(Halt::Refused(why)) = pipe::both(up, down).await {
         eprintln!("connection to {target} {why}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_json_line_keeps_its_contract() {
+        let line = Opened {
+            session: "s1",
+            forwards: vec![Forward { target: "plc", local: "127.0.0.1:40123".into() }],
+        };
+        assert_eq!(
+            serde_json::to_value(&line).unwrap(),
+            serde_json::json!({"session": "s1", "forwards": [{"target": "plc", "local": "127.0.0.1:40123"}]})
+        );
     }
 }

@@ -1,8 +1,7 @@
 //! `session create | approve | reject | end | list | show`.
 
 use anyhow::bail;
-use fernwart_transport::http_client::HttpMethod;
-use serde_json::{json, Value};
+use fernwart_api::{Empty, SessionCreateRequest, SessionInfo};
 
 use super::admin::enc;
 use crate::{output, Context};
@@ -41,45 +40,51 @@ pub async fn create(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
     if a.until.is_some() && duration_secs.is_some() {
         bail!("give --until or --duration, not both");
     }
-    let body = json!({
-        "name": a.name, "machine": a.machine, "targets": a.targets, "users": a.users, "from": a.from,
-        "until": a.until, "duration_secs": duration_secs, "reason": a.reason, "approval": !a.no_approval,
-    });
-    let resp: Value = ctx.call(HttpMethod::POST, "/v1/sessions", Some(body)).await?;
+    let req = SessionCreateRequest {
+        name: a.name,
+        machine: a.machine,
+        targets: a.targets,
+        users: a.users,
+        from: a.from,
+        until: a.until,
+        duration_secs,
+        reason: a.reason,
+        approval: !a.no_approval,
+    };
+    let s: SessionInfo = ctx.post("/v1/sessions", &req).await?;
     if ctx.json {
-        output::print_json(&resp);
+        output::print_json(&s);
     } else {
         crate::out!(
             "session {} prepared on {} for {} ({} to {}){}",
-            a.name,
-            a.machine,
-            a.users.join(","),
-            output::s(&resp, "from"),
-            output::s(&resp, "until"),
-            if a.no_approval { "" } else { "; needs an approver's release" }
+            req.name,
+            req.machine,
+            req.users.join(","),
+            s.from,
+            s.until,
+            if req.approval { "; needs an approver's release" } else { "" }
         );
     }
     Ok(())
 }
 
 pub async fn action(ctx: &Context, name: &str, action: &str) -> anyhow::Result<()> {
-    let resp: Value = ctx
-        .call(HttpMethod::POST, &format!("/v1/sessions/{}/{action}", enc(name)), Some(json!({})))
-        .await?;
+    let s: SessionInfo =
+        ctx.post(&format!("/v1/sessions/{}/{action}", enc(name)), &Empty {}).await?;
     if ctx.json {
-        output::print_json(&resp)
+        output::print_json(&s)
     } else {
-        crate::out!("session {name} is {}", output::s(&resp, "state"))
+        crate::out!("session {name} is {}", s.state)
     }
     Ok(())
 }
 
 pub async fn list(ctx: &Context) -> anyhow::Result<()> {
-    let resp: Value = ctx.call(HttpMethod::GET, "/v1/sessions", None).await?;
+    let sessions: Vec<SessionInfo> = ctx.get("/v1/sessions").await?;
     if ctx.json {
-        output::print_json(&resp);
+        output::print_json(&sessions);
     } else {
-        for s in resp.as_array().into_iter().flatten() {
+        for s in &sessions {
             print_line(s);
         }
     }
@@ -87,48 +92,45 @@ pub async fn list(ctx: &Context) -> anyhow::Result<()> {
 }
 
 pub async fn show(ctx: &Context, name: &str) -> anyhow::Result<()> {
-    let s: Value = ctx.call(HttpMethod::GET, &format!("/v1/sessions/{}", enc(name)), None).await?;
+    let s: SessionInfo = ctx.get(&format!("/v1/sessions/{}", enc(name))).await?;
     if ctx.json {
         output::print_json(&s);
     } else {
-        for key in [
-            "name",
-            "state",
-            "machine",
-            "from",
-            "until",
-            "reason",
-            "created_by",
-            "decided_by",
-            "ended_by",
+        let state = s.state.as_str();
+        for (key, v) in [
+            ("name", Some(s.name.as_str())),
+            ("state", Some(state)),
+            ("machine", Some(s.machine.as_str())),
+            ("from", Some(s.from.as_str())),
+            ("until", Some(s.until.as_str())),
+            ("reason", Some(s.reason.as_str())),
+            ("created_by", Some(s.created_by.as_str())),
+            ("decided_by", s.decided_by.as_deref()),
+            ("ended_by", s.ended_by.as_deref()),
         ] {
-            if let Some(v) = s.get(key).and_then(Value::as_str) {
+            if let Some(v) = v {
                 crate::out!("{key:<11} {v}");
             }
         }
-        crate::out!("{:<11} {}", "targets", output::list(&s, "targets"));
-        crate::out!("{:<11} {}", "users", output::list(&s, "users"));
+        crate::out!("{:<11} {}", "targets", output::list(&s.targets));
+        crate::out!("{:<11} {}", "users", output::list(&s.users));
         crate::out!(
             "{:<11} {}",
             "approval",
-            if s["approval_required"].as_bool() == Some(true) {
-                "required"
-            } else {
-                "not required"
-            }
+            if s.approval_required { "required" } else { "not required" }
         );
     }
     Ok(())
 }
 
-fn print_line(s: &Value) {
+fn print_line(s: &SessionInfo) {
     crate::out!(
         "{:<16} {:<9} {:<12} targets={} users={} until {}",
-        output::s(s, "name"),
-        output::s(s, "state"),
-        output::s(s, "machine"),
-        output::list(s, "targets"),
-        output::list(s, "users"),
-        output::s(s, "until")
+        s.name,
+        s.state,
+        s.machine,
+        output::list(&s.targets),
+        output::list(&s.users),
+        s.until
     );
 }
