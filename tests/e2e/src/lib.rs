@@ -6,6 +6,7 @@
 //! Every world lives in a temp dir of its own (kept when env `FW_KEEP` is set) and stops
 //! every process it started when dropped. Every wait polls against a deadline.
 
+pub mod https;
 pub mod net;
 pub mod process;
 pub mod tinyproxy;
