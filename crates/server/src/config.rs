@@ -40,10 +40,31 @@ pub struct ServerSection {
     /// Most simultaneous TCP connections (agents, technicians, API calls together).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections from one IP address that have not shown a machine certificate.
+    #[serde(default = "default_max_per_source")]
+    pub max_connections_per_source: usize,
+    /// Connections only agents (with a machine certificate) may use.
+    #[serde(default = "default_reserved_for_agents")]
+    pub reserved_for_agents: usize,
+    /// Deadline for one whole API request (headers, body, answer), e.g. "30s".
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: String,
 }
 
 fn default_max_connections() -> usize {
     16_384
+}
+
+fn default_max_per_source() -> usize {
+    64
+}
+
+fn default_reserved_for_agents() -> usize {
+    1024
+}
+
+fn default_request_timeout() -> String {
+    "30s".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +132,7 @@ impl Default for SessionSection {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub settings: Settings,
+    pub request_timeout: Duration,
     pub lockout_duration: Duration,
     pub login_ttl: Duration,
     pub enrol_token_ttl: Duration,
@@ -203,7 +225,14 @@ impl Config {
         }
         url::Url::parse(&settings.server.public_url)
             .map_err(|e| format!("server.public_url: {e}"))?;
+        if settings.server.reserved_for_agents >= settings.server.max_connections {
+            return Err("server.reserved_for_agents must be below server.max_connections".into());
+        }
+        if settings.server.max_connections_per_source == 0 {
+            return Err("server.max_connections_per_source must be at least 1".into());
+        }
         Ok(Self {
+            request_timeout: dur("server.request_timeout", &settings.server.request_timeout)?,
             lockout_duration: dur("auth.lockout_duration", &settings.auth.lockout_duration)?,
             login_ttl: dur("auth.token_ttl", &settings.auth.token_ttl)?,
             enrol_token_ttl: dur("enrolment.token_ttl", &settings.enrolment.token_ttl)?,

@@ -14,9 +14,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod api;
+pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod ca;
 pub mod config;
+pub mod domain;
+pub mod events;
 pub mod relay;
 pub mod sessions;
 pub mod store;
@@ -25,7 +29,7 @@ pub mod util;
 
 pub use config::Config;
 
-/// Shared server state, cheap to clone.
+/// Shared server state, cheap to clone: the wiring of config, store, relay and limits.
 #[derive(Clone)]
 pub struct App(Arc<AppInner>);
 
@@ -33,10 +37,11 @@ pub struct AppInner {
     pub cfg: Config,
     pub store: store::Store,
     pub ca: ca::Ca,
-    pub hub: relay::Hub,
+    /// Live links; subscribes to the changes the API publishes on `relay.events`.
+    pub relay: relay::Relay,
+    pub limits: api::Limits,
     pub dummy_hash: String,
     pub shutdown: CancellationToken,
-    audit_tx: tokio::sync::mpsc::Sender<AsyncAudit>,
 }
 
 impl std::ops::Deref for App {
@@ -44,14 +49,6 @@ impl std::ops::Deref for App {
     fn deref(&self) -> &AppInner {
         &self.0
     }
-}
-
-struct AsyncAudit {
-    actor: String,
-    action: String,
-    target: String,
-    source: String,
-    details: serde_json::Value,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +90,7 @@ pub fn init(opts: &InitOptions) -> Result<(), ServerError> {
         .host_str()
         .ok_or_else(|| ServerError::Init("--public-url has no host".into()))?
         .to_owned();
-    if !util::valid_name(&opts.admin) {
+    if !domain::names::valid(&opts.admin) {
         return Err(ServerError::Init(format!(
             "admin name {:?}: use letters, digits, - _ . @ (at most 64)",
             opts.admin
@@ -107,6 +104,7 @@ pub fn init(opts: &InitOptions) -> Result<(), ServerError> {
         .map_err(|e| ServerError::Init(format!("admin {e}")))?;
     std::fs::create_dir_all(&opts.data)
         .map_err(|e| ServerError::Init(format!("cannot create {}: {e}", opts.data.display())))?;
+    #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&opts.data, std::fs::Permissions::from_mode(0o700));
@@ -123,6 +121,9 @@ pub fn init(opts: &InitOptions) -> Result<(), ServerError> {
             listen: opts.listen,
             public_url: opts.public_url.clone(),
             max_connections: 16_384,
+            max_connections_per_source: 64,
+            reserved_for_agents: 1024,
+            request_timeout: "30s".into(),
         },
         auth: Default::default(),
         password: Default::default(),
@@ -137,143 +138,46 @@ pub fn init(opts: &InitOptions) -> Result<(), ServerError> {
     )?;
     let store = store::Store::open(&opts.data)?;
     let hash = auth::hash_password(&opts.admin_password).map_err(ServerError::Init)?;
-    store.tx(|tx| {
-        tx.execute(
-            "INSERT INTO users (name, role, password_hash, created_at) VALUES (?1, 'admin', ?2, ?3)",
-            rusqlite::params![opts.admin, hash, util::now()],
-        ).map_err(store::StoreError::from)?;
-        store::audit(tx, "init", "server.init", &opts.admin, "local", serde_json::json!({"public_url": opts.public_url}))
-    })?;
+    let admin = store::NewUser {
+        name: opts.admin.clone(),
+        role: domain::Role::Admin,
+        org: None,
+        password_hash: hash,
+        expires_at: None,
+    };
+    let entry = audit::Entry::new(
+        &opts.admin,
+        "local",
+        audit::Event::ServerInit { public_url: opts.public_url.clone() },
+    );
+    store.blocking().user_add(&admin, util::now(), &entry)?;
     Ok(())
 }
 
 impl App {
+    /// Opens the data directory's store and CA and starts the background tasks (audit writer,
+    /// expiry sweeper). Must run inside a tokio runtime.
     pub fn open(data: &Path, cfg: Config, shutdown: CancellationToken) -> Result<App, ServerError> {
         let store = store::Store::open(data)?;
         let ca = ca::Ca::load(data)?;
-        let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(4096);
+        let audit = store::AuditQueue::start(store.clone());
+        let relay = relay::Relay::new(store.clone(), audit, shutdown.clone());
+        let limits = api::Limits::new(&cfg);
         let app = App(Arc::new(AppInner {
             cfg,
             store,
             ca,
-            hub: relay::Hub::default(),
+            relay,
+            limits,
             dummy_hash: auth::dummy_hash(),
             shutdown,
-            audit_tx,
         }));
-        tokio::spawn(audit_writer(app.clone(), audit_rx));
         tokio::spawn(expiry_sweeper(app.clone()));
         Ok(app)
     }
-
-    /// Records an event off the hot path (tunnel and link events); API changes record theirs
-    /// in their own transaction instead.
-    pub fn audit_async(
-        &self,
-        actor: &str,
-        action: &str,
-        target: &str,
-        source: &str,
-        details: serde_json::Value,
-    ) {
-        let ev = AsyncAudit {
-            actor: actor.into(),
-            action: action.into(),
-            target: target.into(),
-            source: source.into(),
-            details,
-        };
-        match self.audit_tx.try_send(ev) {
-            Ok(()) => {}
-            // The queue is full: write this one directly rather than lose it.
-            Err(tokio::sync::mpsc::error::TrySendError::Full(ev)) => {
-                let app = self.clone();
-                tokio::task::spawn_blocking(move || write_audit_batch(&app, &[ev]));
-            }
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(ev)) => {
-                write_audit_batch(self, &[ev]);
-            }
-        }
-    }
-
-    /// Moves a session to `state`, records it, and tells the live side.
-    pub fn transition(
-        &self,
-        s: &sessions::Session,
-        state: &str,
-        by: &str,
-        source: &str,
-    ) -> Result<(), store::StoreError> {
-        self.store.tx(|tx| {
-            sessions::set_state(tx, s.id, state, Some(by))?;
-            store::audit(
-                tx,
-                by,
-                &format!("session.{}", verb(state)),
-                &s.name,
-                source,
-                serde_json::json!({"from": s.state, "to": state}),
-            )
-        })?;
-        let terminal = sessions::TERMINAL.contains(&state);
-        self.hub.session_changed(s.id, terminal);
-        if terminal {
-            self.hub.revoke(s.machine_id, &s.name);
-        }
-        Ok(())
-    }
-
-    pub fn expire(&self, s: &sessions::Session) {
-        if let Err(e) = self.transition(s, "expired", "system", "server") {
-            tracing::error!(error = %e, session = %s.name, "cannot expire session");
-        }
-    }
 }
 
-fn verb(state: &str) -> &str {
-    match state {
-        "requested" => "request",
-        "approved" => "approve",
-        "rejected" => "reject",
-        "active" => "activate",
-        "ended" => "end",
-        "expired" => "expire",
-        "revoked" => "revoke",
-        other => other,
-    }
-}
-
-async fn audit_writer(app: App, mut rx: tokio::sync::mpsc::Receiver<AsyncAudit>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-            if batch.len() >= 256 {
-                break;
-            }
-        }
-        let writer = app.clone();
-        if tokio::task::spawn_blocking(move || write_audit_batch(&writer, &batch)).await.is_err() {
-            tracing::error!("audit writer task failed");
-        }
-    }
-}
-
-fn write_audit_batch(app: &App, batch: &[AsyncAudit]) {
-    let r = app.store.tx(|tx| {
-        for ev in batch {
-            store::audit(tx, &ev.actor, &ev.action, &ev.target, &ev.source, ev.details.clone())?;
-        }
-        Ok::<_, store::StoreError>(())
-    });
-    if let Err(e) = r {
-        for ev in batch {
-            tracing::error!(error = %e, actor = %ev.actor, action = %ev.action, target = %ev.target,
-                details = %ev.details, "cannot write audit event");
-        }
-    }
-}
-
+/// Expires sessions whose window closed, once a second.
 async fn expiry_sweeper(app: App) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -281,10 +185,27 @@ async fn expiry_sweeper(app: App) {
             _ = tick.tick() => {}
             _ = app.shutdown.cancelled() => return,
         }
-        let overdue = app.store.read(|c| sessions::overdue(c, util::now()));
-        for (id, _machine, _name) in overdue.unwrap_or_default() {
-            if let Ok(Some(s)) = app.store.read(|c| sessions::by_id(c, id)) {
-                app.expire(&s);
+        let now = util::now();
+        let overdue = match app.store.run(move |b| b.sessions_overdue(now)).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list overdue sessions");
+                continue;
+            }
+        };
+        for s in overdue {
+            let r = sessions::apply(
+                &app.store,
+                &app.relay.events,
+                s.id,
+                domain::SessionEvent::Expire,
+                "system",
+                "server",
+                now,
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, session = %s.name, "expiry raced another change");
             }
         }
     }

@@ -26,6 +26,11 @@ impl Drop for Server {
 }
 
 async fn start() -> Server {
+    start_with(Vec::new()).await
+}
+
+/// A server with `FERNWART_<SECTION>_<KEY>` settings.
+async fn start_with(env: Vec<(String, String)>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("srv");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -38,7 +43,7 @@ async fn start() -> Server {
         admin_password: "Adm1n-Passw0rd!2026x".into(),
     })
     .unwrap();
-    let cfg = Config::load(&data, []).unwrap();
+    let cfg = Config::load(&data, env).unwrap();
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move { fernwart_server::run(&data, cfg, listener, stop).await.unwrap() });
@@ -70,24 +75,62 @@ impl Server {
 }
 
 fn seed(data: &Path) -> String {
+    use fernwart_server::{
+        audit::{Entry, Event},
+        domain::Role,
+        store::{NewSession, NewUser},
+    };
     let store = Store::open(data).unwrap();
+    let b = store.blocking();
     let token = util::random_token();
-    store
-        .tx(|tx| {
-            let now = util::now();
-            tx.execute("INSERT INTO users (name, role, password_hash, totp_confirmed, created_at) VALUES ('tech1', 'technician', 'x', 1, ?1)", [now])?;
-            let uid = tx.last_insert_rowid();
-            tx.execute("INSERT INTO auth_tokens (token_hash, user_id, scope, created_at, expires_at) VALUES (?1, ?2, 'full', ?3, ?4)",
-                rusqlite::params![util::token_hash(&token), uid, now, now + 3600])?;
-            tx.execute("INSERT INTO machines (name, created_at, targets) VALUES ('m1', ?1, '[{\"name\":\"plc\",\"address\":\"127.0.0.1:9\",\"protocol\":\"tcp\"}]')", [now])?;
-            let mid = tx.last_insert_rowid();
-            tx.execute("INSERT INTO sessions (name, machine_id, targets, reason, state, approval_required, valid_from, valid_until, created_by, created_at) \
-                        VALUES ('s1', ?1, '[\"plc\"]', 't', 'prepared', 0, ?2, ?3, 'admin', ?2)", rusqlite::params![mid, now, now + 3600])?;
-            let sid = tx.last_insert_rowid();
-            tx.execute("INSERT INTO session_users (session_id, user_id) VALUES (?1, ?2)", [sid, uid])?;
-            Ok::<_, fernwart_server::store::StoreError>(())
-        })
+    let now = util::now();
+    let e = |event| Entry::new("admin", "test", event);
+    let user = NewUser {
+        name: "tech1".into(),
+        role: Role::Technician,
+        org: None,
+        password_hash: "x".into(),
+        expires_at: None,
+    };
+    let uid = b.user_add(&user, now, &e(Event::UserDisable { name: "tech1".into() })).unwrap();
+    b.login_succeeded(
+        uid,
+        &util::token_hash(&token),
+        fernwart_api::Scope::Full,
+        now,
+        now + 3600,
+        &e(Event::UserDisable { name: "tech1".into() }),
+    )
+    .unwrap();
+    let mid = b
+        .machine_add(
+            "m1",
+            None,
+            "unused",
+            now,
+            now + 60,
+            &e(Event::UserDisable { name: "m1".into() }),
+        )
         .unwrap();
+    let targets = [fernwart_api::TargetInfo {
+        name: "plc".into(),
+        address: "127.0.0.1:9".into(),
+        protocol: fernwart_api::TargetProtocol::Tcp,
+    }];
+    b.agent_online(mid, &targets, true, now, &e(Event::UserDisable { name: "m1".into() })).unwrap();
+    let session = NewSession {
+        name: "s1".into(),
+        machine: "m1".into(),
+        targets: vec!["plc".into()],
+        users: vec!["tech1".into()],
+        reason: "t".into(),
+        approval_required: false,
+        from: now,
+        until: now + 3600,
+        created_by: "admin".into(),
+        created_at: now,
+    };
+    b.session_create(&session, &e(Event::UserDisable { name: "s1".into() })).unwrap();
     token
 }
 
@@ -191,7 +234,9 @@ async fn bad_open_request_on_a_data_stream_leaves_the_link_usable() {
 
 #[tokio::test]
 async fn silent_and_half_open_connections_do_not_block_others() {
-    let server = start().await;
+    // All from 127.0.0.1: lift the per-source cap (tested end to end) to test the rest.
+    let env = vec![("FERNWART_SERVER_MAX_CONNECTIONS_PER_SOURCE".to_owned(), "1000".to_owned())];
+    let server = start_with(env).await;
     let mut idle = Vec::new();
     for _ in 0..100 {
         idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());

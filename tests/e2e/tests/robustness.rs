@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use fernwart_e2e::{random_bytes, roundtrip, wait_eof, Echo, World};
+use fernwart_e2e::{https::tcp_from, random_bytes, roundtrip, wait_eof, Echo, World};
 use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
 
 const T: Duration = Duration::from_secs(10);
@@ -49,11 +49,13 @@ fn half_open_and_garbage_connections_do_not_hurt() -> Result<()> {
     w.switch("m1", true)?;
     w.create_session("s1", "m1", &["echo"], &["tech1"])?;
 
-    // 200 TCP connections that never send a ClientHello
+    // 200 TCP connections that never send a ClientHello, from another address than the
+    // technician's (the server caps connections per source: beyond the cap they are closed)
     let mut idle: Vec<TcpStream> = Vec::new();
+    let elsewhere = std::net::IpAddr::from([127, 0, 0, 2]);
     for i in 0..200 {
         idle.push(
-            TcpStream::connect_timeout(&w.listen, T)
+            tcp_from(elsewhere, w.listen, T)
                 .with_context(|| format!("half-open connection {i}"))?,
         );
     }

@@ -1,17 +1,33 @@
-//! The accept loop: connection cap, TLS handshake timeout, HTTP/1.1 with upgrades.
+//! The accept loop: connection caps, TLS handshake timeout, HTTP/1.1 with upgrades, a deadline
+//! for every request.
+//!
+//! Connections are counted twice: against the total cap, and, until they show a machine
+//! certificate, against the cap of their source address and the share of the total that is not
+//! reserved for agents. A handful of clients holding slow connections can thus neither fill
+//! the server nor keep agents out.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use super::ApiError;
 use crate::{ca, App};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most the request line and headers may take.
+pub const MAX_HEADERS: usize = 64 * 1024;
 
 /// Who is on the other end of one TLS connection.
 #[derive(Clone, Debug)]
@@ -21,10 +37,48 @@ pub struct ConnInfo {
     pub client_cert: Option<String>,
 }
 
+/// Connections per source address that have not shown a machine certificate.
+#[derive(Default)]
+struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+
+struct SourceSlot {
+    map: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { map: self.clone(), ip })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.map.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 pub async fn serve(app: App, listener: TcpListener, tls: Arc<ServerConfig>) {
     let acceptor = TlsAcceptor::from(tls);
     let router = super::router(app.clone());
-    let limit = Arc::new(tokio::sync::Semaphore::new(app.cfg.settings.server.max_connections));
+    let s = &app.cfg.settings.server;
+    let total = Arc::new(Semaphore::new(s.max_connections));
+    let unproven = Arc::new(Semaphore::new(s.max_connections - s.reserved_for_agents));
+    let per_source = Arc::new(PerSource::default());
+    let max_per_source = s.max_connections_per_source;
+    let deadline = app.cfg.request_timeout;
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -37,8 +91,16 @@ pub async fn serve(app: App, listener: TcpListener, tls: Arc<ServerConfig>) {
             },
             _ = app.shutdown.cancelled() => break,
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        let Ok(permit) = total.clone().try_acquire_owned() else {
             tracing::warn!(%remote, "connection limit reached; closing");
+            continue;
+        };
+        let Some(source_slot) = per_source.take(remote.ip(), max_per_source) else {
+            tracing::debug!(%remote, "connection limit of this source reached; closing");
+            continue;
+        };
+        let Ok(unproven_permit) = unproven.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "connections without a machine certificate at their limit; closing");
             continue;
         };
         let acceptor = acceptor.clone();
@@ -65,17 +127,43 @@ pub async fn serve(app: App, listener: TcpListener, tls: Arc<ServerConfig>) {
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| ca::fingerprint(c.as_ref()));
+            // A certificate of our CA (rustls checked the chain): an agent, counted apart from
+            // its source (many gateways may share one NAT address).
+            let _unproven = if client_cert.is_some() {
+                drop(source_slot);
+                drop(unproven_permit);
+                None
+            } else {
+                Some((source_slot, unproven_permit))
+            };
             let info = ConnInfo { remote, client_cert };
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
-                    router.clone().oneshot(req.map(axum::body::Body::new))
+                    let call = router.clone().oneshot(req.map(axum::body::Body::new));
+                    async move {
+                        match tokio::time::timeout(deadline, call).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                let mut resp = ApiError::new(
+                                    StatusCode::REQUEST_TIMEOUT,
+                                    "request took too long",
+                                )
+                                .into_response();
+                                resp.headers_mut().insert(
+                                    header::CONNECTION,
+                                    header::HeaderValue::from_static("close"),
+                                );
+                                Ok(resp)
+                            }
+                        }
+                    }
                 },
             );
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
+                .max_buf_size(MAX_HEADERS)
                 .serve_connection(TokioIo::new(tls), svc)
                 .with_upgrades();
             tokio::select! {

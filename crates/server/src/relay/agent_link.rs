@@ -9,13 +9,17 @@ use fernwart_transport::{
 };
 use tokio::sync::mpsc;
 
-use crate::{sessions, util, App};
+use super::{grant_for, Relay};
+use crate::{
+    audit::{Entry, Event},
+    util,
+};
 
 const PING_EVERY: Duration = Duration::from_secs(15);
 /// A link that stays silent this long is dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(45);
 
-pub async fn serve(app: App, mux: Mux, machine_id: i64, machine: String, source: String) {
+pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, source: String) {
     // The server opens the control stream; the agent's first frame on it is its hello.
     let mut control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, mux.open()).await {
         Ok(Ok(s)) => s,
@@ -50,28 +54,23 @@ pub async fn serve(app: App, mux: Mux, machine_id: i64, machine: String, source:
         return;
     }
     let now = util::now();
-    let targets_json = serde_json::to_string(&targets).unwrap_or_else(|_| "[]".into());
-    let grants = app.store.tx(|tx| {
-        tx.execute(
-            "UPDATE machines SET targets = ?2, switch_on = ?3, last_seen = ?4 WHERE id = ?1",
-            rusqlite::params![machine_id, targets_json, switch_on, now],
-        )
-        .map_err(crate::store::StoreError::from)?;
-        crate::store::audit(
-            tx,
-            &machine,
-            "agent.connect",
-            &machine,
-            &source,
-            serde_json::json!({
-                "agent": agent, "switch": if switch_on { "on" } else { "off" },
-                "targets": targets.iter().map(|t| &t.name).collect::<Vec<_>>(),
-            }),
-        )?;
-        sessions::grantable_for_machine(tx, machine_id, now)
-    });
+    let entry = Entry::new(
+        &machine,
+        &source,
+        Event::AgentConnect {
+            machine: machine.clone(),
+            agent: agent.clone(),
+            switch_on,
+            targets: targets.iter().map(|t| t.name.clone()).collect(),
+        },
+    );
+    let announced = targets.clone();
+    let grants = app
+        .store
+        .run(move |b| b.agent_online(machine_id, &announced, switch_on, now, &entry))
+        .await;
     let grants = match grants {
-        Ok(g) => g.iter().map(sessions::grant_for).collect(),
+        Ok(g) => g.iter().map(grant_for).collect(),
         Err(e) => {
             tracing::error!(error = %e, "cannot record agent connect");
             mux.close();
@@ -112,21 +111,9 @@ pub async fn serve(app: App, mux: Mux, machine_id: i64, machine: String, source:
             Ok(Err(e)) => break format!("control stream: {e}"),
             Ok(Ok(AgentToServer::Switch { on })) => {
                 app.hub.set_switch(machine_id, on);
-                let r = app.store.tx(|tx| {
-                    tx.execute(
-                        "UPDATE machines SET switch_on = ?2 WHERE id = ?1",
-                        rusqlite::params![machine_id, on],
-                    )
-                    .map_err(crate::store::StoreError::from)?;
-                    crate::store::audit(
-                        tx,
-                        &machine,
-                        "machine.switch",
-                        &machine,
-                        &source,
-                        serde_json::json!({"switch": if on { "on" } else { "off" }}),
-                    )
-                });
+                let entry =
+                    Entry::new(&machine, &source, Event::Switch { machine: machine.clone(), on });
+                let r = app.store.run(move |b| b.agent_switch(machine_id, on, &entry)).await;
                 if let Err(e) = r {
                     tracing::error!(error = %e, "cannot record key switch");
                 }
@@ -142,19 +129,10 @@ pub async fn serve(app: App, mux: Mux, machine_id: i64, machine: String, source:
     app.hub.agent_disconnected(machine_id, conn_id);
     mux.close();
     tracing::info!(%machine, %reason, "agent offline");
-    let _ = app.store.tx(|tx| {
-        tx.execute(
-            "UPDATE machines SET last_seen = ?2 WHERE id = ?1",
-            rusqlite::params![machine_id, util::now()],
-        )
-        .map_err(crate::store::StoreError::from)?;
-        crate::store::audit(
-            tx,
-            &machine,
-            "agent.disconnect",
-            &machine,
-            &source,
-            serde_json::json!({"reason": reason}),
-        )
-    });
+    let entry =
+        Entry::new(&machine, &source, Event::AgentDisconnect { machine: machine.clone(), reason });
+    let now = util::now();
+    if let Err(e) = app.store.run(move |b| b.agent_offline(machine_id, now, &entry)).await {
+        tracing::error!(error = %e, "cannot record agent disconnect");
+    }
 }

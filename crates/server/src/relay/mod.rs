@@ -15,9 +15,75 @@ use fernwart_transport::Mux;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::{
+    domain::{session::Session, SessionState},
+    events::{Change, Events, Subscriber},
+    store::{AuditQueue, Store},
+};
+
 pub mod agent_link;
 pub mod tech_link;
 pub mod tunnel;
+
+/// What the links need: live state, the store, the event bus, the audit queue.
+#[derive(Clone)]
+pub struct Relay(Arc<RelayInner>);
+
+pub struct RelayInner {
+    pub hub: Arc<Hub>,
+    pub store: Store,
+    pub events: Events,
+    pub audit: AuditQueue,
+    pub shutdown: CancellationToken,
+}
+
+impl std::ops::Deref for Relay {
+    type Target = RelayInner;
+    fn deref(&self) -> &RelayInner {
+        &self.0
+    }
+}
+
+impl Relay {
+    /// A relay whose hub subscribes to the changes published on the returned relay's `events`.
+    pub fn new(store: Store, audit: AuditQueue, shutdown: CancellationToken) -> Self {
+        let hub = Arc::new(Hub::default());
+        let events = Events::new(vec![hub.clone() as Arc<dyn Subscriber>]);
+        Self(Arc::new(RelayInner { hub, store, events, audit, shutdown }))
+    }
+}
+
+/// The grant an agent holds for a session.
+pub fn grant_for(s: &Session) -> Grant {
+    Grant {
+        session: s.name.clone(),
+        targets: s.targets.clone(),
+        until: s.until,
+        users: s.user_names(),
+    }
+}
+
+impl Subscriber for Hub {
+    fn on_change(&self, change: &Change) {
+        match change {
+            Change::Session(applied) => {
+                let s = &applied.after;
+                self.session_changed(s.id, s.is_terminal());
+                if s.is_terminal() {
+                    self.revoke(s.machine_id, &s.name);
+                } else if s.state == SessionState::Approved {
+                    // Released: the agent holds the grant before the technician connects.
+                    // (Activation pushes it from the technician's link, which waits for it.)
+                    if let Some(push) = self.grant_push(s.machine_id, grant_for(s)) {
+                        tokio::spawn(push);
+                    }
+                }
+            }
+            Change::UserDisabled { user } => self.user_disabled(*user),
+            Change::MachineRevoked { machine } => self.disconnect_agent(*machine),
+        }
+    }
+}
 
 /// How long the server waits for an agent to acknowledge a grant.
 const GRANT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,26 +200,40 @@ impl Hub {
     }
 
     /// Closes the machine's link (revocation).
-    pub fn disconnect_agent(&self, machine: i64) {
+    fn disconnect_agent(&self, machine: i64) {
         if let Some(a) = self.lock().agents.remove(&machine) {
             a.switch_token.cancel();
             a.mux.close();
         }
     }
 
-    /// Sends a grant to the machine's agent and waits for its acknowledgement.
+    /// Sends a grant to the machine's agent and waits for its acknowledgement: the one place
+    /// grants are pushed (agents also get theirs with the welcome).
     pub async fn grant(&self, machine: i64, grant: Grant) -> bool {
+        match self.grant_push(machine, grant) {
+            Some(push) => push.await,
+            None => false,
+        }
+    }
+
+    fn grant_push(
+        &self,
+        machine: i64,
+        grant: Grant,
+    ) -> Option<impl std::future::Future<Output = bool> + Send + 'static> {
         let (tx, rx) = oneshot::channel();
         let control = {
             let mut inner = self.lock();
-            let Some(a) = inner.agents.get_mut(&machine) else { return false };
+            let a = inner.agents.get_mut(&machine)?;
             a.acks.entry(grant.session.clone()).or_default().push(tx);
             a.control.clone()
         };
-        if control.send(ServerToAgent::Grant { grant }).await.is_err() {
-            return false;
-        }
-        matches!(tokio::time::timeout(GRANT_ACK_TIMEOUT, rx).await, Ok(Ok(())))
+        Some(async move {
+            if control.send(ServerToAgent::Grant { grant }).await.is_err() {
+                return false;
+            }
+            matches!(tokio::time::timeout(GRANT_ACK_TIMEOUT, rx).await, Ok(Ok(())))
+        })
     }
 
     pub fn grant_acked(&self, machine: i64, session: &str) {
@@ -164,7 +244,7 @@ impl Hub {
         }
     }
 
-    pub fn revoke(&self, machine: i64, session: &str) {
+    fn revoke(&self, machine: i64, session: &str) {
         let control = self.lock().agents.get(&machine).map(|a| a.control.clone());
         if let Some(control) = control {
             let _ = control.try_send(ServerToAgent::Revoke { session: session.to_owned() });
@@ -180,7 +260,7 @@ impl Hub {
     }
 
     /// A session changed state; `terminal` closes all its tunnels and links.
-    pub fn session_changed(&self, session: i64, terminal: bool) {
+    fn session_changed(&self, session: i64, terminal: bool) {
         let mut inner = self.lock();
         let entry = inner.sessions.entry(session).or_insert_with(SessionEntry::new);
         entry.changed.send_modify(|v| *v += 1);
@@ -194,11 +274,9 @@ impl Hub {
     }
 
     /// A user was disabled: every tunnel and link of theirs closes.
-    pub fn user_disabled(&self, user: i64) {
+    fn user_disabled(&self, user: i64) {
         if let Some(t) = self.lock().users.remove(&user) {
             t.cancel();
         }
     }
 }
-
-pub type SharedHub = Arc<Hub>;

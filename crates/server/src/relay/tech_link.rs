@@ -12,8 +12,16 @@ use fernwart_transport::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::tunnel::{self, Guards};
-use crate::{sessions, util, App};
+use super::{
+    grant_for,
+    tunnel::{self, Guards},
+    Relay,
+};
+use crate::{
+    audit::{Entry, Event},
+    domain::{SessionEvent, SessionState, UnixSecs},
+    sessions, util,
+};
 
 const PING_EVERY: Duration = Duration::from_secs(15);
 /// A technician link that answers nothing for this long is dead (promise 3: tunnels close).
@@ -40,10 +48,14 @@ pub struct Technician {
     pub user_id: i64,
     pub name: String,
     pub source: String,
+    /// The hash of the login token the link was opened with: every tunnel checks it again.
+    pub token_hash: String,
+    /// The earlier of the login's and the account's end: the link closes then.
+    pub valid_until: UnixSecs,
 }
 
 pub async fn serve(
-    app: App,
+    app: Relay,
     mux: Mux,
     mut inbound: mpsc::Receiver<MuxStream>,
     session_id: i64,
@@ -84,16 +96,20 @@ pub async fn serve(
     let mut changes = app.hub.session_watch(session_id);
     let mut ready = false;
     let mut session_name = session_id.to_string();
+    let login_ends = tokio::time::Instant::now()
+        + Duration::from_secs(u64::try_from(who.valid_until - util::now()).unwrap_or(0));
     let closed = loop {
-        let Ok(Some(s)) = app.store.read(|c| sessions::by_id(c, session_id)) else {
-            break ("gone".to_owned(), "session deleted".to_owned());
+        let s = match app.store.run(move |b| b.session_by_id(session_id)).await {
+            Ok(Some(s)) => s,
+            Ok(None) => break ("gone".to_owned(), "session deleted".to_owned()),
+            Err(e) => break ("error".to_owned(), format!("server error: {e}")),
         };
         session_name.clone_from(&s.name);
         let now = util::now();
         if s.is_terminal() {
             let by = s.ended_by.clone().or(s.decided_by.clone()).unwrap_or_default();
             break (
-                s.state.clone(),
+                s.state.to_string(),
                 format!(
                     "session {} is {} {}",
                     s.name,
@@ -104,41 +120,78 @@ pub async fn serve(
                 .to_owned(),
             );
         }
-        if now >= s.until_ts {
-            app.expire(&s);
+        if now >= s.until {
+            let _ = sessions::apply(
+                &app.store,
+                &app.events,
+                s.id,
+                SessionEvent::Expire,
+                "system",
+                "server",
+                now,
+            )
+            .await;
             continue;
         }
-        let mut wait_until = s.until_ts;
+        let mut wait_until = s.until;
         if !ready {
-            if now < s.from_ts {
+            if now < s.from {
                 let msg = ServerToClient::Waiting {
-                    state: s.state.clone(),
-                    message: format!("session window opens at {}", s.from),
+                    state: s.state.to_string(),
+                    message: format!("session window opens at {}", util::rfc3339(s.from)),
                 };
                 if write_frame(&mut control, &msg).await.is_err() {
                     break ("link".into(), "technician left".into());
                 }
-                wait_until = s.from_ts;
-            } else if s.state == "prepared" && s.approval_required {
-                if let Err(e) = app.transition(&s, "requested", &who.name, &who.source) {
-                    break ("error".into(), format!("cannot request session: {e}"));
+                wait_until = s.from;
+            } else if s.state == SessionState::Prepared && s.approval_required {
+                match sessions::apply(
+                    &app.store,
+                    &app.events,
+                    s.id,
+                    SessionEvent::Request,
+                    &who.name,
+                    &who.source,
+                    now,
+                )
+                .await
+                {
+                    Ok(_)
+                    | Err(sessions::ApplyError::Refused { .. } | sessions::ApplyError::Busy(_)) => {
+                    }
+                    Err(e) => break ("error".into(), format!("cannot request session: {e}")),
                 }
                 continue;
-            } else if s.state == "requested" {
+            } else if s.state == SessionState::Requested {
                 let msg = ServerToClient::Waiting {
-                    state: s.state.clone(),
+                    state: s.state.to_string(),
                     message: "waiting for the operator's approval".into(),
                 };
                 if write_frame(&mut control, &msg).await.is_err() {
                     break ("link".into(), "technician left".into());
                 }
             } else if s.usable(now) {
-                if s.state != "active" {
-                    if let Err(e) = app.transition(&s, "active", &who.name, &who.source) {
-                        break ("error".into(), format!("cannot activate session: {e}"));
+                if s.state != SessionState::Active {
+                    match sessions::apply(
+                        &app.store,
+                        &app.events,
+                        s.id,
+                        SessionEvent::Activate,
+                        &who.name,
+                        &who.source,
+                        now,
+                    )
+                    .await
+                    {
+                        Ok(_)
+                        | Err(
+                            sessions::ApplyError::Refused { .. } | sessions::ApplyError::Busy(_),
+                        ) => {}
+                        Err(e) => break ("error".into(), format!("cannot activate session: {e}")),
                     }
+                    continue;
                 }
-                if !app.hub.grant(s.machine_id, sessions::grant_for(&s)).await {
+                if !app.hub.grant(s.machine_id, grant_for(&s)).await {
                     tracing::info!(session = %s.name, "agent did not acknowledge the grant (offline?)");
                 }
                 let msg = ServerToClient::Ready {
@@ -149,13 +202,11 @@ pub async fn serve(
                 if write_frame(&mut control, &msg).await.is_err() {
                     break ("link".into(), "technician left".into());
                 }
-                app.audit_async(
+                app.audit.record(Entry::new(
                     &who.name,
-                    "session.connect",
-                    &s.name,
                     &who.source,
-                    serde_json::json!({"targets": s.targets}),
-                );
+                    Event::Connect { session: s.name.clone(), targets: s.targets.clone() },
+                ));
                 ready = true;
             }
         }
@@ -178,6 +229,7 @@ pub async fn serve(
                     break ("link".into(), "technician left".into());
                 }
             }
+            _ = tokio::time::sleep_until(login_ends) => break ("expired".into(), "login or account expired: log in again".into()),
             _ = user_token.cancelled() => break ("revoked".into(), format!("user {} was disabled", who.name)),
             _ = app.shutdown.cancelled() => break ("unavailable".into(), "server shutting down".into()),
         }
@@ -192,12 +244,10 @@ pub async fn serve(
             control.end();
         }
     }
-    app.audit_async(
+    app.audit.record(Entry::new(
         &who.name,
-        "session.disconnect",
-        &session_name,
         &who.source,
-        serde_json::json!({"reason": reason}),
-    );
+        Event::Disconnect { session: session_name, reason },
+    ));
     mux.close();
 }

@@ -10,8 +10,12 @@ use fernwart_transport::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::tech_link::Technician;
-use crate::{sessions, util, App};
+use super::{tech_link::Technician, Relay};
+use crate::{
+    audit::{Entry, Event},
+    authz::{self, Action, Object},
+    util,
+};
 
 /// Everything a tunnel must stop for.
 pub struct Guards {
@@ -21,7 +25,7 @@ pub struct Guards {
 }
 
 pub async fn serve(
-    app: App,
+    app: Relay,
     mut stream: MuxStream,
     session_id: i64,
     who: Technician,
@@ -36,10 +40,10 @@ pub async fn serve(
         }
     };
     let target = req.target.clone();
-    let (agent_stream, switch, until, session) = match open(&app, session_id, &target).await {
+    let (agent_stream, switch, until, session) = match open(&app, session_id, &who, &target).await {
         Ok(opened) => opened,
         Err(reason) => {
-            refused(&app, &who, &session_label(&app, session_id), &target, &reason);
+            refused(&app, &who, &session_label(&app, session_id).await, &target, &reason);
             write_last_frame(stream, &OpenReply::refused(reason)).await;
             return;
         }
@@ -66,13 +70,11 @@ pub async fn serve(
             return Err(Halt::Refused(reason));
         }
         write_frame(&mut t_wr, &OpenReply::ok()).await.map_err(|e| Halt::Io(e.into_io()))?;
-        app.audit_async(
+        app.audit.record(Entry::new(
             &user,
-            "tunnel.open",
-            &session,
             &who.source,
-            serde_json::json!({"target": target}),
-        );
+            Event::TunnelOpen { session: session.clone(), target: target.clone() },
+        ));
         mux_to_mux(&mut a_rd, &mut t_wr).await.map_err(Halt::Io)
     };
     let outcome = tokio::select! {
@@ -88,43 +90,51 @@ pub async fn serve(
         _ = guards.user.cancelled() => "user disabled".to_owned(),
         _ = guards.link.cancelled() => "technician link closed".to_owned(),
         _ = switch.cancelled() => "key switch off or agent gone".to_owned(),
-        _ = tokio::time::sleep(left) => "time window closed".to_owned(),
+        _ = tokio::time::sleep(left) => "time window closed or login expired".to_owned(),
     };
     let secs = started.elapsed().as_secs();
     tracing::info!(session = %session, %target, %user, %outcome, secs, "tunnel closed");
-    app.audit_async(
+    app.audit.record(Entry::new(
         &user,
-        "tunnel.close",
-        &session,
         &who.source,
-        serde_json::json!({"target": target, "outcome": outcome, "seconds": secs}),
-    );
+        Event::TunnelClose { session, target, outcome, seconds: secs },
+    ));
 }
 
-fn refused(app: &App, who: &Technician, session: &str, target: &str, reason: &str) {
+fn refused(app: &Relay, who: &Technician, session: &str, target: &str, reason: &str) {
     tracing::info!(%target, user = %who.name, %reason, "tunnel refused");
-    app.audit_async(
+    app.audit.record(Entry::new(
         &who.name,
-        "tunnel.refused",
-        session,
         &who.source,
-        serde_json::json!({"target": target, "reason": reason}),
-    );
+        Event::TunnelRefused {
+            session: session.into(),
+            target: target.into(),
+            reason: reason.into(),
+        },
+    ));
 }
 
-/// Checks promise 2 at the server, then asks the agent, which checks again on its own and
-/// answers on the returned stream.
+/// Checks promise 2 at the server (the login, the account, the session, the target, the
+/// machine), then asks the agent, which checks again on its own and answers on the returned
+/// stream.
 async fn open(
-    app: &App,
+    app: &Relay,
     session_id: i64,
+    who: &Technician,
     target: &str,
 ) -> Result<(MuxStream, CancellationToken, i64, String), String> {
-    let session = app
+    let token = who.token_hash.clone();
+    let (session, caller) = app
         .store
-        .read(|c| sessions::by_id(c, session_id))
-        .map_err(|e| format!("server error: {e}"))?
-        .ok_or("session is gone")?;
-    if !session.usable(util::now()) {
+        .run(move |b| b.tunnel_check(session_id, &token))
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    let session = session.ok_or("session is gone")?;
+    let caller = caller.ok_or("login ended: log in again")?;
+    let now = util::now();
+    authz::decide(&caller, Action::TunnelOpen, Object::Session(&session), now)
+        .map_err(|r| r.reason)?;
+    if !session.usable(now) {
         return Err(format!("session {} is {}", session.name, session.state));
     }
     if !session.targets.iter().any(|t| t == target) {
@@ -143,12 +153,12 @@ async fn open(
     let mut s = agent.mux.open().await.map_err(|e| format!("cannot reach the agent: {e}"))?;
     let req = OpenRequest { session: session.name.clone(), target: target.to_owned() };
     write_frame(&mut s, &req).await.map_err(|e| format!("agent link failed: {e}"))?;
-    Ok((s, agent.switch_token, session.until_ts, session.name))
+    Ok((s, agent.switch_token, session.until.min(caller.valid_until()), session.name))
 }
 
 /// The session's name for the audit trail, or its id if it is gone.
-fn session_label(app: &App, session_id: i64) -> String {
-    match app.store.read(|c| sessions::by_id(c, session_id)) {
+async fn session_label(app: &Relay, session_id: i64) -> String {
+    match app.store.run(move |b| b.session_by_id(session_id)).await {
         Ok(Some(s)) => s.name,
         _ => session_id.to_string(),
     }

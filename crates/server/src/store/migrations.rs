@@ -80,6 +80,13 @@ const MIGRATIONS: &[&str] = &[
         source TEXT NOT NULL,
         details TEXT NOT NULL
     );",
+    // 2: user names unique regardless of case; TOTP steps used, one row each (marked atomically)
+    "CREATE UNIQUE INDEX users_name_nocase ON users (name COLLATE NOCASE);
+    CREATE TABLE totp_steps (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        step BIGINT NOT NULL,
+        PRIMARY KEY (user_id, step)
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

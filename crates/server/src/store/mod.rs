@@ -1,10 +1,32 @@
-//! Embedded SQLite state: one file in the data directory, versioned schema, portable SQL.
+//! The server's state behind one interface: typed methods, no SQL or database type outside
+//! this module. [`Backend`] is what a database implements (SQLite embedded by default; a
+//! PostgreSQL backend implements the same trait and runs the same [`suite`] of tests).
+//!
+//! Rules every backend keeps:
+//! - each method is one transaction; a change and its audit [`Entry`] commit together;
+//! - every state change is a compare-and-set: it applies only if the state is still the one it
+//!   was decided on (`session_transition`, `claim_login_attempt`, `use_totp_step`, `enrol`);
+//! - an acknowledged write is durable (SQLite: WAL with `synchronous = FULL`).
+//!
+//! [`Store`] runs the blocking backend calls off the async workers (`spawn_blocking`).
 
-use std::{path::Path, sync::Mutex};
+use std::{path::Path, sync::Arc};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use fernwart_api::AuditRecord;
+
+use crate::{
+    audit::Entry,
+    domain::{session::Session, Caller, Role, SessionState, UnixSecs},
+};
 
 mod migrations;
+mod queue;
+mod sqlite;
+#[cfg(test)]
+pub mod suite;
+
+pub use queue::AuditQueue;
+pub use sqlite::{Sqlite, DB_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -12,148 +34,289 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("database is at schema version {found}, newer than this build ({known})")]
     TooNew { found: i64, known: i64 },
+    #[error("cannot set up the database file {path}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something of that name exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request does not fit what is stored (e.g. a target the machine does not offer).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the database worker stopped")]
+    Worker,
 }
 
-pub const DB_FILE: &str = "fernwart.db";
-
-pub struct Store {
-    conn: Mutex<Connection>,
-    /// A second, read-only connection, so that reads (a tunnel's checks) never wait behind a
-    /// write's fsync. WAL gives it the last committed state. None for in-memory stores.
-    reader: Option<Mutex<Connection>>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AuditEvent {
+/// What a login needs to know about the user it names.
+#[derive(Debug, Clone)]
+pub struct LoginSubject {
     pub id: i64,
-    pub time: String,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub source: String,
-    pub details: serde_json::Value,
+    /// The stored spelling of the name.
+    pub name: String,
+    pub role: Role,
+    pub password_hash: String,
+    pub totp_secret: Option<String>,
+    pub totp_confirmed: bool,
+    pub disabled: bool,
+    pub expires_at: Option<UnixSecs>,
+}
+
+/// A user as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+    pub org: Option<String>,
+    pub disabled: bool,
+    pub mfa: bool,
+    pub expires_at: Option<UnixSecs>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub name: String,
+    pub role: Role,
+    pub org: Option<String>,
+    pub password_hash: String,
+    pub expires_at: Option<UnixSecs>,
+}
+
+/// A machine as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineRecord {
+    pub id: i64,
+    pub name: String,
+    pub org: Option<String>,
+    /// The targets its agent announced last, as JSON (`[{"name", "address", "protocol"}]`).
+    pub targets: Vec<fernwart_api::TargetInfo>,
+    pub enrolled_at: Option<UnixSecs>,
+    pub revoked: bool,
+    pub last_seen: Option<UnixSecs>,
+}
+
+/// An enrolment token, looked up by its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolToken {
+    pub machine_id: i64,
+    pub machine: String,
+    pub expires_at: UnixSecs,
+    pub used: bool,
+    pub machine_revoked: bool,
+}
+
+/// A machine's new certificate, recorded when its enrolment token is claimed.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    pub fingerprint: String,
+    pub not_after: UnixSecs,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub name: String,
+    pub machine: String,
+    pub targets: Vec<String>,
+    pub users: Vec<String>,
+    pub reason: String,
+    pub approval_required: bool,
+    pub from: UnixSecs,
+    pub until: UnixSecs,
+    pub created_by: String,
+    pub created_at: UnixSecs,
+}
+
+/// A session state change the store applied: what it was and what it is now.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub before: Session,
+    pub after: Session,
+}
+
+/// A login attempt's place in the user's count of failures in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The attempt may be checked; it is failure number `n` in a row should it fail.
+    Counted(i64),
+    /// The account is locked (or would lock with this attempt in flight): nothing is checked.
+    Locked,
+}
+
+/// A database: typed, blocking methods, each one transaction.
+pub trait Backend: Send + Sync + 'static {
+    // ------------------------------------------------------------ audit
+    /// Appends records on their own (events of links and tunnels, refusals).
+    fn record(&self, entries: &[Entry]) -> Result<(), StoreError>;
+    fn audit_list(&self, since_ms: i64) -> Result<Vec<AuditRecord>, StoreError>;
+
+    // ------------------------------------------------------------ logins
+    /// The user a login names, matched without regard to case.
+    fn login_subject(&self, name: &str) -> Result<Option<LoginSubject>, StoreError>;
+    /// Counts an attempt before its password is checked, atomically: at most `threshold`
+    /// attempts in a row are ever checked; then the account is locked until `now` passes its
+    /// lock.
+    fn claim_login_attempt(
+        &self,
+        user: i64,
+        now: UnixSecs,
+        threshold: i64,
+    ) -> Result<Attempt, StoreError>;
+    /// A counted attempt failed. When it was number `threshold`, the account locks until
+    /// `lock_until` and its count starts again.
+    fn login_failed(
+        &self,
+        user: i64,
+        attempt: i64,
+        threshold: i64,
+        lock_until: UnixSecs,
+        entries: &[Entry],
+    ) -> Result<(), StoreError>;
+    /// Marks a TOTP step used, once: false when it was used before.
+    fn use_totp_step(&self, user: i64, step: u64) -> Result<bool, StoreError>;
+    /// A login succeeded: its failure count resets and its token is stored (by hash).
+    #[allow(clippy::too_many_arguments)]
+    fn login_succeeded(
+        &self,
+        user: i64,
+        token_hash: &str,
+        scope: fernwart_api::Scope,
+        now: UnixSecs,
+        until: UnixSecs,
+        entry: &Entry,
+    ) -> Result<(), StoreError>;
+    /// The caller a login token belongs to (whatever its state: the rules decide).
+    fn caller(&self, token_hash: &str) -> Result<Option<Caller>, StoreError>;
+
+    // ------------------------------------------------------------ second factor
+    /// The pending TOTP secret and whether it is confirmed.
+    fn mfa_state(&self, user: i64) -> Result<(Option<String>, bool), StoreError>;
+    /// Stores a new pending secret unless one is confirmed already (false then).
+    fn mfa_begin(&self, user: i64, secret: &str, entry: &Entry) -> Result<bool, StoreError>;
+    /// Confirms `secret` (only if it is still the pending one), marks `step` used and ends
+    /// the user's set-up logins. False when it was confirmed or replaced meanwhile.
+    fn mfa_confirm(
+        &self,
+        user: i64,
+        secret: &str,
+        step: u64,
+        entry: &Entry,
+    ) -> Result<bool, StoreError>;
+
+    // ------------------------------------------------------------ users
+    /// Adds a user; names differing only in case are the same name (Conflict).
+    fn user_add(&self, user: &NewUser, now: UnixSecs, entry: &Entry) -> Result<i64, StoreError>;
+    fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    /// Disables a user and ends every login of theirs; returns the user's id.
+    fn user_disable(&self, name: &str, entry: &Entry) -> Result<i64, StoreError>;
+
+    // ------------------------------------------------------------ machines
+    fn machine_add(
+        &self,
+        name: &str,
+        org: Option<&str>,
+        token_hash: &str,
+        now: UnixSecs,
+        token_expires: UnixSecs,
+        entry: &Entry,
+    ) -> Result<i64, StoreError>;
+    fn machines(&self) -> Result<Vec<MachineRecord>, StoreError>;
+    /// Revokes a machine for good: its unused enrolment tokens die, its open sessions become
+    /// `revoked`. Returns its id and the sessions it revoked.
+    fn machine_revoke(
+        &self,
+        name: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<(i64, Vec<Applied>), StoreError>;
+    fn enrol_token(&self, token_hash: &str) -> Result<Option<EnrolToken>, StoreError>;
+    /// Claims an unused token of a machine that is not revoked and records its certificate,
+    /// together, once. False when the token was used or the machine revoked meanwhile.
+    fn enrol(
+        &self,
+        token_hash: &str,
+        cert: &IssuedCert,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<bool, StoreError>;
+    /// The machine that holds a certificate: (id, name, revoked).
+    fn machine_by_cert(&self, fingerprint: &str)
+        -> Result<Option<(i64, String, bool)>, StoreError>;
+    /// An agent came online: its targets and switch are recorded; returns the sessions its
+    /// agent should hold grants for.
+    fn agent_online(
+        &self,
+        machine: i64,
+        targets: &[fernwart_api::TargetInfo],
+        switch_on: bool,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<Vec<Session>, StoreError>;
+    fn agent_switch(&self, machine: i64, on: bool, entry: &Entry) -> Result<(), StoreError>;
+    fn agent_offline(&self, machine: i64, now: UnixSecs, entry: &Entry) -> Result<(), StoreError>;
+
+    // ------------------------------------------------------------ sessions
+    fn session_create(&self, s: &NewSession, entry: &Entry) -> Result<Session, StoreError>;
+    fn session_by_name(&self, name: &str) -> Result<Option<Session>, StoreError>;
+    fn session_by_id(&self, id: i64) -> Result<Option<Session>, StoreError>;
+    /// All sessions, or those of one user.
+    fn sessions(&self, only_user: Option<i64>) -> Result<Vec<Session>, StoreError>;
+    /// Sessions not over whose window closed before `now`.
+    fn sessions_overdue(&self, now: UnixSecs) -> Result<Vec<Session>, StoreError>;
+    /// Moves a session from `from` to `to` only if it is still in `from` (compare-and-set),
+    /// with its record. None when the state changed meanwhile.
+    fn session_transition(
+        &self,
+        id: i64,
+        from: SessionState,
+        to: SessionState,
+        by: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<Option<Applied>, StoreError>;
+    /// What a tunnel open checks, read together: the session and the caller of a token.
+    fn tunnel_check(
+        &self,
+        session: i64,
+        token_hash: &str,
+    ) -> Result<(Option<Session>, Option<Caller>), StoreError>;
+}
+
+/// The store as the async server uses it: cheap to clone, blocking work off the workers.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
 }
 
 impl Store {
+    /// The embedded SQLite database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let path = dir.join(DB_FILE);
-        let mut store = Self::setup(Connection::open(&path)?)?;
-        let reader = Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        reader.busy_timeout(std::time::Duration::from_secs(5))?;
-        reader.pragma_update(None, "query_only", "ON")?;
-        store.reader = Some(Mutex::new(reader));
-        Ok(store)
+        Ok(Self::new(Sqlite::open(dir)?))
     }
 
-    pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::setup(Connection::open_in_memory()?)
+    pub fn new(backend: impl Backend) -> Self {
+        Self { backend: Arc::new(backend) }
     }
 
-    fn setup(mut conn: Connection) -> Result<Self, StoreError> {
-        // WAL + FULL sync: an acknowledged write survives a crash or kill.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrations::migrate(&mut conn)?;
-        Ok(Self { conn: Mutex::new(conn), reader: None })
+    /// Runs `f` on a blocking thread.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T, StoreError> + Send + 'static,
+    {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || f(backend.as_ref()))
+            .await
+            .map_err(|_| StoreError::Worker)?
     }
 
-    /// Runs `f` in one transaction; a poisoned lock is recovered (SQLite keeps its own consistency).
-    pub fn tx<T, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
-    ) -> Result<T, E> {
-        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = guard.transaction().map_err(StoreError::from)?;
-        let out = f(&tx)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(out)
-    }
-
-    pub fn read<T, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, E>,
-    ) -> Result<T, E> {
-        let conn = self.reader.as_ref().unwrap_or(&self.conn);
-        let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&guard)
-    }
-
-    pub fn audit_list(&self, since_ms: i64) -> Result<Vec<AuditEvent>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, time_ms, actor, action, target, source, details FROM audit \
-                 WHERE time_ms >= ?1 ORDER BY id",
-            )?;
-            let rows = stmt.query_map(params![since_ms], |r| {
-                let ms: i64 = r.get(1)?;
-                let details: String = r.get(6)?;
-                Ok(AuditEvent {
-                    id: r.get(0)?,
-                    time: crate::util::rfc3339_ms(ms),
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    source: r.get(5)?,
-                    details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-    }
-}
-
-/// Appends one audit record inside the caller's transaction, so the change and its record
-/// commit together.
-pub fn audit(
-    tx: &Connection,
-    actor: &str,
-    action: &str,
-    target: &str,
-    source: &str,
-    details: serde_json::Value,
-) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO audit (time_ms, actor, action, target, source, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![crate::util::now_ms(), actor, action, target, source, details.to_string()],
-    )?;
-    Ok(())
-}
-
-pub fn optional<T>(r: rusqlite::Result<T>) -> Result<Option<T>, StoreError> {
-    Ok(r.optional()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn audit_records_commit_with_their_change() {
-        let store = Store::open_in_memory().unwrap();
-        store
-            .tx(|tx| {
-                audit(
-                    tx,
-                    "admin",
-                    "user.add",
-                    "tech1",
-                    "127.0.0.1",
-                    serde_json::json!({"role": "technician"}),
-                )
-            })
-            .unwrap();
-        let r: Result<(), StoreError> = store.tx(|tx| {
-            audit(tx, "admin", "never", "x", "", serde_json::Value::Null)?;
-            Err(StoreError::TooNew { found: 0, known: 0 })
-        });
-        assert!(r.is_err());
-        let events = store.audit_list(0).unwrap();
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].action, "user.add");
+    /// The backend, for callers that are blocking anyway (init, offline commands, tests).
+    pub fn blocking(&self) -> &dyn Backend {
+        self.backend.as_ref()
     }
 }

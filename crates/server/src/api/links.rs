@@ -1,0 +1,159 @@
+//! The link endpoints: an agent's (mutual TLS) and a technician's (`fernwart connect`), each
+//! an HTTPS request upgraded to HTTP/2.
+
+use axum::{
+    extract::{Path, Request, State},
+    http::{header, StatusCode},
+    response::Response,
+};
+use fernwart_proto::LINK_UPGRADE;
+use fernwart_transport::{Mode, Mux};
+use hyper_util::rt::TokioIo;
+
+use super::{source, ApiError, ApiResult, Authed, ConnInfo};
+use crate::{
+    audit::{Entry, Event},
+    authz::{Action, Object},
+    domain::SessionEvent,
+    relay::{agent_link, tech_link},
+    sessions, util, App,
+};
+
+/// Validates a link upgrade and returns the 101 response; the link starts on `on_upgrade`.
+fn link_handshake(req: &mut Request) -> ApiResult<(Response, hyper::upgrade::OnUpgrade)> {
+    let h = req.headers();
+    let has = |name: header::HeaderName, want: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
+    };
+    if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, LINK_UPGRADE) {
+        return Err(ApiError::bad(format!(
+            "expected a link upgrade (Connection: upgrade, Upgrade: {LINK_UPGRADE})"
+        )));
+    }
+    let on_upgrade = hyper::upgrade::on(req);
+    let resp = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, LINK_UPGRADE)
+        .body(axum::body::Body::empty())
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok((resp, on_upgrade))
+}
+
+/// Runs HTTP/2 on an upgraded connection once the 101 has gone out.
+async fn start_mux(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    mode: Mode,
+) -> Option<(Mux, tokio::sync::mpsc::Receiver<fernwart_transport::MuxStream>)> {
+    let upgraded = on_upgrade.await.ok()?;
+    match Mux::start(TokioIo::new(upgraded), mode).await {
+        Ok(link) => Some(link),
+        Err(e) => {
+            tracing::debug!(error = %fernwart_transport::error_chain(&e), "link handshake failed");
+            None
+        }
+    }
+}
+
+pub async fn agent(State(app): State<App>, mut req: Request) -> ApiResult<Response> {
+    let info = req.extensions().get::<ConnInfo>().cloned();
+    let src = source(info.as_ref());
+    let fp = info.and_then(|i| i.client_cert).ok_or_else(|| {
+        ApiError::unauthorized("agent link needs the machine's client certificate (enrol first)")
+    })?;
+    let f = fp.clone();
+    let m = app.store.run(move |b| b.machine_by_cert(&f)).await?;
+    let Some((id, name, revoked)) = m else {
+        let reason = "unknown certificate".to_owned();
+        let entry = Entry::new(
+            "unknown",
+            &src,
+            Event::AgentRefused { machine: None, reason, fingerprint: Some(fp) },
+        );
+        app.relay.audit.record_now(entry).await;
+        return Err(ApiError::forbidden("machine certificate unknown or replaced"));
+    };
+    if revoked {
+        let entry = Entry::new(
+            &name,
+            &src,
+            Event::AgentRefused {
+                machine: Some(name.clone()),
+                reason: "revoked".into(),
+                fingerprint: None,
+            },
+        );
+        app.relay.audit.record_now(entry).await;
+        return Err(ApiError::forbidden(format!("machine {name} is revoked")));
+    }
+    let (resp, on_upgrade) = link_handshake(&mut req)?;
+    let relay = app.relay.clone();
+    tokio::spawn(async move {
+        // The server opens the streams of an agent link: it is the HTTP/2 client there.
+        if let Some((mux, _)) = start_mux(on_upgrade, Mode::Client).await {
+            agent_link::serve(relay, mux, id, name, src).await;
+        }
+    });
+    Ok(resp)
+}
+
+pub async fn connect(
+    State(app): State<App>,
+    a: Authed,
+    Path(name): Path<String>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let n = name.clone();
+    let s = app
+        .store
+        .run(move |b| b.session_by_name(&n))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no session {name}")))?;
+    let c = &a.caller;
+    if let Err(e) = a.allow(Action::SessionConnect, Object::Session(&s)) {
+        if e.0 == StatusCode::FORBIDDEN {
+            let entry = Entry::new(
+                &c.name,
+                &c.source,
+                Event::ConnectRefused { session: name.clone(), reason: e.1.clone() },
+            );
+            app.relay.audit.record_now(entry).await;
+        }
+        return Err(e);
+    }
+    if s.is_terminal() {
+        return Err(ApiError::conflict(format!("session {name} is {}", s.state)));
+    }
+    let now = util::now();
+    if now >= s.until {
+        let _ = sessions::apply(
+            &app.store,
+            &app.relay.events,
+            s.id,
+            SessionEvent::Expire,
+            "system",
+            "server",
+            now,
+        )
+        .await;
+        return Err(ApiError::conflict(format!("session {name} is expired")));
+    }
+    let (resp, on_upgrade) = link_handshake(&mut req)?;
+    let who = tech_link::Technician {
+        user_id: c.user_id,
+        name: c.name.clone(),
+        source: c.source.clone(),
+        token_hash: a.token_hash.clone(),
+        valid_until: c.valid_until(),
+    };
+    let sid = s.id;
+    let relay = app.relay.clone();
+    tokio::spawn(async move {
+        if let Some((mux, inbound)) = start_mux(on_upgrade, Mode::Server).await {
+            tech_link::serve(relay, mux, inbound, sid, who).await;
+        }
+    });
+    Ok(resp)
+}

@@ -1,0 +1,175 @@
+//! `/v1/sessions`: prepare, list, show, approve, reject, end.
+
+use axum::{
+    extract::{Path, State},
+    Json,
+};
+use fernwart_api::{SessionCreateRequest, SessionInfo};
+
+use super::{ApiError, ApiResult, Authed, Body};
+use crate::{
+    audit::{Entry, Event},
+    authz::{Action, Object},
+    domain::{names, session::Session, Role, SessionEvent},
+    sessions,
+    store::NewSession,
+    util, App,
+};
+
+/// The longest time window a session may have (windows of years are refused).
+const MAX_WINDOW_SECS: i64 = 366 * 24 * 3600;
+
+pub fn info(s: &Session) -> SessionInfo {
+    SessionInfo {
+        name: s.name.clone(),
+        machine: s.machine.clone(),
+        targets: s.targets.clone(),
+        users: s.user_names(),
+        reason: s.reason.clone(),
+        state: s.state,
+        approval_required: s.approval_required,
+        from: util::rfc3339(s.from),
+        until: util::rfc3339(s.until),
+        created_by: s.created_by.clone(),
+        created_at: util::rfc3339(s.created_at),
+        decided_by: s.decided_by.clone(),
+        ended_by: s.ended_by.clone(),
+    }
+}
+
+pub async fn create(
+    State(app): State<App>,
+    a: Authed,
+    Body(req): Body<SessionCreateRequest>,
+) -> ApiResult<Json<SessionInfo>> {
+    a.allow(Action::SessionCreate, Object::None)?;
+    if !names::valid(&req.name) {
+        return Err(ApiError::bad("session name: 1-64 letters, digits, - _ . @"));
+    }
+    if req.reason.trim().is_empty() || req.reason.len() > 1000 {
+        return Err(ApiError::bad(
+            "a reason (ticket reference) is required, at most 1000 characters",
+        ));
+    }
+    if req.targets.is_empty() || req.users.is_empty() {
+        return Err(ApiError::bad("a session needs at least one --target and one --user"));
+    }
+    if req.targets.len() > 64 || req.users.len() > 64 {
+        return Err(ApiError::bad("at most 64 targets and 64 users per session"));
+    }
+    if let Some(bad) = req.targets.iter().chain(&req.users).find(|n| !names::valid(n)) {
+        return Err(ApiError::bad(format!("{bad:?} is not a valid target or user name")));
+    }
+    if !req.approval && !app.cfg.settings.sessions.allow_no_approval {
+        return Err(ApiError::forbidden(
+            "policy requires approval for every session (sessions.allow_no_approval = false)",
+        ));
+    }
+    let now = util::now();
+    let from = match &req.from {
+        Some(f) => util::parse_rfc3339(f)
+            .ok_or_else(|| ApiError::bad(format!("--from {f:?} is not RFC 3339")))?,
+        None => now,
+    };
+    let until = match (&req.until, req.duration_secs) {
+        (Some(_), Some(_)) => return Err(ApiError::bad("give --until or --duration, not both")),
+        (Some(u), None) => util::parse_rfc3339(u)
+            .ok_or_else(|| ApiError::bad(format!("--until {u:?} is not RFC 3339")))?,
+        (None, Some(d)) => from.saturating_add(i64::try_from(d).unwrap_or(i64::MAX)),
+        (None, None) => from + app.cfg.default_session.as_secs() as i64,
+    };
+    if until <= from || until <= now {
+        return Err(ApiError::bad("the time window must end after it starts and in the future"));
+    }
+    if until - from > MAX_WINDOW_SECS {
+        return Err(ApiError::bad("the time window may be at most 366 days"));
+    }
+    let c = &a.caller;
+    let new = NewSession {
+        name: req.name.clone(),
+        machine: req.machine.clone(),
+        targets: req.targets.clone(),
+        users: req.users.clone(),
+        reason: req.reason.clone(),
+        approval_required: req.approval,
+        from,
+        until,
+        created_by: c.name.clone(),
+        created_at: now,
+    };
+    let mut targets = req.targets.clone();
+    targets.sort();
+    targets.dedup();
+    let entry = Entry::new(
+        &c.name,
+        &c.source,
+        Event::SessionCreate {
+            name: req.name,
+            machine: req.machine,
+            targets,
+            users: req.users,
+            from: util::rfc3339(from),
+            until: util::rfc3339(until),
+            reason: req.reason,
+            approval_required: req.approval,
+        },
+    );
+    let s = app.store.run(move |b| b.session_create(&new, &entry)).await?;
+    Ok(Json(info(&s)))
+}
+
+pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<SessionInfo>>> {
+    a.allow(Action::SessionList, Object::None)?;
+    let only = (a.caller.role == Role::Technician).then_some(a.caller.user_id);
+    let list = app.store.run(move |b| b.sessions(only)).await?;
+    Ok(Json(list.iter().map(info).collect()))
+}
+
+async fn load(app: &App, name: &str) -> ApiResult<Session> {
+    let n = name.to_owned();
+    app.store
+        .run(move |b| b.session_by_name(&n))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no session {name}")))
+}
+
+pub async fn show(
+    State(app): State<App>,
+    a: Authed,
+    Path(name): Path<String>,
+) -> ApiResult<Json<SessionInfo>> {
+    let s = load(&app, &name).await?;
+    a.allow(Action::SessionShow, Object::Session(&s))?;
+    Ok(Json(info(&s)))
+}
+
+pub async fn action(
+    State(app): State<App>,
+    a: Authed,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult<Json<SessionInfo>> {
+    let (action, event) = match action.as_str() {
+        "approve" => (Action::SessionApprove, SessionEvent::Approve),
+        "reject" => (Action::SessionReject, SessionEvent::Reject),
+        "end" => (Action::SessionEnd, SessionEvent::End),
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown session action {other:?}: approve, reject or end"
+            )))
+        }
+    };
+    let s = load(&app, &name).await?;
+    a.allow(action, Object::Session(&s))?;
+    let c = &a.caller;
+    let applied = sessions::apply(
+        &app.store,
+        &app.relay.events,
+        s.id,
+        event,
+        &c.name,
+        &c.source,
+        util::now(),
+    )
+    .await?;
+    Ok(Json(info(&applied.after)))
+}

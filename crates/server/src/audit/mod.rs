@@ -1,0 +1,325 @@
+//! Typed audit events. Each change writes its event in the change's own transaction (the store
+//! takes an [`Entry`] with every write); link and tunnel events go through a batching writer.
+//! The hash chain and the SIEM sinks build on these records later.
+
+use serde_json::{json, Value};
+
+use crate::domain::{Role, SessionEvent, SessionState};
+
+/// One record: who did what, from where.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// A user name, a machine name, or `system`.
+    pub actor: String,
+    /// The IP address the action came from, `local` or `server`.
+    pub source: String,
+    pub event: Event,
+}
+
+impl Entry {
+    pub fn new(actor: impl Into<String>, source: impl Into<String>, event: Event) -> Self {
+        Self { actor: actor.into(), source: source.into(), event }
+    }
+
+    /// An event of the server itself.
+    pub fn system(event: Event) -> Self {
+        Self::new("system", "server", event)
+    }
+}
+
+/// Why a login failed (recorded, never shown to the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    UnknownUser,
+    WrongPassword,
+    WrongOrReusedCode,
+    MissingCode,
+    Locked,
+    Disabled,
+    Expired,
+}
+
+impl LoginFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginFailure::UnknownUser => "unknown user",
+            LoginFailure::WrongPassword => "wrong password",
+            LoginFailure::WrongOrReusedCode => "wrong or reused code",
+            LoginFailure::MissingCode => "second factor missing",
+            LoginFailure::Locked => "locked",
+            LoginFailure::Disabled => "account disabled",
+            LoginFailure::Expired => "account expired",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    ServerInit {
+        public_url: String,
+    },
+    Login {
+        user: String,
+        scope: &'static str,
+    },
+    LoginFailed {
+        user: String,
+        reason: LoginFailure,
+        failures: Option<i64>,
+    },
+    Lockout {
+        user: String,
+        failures: i64,
+        locked_for_secs: i64,
+    },
+    MfaEnroll {
+        user: String,
+    },
+    MfaConfirm {
+        user: String,
+    },
+    UserAdd {
+        name: String,
+        role: Role,
+        org: Option<String>,
+        expires: Option<String>,
+    },
+    UserDisable {
+        name: String,
+    },
+    MachineAdd {
+        name: String,
+        org: Option<String>,
+        token_expires: String,
+    },
+    MachineRevoke {
+        name: String,
+    },
+    MachineEnrol {
+        name: String,
+        fingerprint: String,
+        not_after: String,
+    },
+    EnrolRefused {
+        machine: Option<String>,
+        reason: String,
+    },
+    AgentConnect {
+        machine: String,
+        agent: String,
+        switch_on: bool,
+        targets: Vec<String>,
+    },
+    AgentDisconnect {
+        machine: String,
+        reason: String,
+    },
+    AgentRefused {
+        machine: Option<String>,
+        reason: String,
+        fingerprint: Option<String>,
+    },
+    Switch {
+        machine: String,
+        on: bool,
+    },
+    SessionCreate {
+        name: String,
+        machine: String,
+        targets: Vec<String>,
+        users: Vec<String>,
+        from: String,
+        until: String,
+        reason: String,
+        approval_required: bool,
+    },
+    SessionChange {
+        session: String,
+        event: SessionEvent,
+        from: SessionState,
+        to: SessionState,
+    },
+    ConnectRefused {
+        session: String,
+        reason: String,
+    },
+    Connect {
+        session: String,
+        targets: Vec<String>,
+    },
+    Disconnect {
+        session: String,
+        reason: String,
+    },
+    TunnelOpen {
+        session: String,
+        target: String,
+    },
+    TunnelClose {
+        session: String,
+        target: String,
+        outcome: String,
+        seconds: u64,
+    },
+    TunnelRefused {
+        session: String,
+        target: String,
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The kind, as stored and listed (`session.approve`, `auth.login_failed`, ...).
+    pub fn action(&self) -> String {
+        let a = match self {
+            Event::ServerInit { .. } => "server.init",
+            Event::Login { .. } => "auth.login",
+            Event::LoginFailed {
+                reason: LoginFailure::Locked | LoginFailure::Disabled | LoginFailure::Expired,
+                ..
+            } => "auth.login_refused",
+            Event::LoginFailed { .. } => "auth.login_failed",
+            Event::Lockout { .. } => "auth.lockout",
+            Event::MfaEnroll { .. } => "mfa.enroll",
+            Event::MfaConfirm { .. } => "mfa.confirm",
+            Event::UserAdd { .. } => "user.add",
+            Event::UserDisable { .. } => "user.disable",
+            Event::MachineAdd { .. } => "machine.add",
+            Event::MachineRevoke { .. } => "machine.revoke",
+            Event::MachineEnrol { .. } => "machine.enrol",
+            Event::EnrolRefused { .. } => "machine.enrol_refused",
+            Event::AgentConnect { .. } => "agent.connect",
+            Event::AgentDisconnect { .. } => "agent.disconnect",
+            Event::AgentRefused { .. } => "agent.refused",
+            Event::Switch { .. } => "machine.switch",
+            Event::SessionCreate { .. } => "session.create",
+            Event::SessionChange { event, .. } => return format!("session.{}", event.verb()),
+            Event::ConnectRefused { .. } => "session.connect_refused",
+            Event::Connect { .. } => "session.connect",
+            Event::Disconnect { .. } => "session.disconnect",
+            Event::TunnelOpen { .. } => "tunnel.open",
+            Event::TunnelClose { .. } => "tunnel.close",
+            Event::TunnelRefused { .. } => "tunnel.refused",
+        };
+        a.to_owned()
+    }
+
+    /// The object the event is about (a user, machine or session name).
+    pub fn target(&self) -> &str {
+        match self {
+            Event::ServerInit { .. } => "",
+            Event::Login { user, .. }
+            | Event::LoginFailed { user, .. }
+            | Event::Lockout { user, .. }
+            | Event::MfaEnroll { user }
+            | Event::MfaConfirm { user } => user,
+            Event::UserAdd { name, .. } | Event::UserDisable { name } => name,
+            Event::MachineAdd { name, .. }
+            | Event::MachineRevoke { name, .. }
+            | Event::MachineEnrol { name, .. } => name,
+            Event::EnrolRefused { machine, .. } | Event::AgentRefused { machine, .. } => {
+                machine.as_deref().unwrap_or("")
+            }
+            Event::AgentConnect { machine, .. }
+            | Event::AgentDisconnect { machine, .. }
+            | Event::Switch { machine, .. } => machine,
+            Event::SessionCreate { name, .. } => name,
+            Event::SessionChange { session, .. }
+            | Event::ConnectRefused { session, .. }
+            | Event::Connect { session, .. }
+            | Event::Disconnect { session, .. }
+            | Event::TunnelOpen { session, .. }
+            | Event::TunnelClose { session, .. }
+            | Event::TunnelRefused { session, .. } => session,
+        }
+    }
+
+    /// Everything else about the event, as a JSON object.
+    pub fn details(&self) -> Value {
+        match self {
+            Event::ServerInit { public_url } => json!({"public_url": public_url}),
+            Event::Login { scope, .. } => json!({"scope": scope}),
+            Event::LoginFailed { reason, failures, .. } => match failures {
+                Some(n) => json!({"reason": reason.as_str(), "failures": n}),
+                None => json!({"reason": reason.as_str()}),
+            },
+            Event::Lockout { failures, locked_for_secs, .. } => {
+                json!({"alert": true, "failures": failures, "locked_for_secs": locked_for_secs})
+            }
+            Event::MfaEnroll { .. } | Event::MfaConfirm { .. } => json!({"kind": "totp"}),
+            Event::UserAdd { role, org, expires, .. } => {
+                json!({"role": role, "org": org, "expires": expires})
+            }
+            Event::UserDisable { .. } => json!({}),
+            Event::MachineAdd { org, token_expires, .. } => {
+                json!({"org": org, "token_expires": token_expires})
+            }
+            Event::MachineRevoke { .. } => json!({}),
+            Event::MachineEnrol { fingerprint, not_after, .. } => {
+                json!({"fingerprint": fingerprint, "not_after": not_after})
+            }
+            Event::EnrolRefused { reason, .. } => json!({"reason": reason}),
+            Event::AgentConnect { agent, switch_on, targets, .. } => json!({
+                "agent": agent, "switch": if *switch_on { "on" } else { "off" }, "targets": targets,
+            }),
+            Event::AgentDisconnect { reason, .. } => json!({"reason": reason}),
+            Event::AgentRefused { reason, fingerprint, .. } => match fingerprint {
+                Some(fp) => json!({"reason": reason, "fingerprint": fp}),
+                None => json!({"reason": reason}),
+            },
+            Event::Switch { on, .. } => json!({"switch": if *on { "on" } else { "off" }}),
+            Event::SessionCreate {
+                machine,
+                targets,
+                users,
+                from,
+                until,
+                reason,
+                approval_required,
+                ..
+            } => json!({
+                "machine": machine, "targets": targets, "users": users, "from": from, "until": until,
+                "reason": reason, "approval_required": approval_required,
+            }),
+            Event::SessionChange { from, to, .. } => json!({"from": from, "to": to}),
+            Event::ConnectRefused { reason, .. } => json!({"reason": reason}),
+            Event::Connect { targets, .. } => json!({"targets": targets}),
+            Event::Disconnect { reason, .. } => json!({"reason": reason}),
+            Event::TunnelOpen { target, .. } => json!({"target": target}),
+            Event::TunnelClose { target, outcome, seconds, .. } => {
+                json!({"target": target, "outcome": outcome, "seconds": seconds})
+            }
+            Event::TunnelRefused { target, reason, .. } => {
+                json!({"target": target, "reason": reason})
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_targets() {
+        let e = Event::SessionChange {
+            session: "s1".into(),
+            event: SessionEvent::Approve,
+            from: SessionState::Requested,
+            to: SessionState::Approved,
+        };
+        assert_eq!(e.action(), "session.approve");
+        assert_eq!(e.target(), "s1");
+        assert_eq!(e.details(), json!({"from": "requested", "to": "approved"}));
+        let locked =
+            Event::LoginFailed { user: "u".into(), reason: LoginFailure::Locked, failures: None };
+        assert_eq!(locked.action(), "auth.login_refused");
+        let wrong = Event::LoginFailed {
+            user: "u".into(),
+            reason: LoginFailure::WrongPassword,
+            failures: Some(2),
+        };
+        assert_eq!(wrong.action(), "auth.login_failed");
+        assert_eq!(wrong.details()["failures"], 2);
+    }
+}

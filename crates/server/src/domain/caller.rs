@@ -1,0 +1,31 @@
+//! Who is asking: a user authenticated by a login token, as the authorization rules see them.
+
+pub use fernwart_api::Scope;
+
+use super::{Role, UnixSecs};
+
+/// A caller authenticated by a login token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: i64,
+    pub name: String,
+    pub role: Role,
+    pub scope: Scope,
+    /// When the login token ends.
+    pub login_expires: UnixSecs,
+    /// When the account ends, if it is temporary.
+    pub account_expires: Option<UnixSecs>,
+    pub disabled: bool,
+    /// The caller's IP address, for the audit trail.
+    pub source: String,
+}
+
+impl Caller {
+    /// The earlier of the login's and the account's end: no link may outlive it.
+    pub fn valid_until(&self) -> UnixSecs {
+        match self.account_expires {
+            Some(a) => a.min(self.login_expires),
+            None => self.login_expires,
+        }
+    }
+}

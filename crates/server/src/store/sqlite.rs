@@ -1,0 +1,814 @@
+//! The embedded default: SQLite in one file of the data directory, versioned schema.
+//!
+//! One writing connection (WAL, `synchronous = FULL`: an acknowledged write survives a crash)
+//! and one read-only connection, so reads never wait behind a write's fsync. All calls are
+//! blocking; [`super::Store`] runs them off the async workers.
+
+use std::{path::Path, sync::Mutex, time::Duration};
+
+use fernwart_api::{AuditRecord, Scope, TargetInfo};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::{
+    migrations, Applied, Attempt, Backend, EnrolToken, IssuedCert, LoginSubject, MachineRecord,
+    NewSession, NewUser, StoreError, UserRecord,
+};
+use crate::{
+    audit::{Entry, Event},
+    domain::{session::Session, Caller, Role, SessionEvent, SessionState, UnixSecs},
+    util,
+};
+
+pub const DB_FILE: &str = "fernwart.db";
+
+pub struct Sqlite {
+    conn: Mutex<Connection>,
+    /// None for in-memory databases (tests): reads then use `conn`.
+    reader: Option<Mutex<Connection>>,
+}
+
+impl Sqlite {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(DB_FILE);
+        create_private(&path)?;
+        let mut store = Self::setup(Connection::open(&path)?)?;
+        let reader = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(Duration::from_secs(5))?;
+        reader.pragma_update(None, "query_only", "ON")?;
+        store.reader = Some(Mutex::new(reader));
+        Ok(store)
+    }
+
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        migrations::migrate(&mut conn)?;
+        Ok(Self { conn: Mutex::new(conn), reader: None })
+    }
+
+    /// Runs `f` in one write transaction; a poisoned lock is recovered (SQLite keeps its own
+    /// consistency: an unfinished transaction rolls back when dropped).
+    fn tx<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = guard.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.reader.as_ref().unwrap_or(&self.conn);
+        let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
+    }
+}
+
+/// The database and its WAL files are readable by the server's user only: SQLite gives its
+/// `-wal` and `-shm` files the mode of the database file.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let err = |source| StoreError::File { path: path.display().to_string(), source };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(err)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let p = format!("{}{suffix}", path.display());
+            if Path::new(&p).exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(err)?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        // The data directory's ACL (set at init) is what protects the file on Windows.
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn audit(c: &Connection, entry: &Entry) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO audit (time_ms, actor, action, target, source, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        util::now_ms(),
+        entry.actor,
+        entry.event.action(),
+        entry.event.target(),
+        entry.source,
+        entry.event.details().to_string()
+    ])?;
+    Ok(())
+}
+
+fn role(raw: String) -> rusqlite::Result<Role> {
+    raw.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn state(raw: String) -> rusqlite::Result<SessionState> {
+    raw.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn scope(raw: &str) -> Scope {
+    // Anything but a full login is treated as the weakest scope.
+    if raw == Scope::Full.as_str() {
+        Scope::Full
+    } else {
+        Scope::MfaSetup
+    }
+}
+
+const SESSION: &str = "SELECT s.id, s.name, s.machine_id, m.name, s.targets, s.reason, s.state, \
+     s.approval_required, s.valid_from, s.valid_until, s.created_by, s.created_at, s.decided_by, s.ended_by \
+     FROM sessions s JOIN machines m ON m.id = s.machine_id";
+
+fn session_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
+    let id: i64 = r.get(0)?;
+    let targets: String = r.get(4)?;
+    let users = c
+        .prepare_cached(
+            "SELECT u.id, u.name FROM session_users su JOIN users u ON u.id = su.user_id \
+             WHERE su.session_id = ?1 ORDER BY u.name",
+        )?
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<(i64, String)>, _>>()?;
+    Ok(Session {
+        id,
+        name: r.get(1)?,
+        machine_id: r.get(2)?,
+        machine: r.get(3)?,
+        targets: serde_json::from_str(&targets).unwrap_or_default(),
+        users,
+        reason: r.get(5)?,
+        state: state(r.get(6)?)?,
+        approval_required: r.get::<_, i64>(7)? != 0,
+        from: r.get(8)?,
+        until: r.get(9)?,
+        created_by: r.get(10)?,
+        created_at: r.get(11)?,
+        decided_by: r.get(12)?,
+        ended_by: r.get(13)?,
+    })
+}
+
+fn sessions_where(
+    c: &Connection,
+    clause: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<Session>, StoreError> {
+    let mut stmt = c.prepare_cached(&format!("{SESSION} {clause}"))?;
+    let rows = stmt.query_map(args, |r| session_row(c, r))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn session_by_id(c: &Connection, id: i64) -> Result<Option<Session>, StoreError> {
+    Ok(sessions_where(c, "WHERE s.id = ?1", [id])?.pop())
+}
+
+fn caller_row(c: &Connection, token_hash: &str) -> Result<Option<Caller>, StoreError> {
+    let row = c
+        .prepare_cached(
+            "SELECT u.id, u.name, u.role, t.scope, t.expires_at, u.disabled, u.expires_at FROM auth_tokens t \
+             JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
+        )?
+        .query_row([token_hash], |r| {
+            Ok(Caller {
+                user_id: r.get(0)?,
+                name: r.get(1)?,
+                role: role(r.get(2)?)?,
+                scope: scope(&r.get::<_, String>(3)?),
+                login_expires: r.get(4)?,
+                disabled: r.get::<_, i64>(5)? != 0,
+                account_expires: r.get(6)?,
+                source: String::new(),
+            })
+        })
+        .optional()?;
+    Ok(row)
+}
+
+/// Moves one session by compare-and-set, with its record.
+fn transition(
+    tx: &Transaction<'_>,
+    id: i64,
+    from: SessionState,
+    to: SessionState,
+    by: &str,
+    now: UnixSecs,
+    entry: &Entry,
+) -> Result<Option<Applied>, StoreError> {
+    let Some(before) = session_by_id(tx, id)? else { return Ok(None) };
+    let n = match to {
+        SessionState::Approved | SessionState::Rejected => tx.execute(
+            "UPDATE sessions SET state = ?3, decided_by = ?4, decided_at = ?5 WHERE id = ?1 AND state = ?2",
+            params![id, from.as_str(), to.as_str(), by, now],
+        )?,
+        s if s.is_terminal() => tx.execute(
+            "UPDATE sessions SET state = ?3, ended_by = ?4, ended_at = ?5 WHERE id = ?1 AND state = ?2",
+            params![id, from.as_str(), to.as_str(), by, now],
+        )?,
+        _ => tx.execute(
+            "UPDATE sessions SET state = ?3 WHERE id = ?1 AND state = ?2",
+            params![id, from.as_str(), to.as_str()],
+        )?,
+    };
+    if n != 1 {
+        return Ok(None);
+    }
+    audit(tx, entry)?;
+    let after = session_by_id(tx, id)?
+        .ok_or_else(|| StoreError::NotFound(format!("session {id} vanished")))?;
+    Ok(Some(Applied { before, after }))
+}
+
+impl Backend for Sqlite {
+    fn record(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        self.tx(|tx| entries.iter().try_for_each(|e| audit(tx, e)))
+    }
+
+    fn audit_list(&self, since_ms: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, time_ms, actor, action, target, source, details FROM audit \
+                 WHERE time_ms >= ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![since_ms], |r| {
+                let details: String = r.get(6)?;
+                Ok(AuditRecord {
+                    id: r.get(0)?,
+                    time: util::rfc3339_ms(r.get(1)?),
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    source: r.get(5)?,
+                    details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn login_subject(&self, name: &str) -> Result<Option<LoginSubject>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT id, name, role, password_hash, totp_secret, totp_confirmed, disabled, expires_at \
+                 FROM users WHERE name = ?1 COLLATE NOCASE",
+            )?
+            .query_row([name], |r| {
+                Ok(LoginSubject {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    role: role(r.get(2)?)?,
+                    password_hash: r.get(3)?,
+                    totp_secret: r.get(4)?,
+                    totp_confirmed: r.get::<_, i64>(5)? != 0,
+                    disabled: r.get::<_, i64>(6)? != 0,
+                    expires_at: r.get(7)?,
+                })
+            })
+            .optional()?)
+        })
+    }
+
+    fn claim_login_attempt(
+        &self,
+        user: i64,
+        now: UnixSecs,
+        threshold: i64,
+    ) -> Result<Attempt, StoreError> {
+        self.tx(|tx| {
+            let n: Option<i64> = tx
+                .query_row(
+                    "UPDATE users SET failed_logins = failed_logins + 1 \
+                     WHERE id = ?1 AND (locked_until IS NULL OR locked_until <= ?2) AND failed_logins < ?3 \
+                     RETURNING failed_logins",
+                    params![user, now, threshold],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(n.map_or(Attempt::Locked, Attempt::Counted))
+        })
+    }
+
+    fn login_failed(
+        &self,
+        user: i64,
+        attempt: i64,
+        threshold: i64,
+        lock_until: UnixSecs,
+        entries: &[Entry],
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            if attempt >= threshold {
+                tx.execute(
+                    "UPDATE users SET failed_logins = 0, locked_until = ?2 WHERE id = ?1",
+                    params![user, lock_until],
+                )?;
+            }
+            entries.iter().try_for_each(|e| audit(tx, e))
+        })
+    }
+
+    fn use_totp_step(&self, user: i64, step: u64) -> Result<bool, StoreError> {
+        let step = i64::try_from(step)
+            .map_err(|_| StoreError::Invalid("TOTP step out of range".into()))?;
+        self.tx(|tx| {
+            // Steps older than the accepted window can never be replayed: forget them.
+            tx.execute(
+                "DELETE FROM totp_steps WHERE user_id = ?1 AND step < ?2",
+                params![user, step - 4],
+            )?;
+            let n = tx.execute(
+                "INSERT INTO totp_steps (user_id, step) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![user, step],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn login_succeeded(
+        &self,
+        user: i64,
+        token_hash: &str,
+        scope: Scope,
+        now: UnixSecs,
+        until: UnixSecs,
+        entry: &Entry,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?1", [user])?;
+            tx.execute("DELETE FROM auth_tokens WHERE expires_at <= ?1", [now])?;
+            tx.execute(
+                "INSERT INTO auth_tokens (token_hash, user_id, scope, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![token_hash, user, scope.as_str(), now, until],
+            )?;
+            audit(tx, entry)
+        })
+    }
+
+    fn caller(&self, token_hash: &str) -> Result<Option<Caller>, StoreError> {
+        self.read(|c| caller_row(c, token_hash))
+    }
+
+    fn mfa_state(&self, user: i64) -> Result<(Option<String>, bool), StoreError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT totp_secret, totp_confirmed FROM users WHERE id = ?1",
+                [user],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)),
+            )?)
+        })
+    }
+
+    fn mfa_begin(&self, user: i64, secret: &str, entry: &Entry) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE users SET totp_secret = ?2 WHERE id = ?1 AND totp_confirmed = 0",
+                params![user, secret],
+            )?;
+            if n == 1 {
+                audit(tx, entry)?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    fn mfa_confirm(
+        &self,
+        user: i64,
+        secret: &str,
+        step: u64,
+        entry: &Entry,
+    ) -> Result<bool, StoreError> {
+        let step = i64::try_from(step)
+            .map_err(|_| StoreError::Invalid("TOTP step out of range".into()))?;
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE users SET totp_confirmed = 1 WHERE id = ?1 AND totp_confirmed = 0 AND totp_secret = ?2",
+                params![user, secret],
+            )?;
+            if n != 1 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO totp_steps (user_id, step) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![user, step],
+            )?;
+            tx.execute("DELETE FROM auth_tokens WHERE user_id = ?1 AND scope = ?2", params![user, Scope::MfaSetup.as_str()])?;
+            audit(tx, entry)?;
+            Ok(true)
+        })
+    }
+
+    fn user_add(&self, u: &NewUser, now: UnixSecs, entry: &Entry) -> Result<i64, StoreError> {
+        self.tx(|tx| {
+            let exists: Option<String> = tx
+                .query_row("SELECT name FROM users WHERE name = ?1 COLLATE NOCASE", [&u.name], |r| r.get(0))
+                .optional()?;
+            if let Some(existing) = exists {
+                return Err(StoreError::Conflict(if existing == u.name {
+                    format!("user {} exists", u.name)
+                } else {
+                    format!("user {} exists (as {existing}; names are compared without case)", u.name)
+                }));
+            }
+            tx.execute(
+                "INSERT INTO users (name, role, org, password_hash, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![u.name, u.role.as_str(), u.org, u.password_hash, u.expires_at, now],
+            )?;
+            let id = tx.last_insert_rowid();
+            audit(tx, entry)?;
+            Ok(id)
+        })
+    }
+
+    fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, name, role, org, disabled, totp_confirmed, expires_at FROM users ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(UserRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    role: role(r.get(2)?)?,
+                    org: r.get(3)?,
+                    disabled: r.get::<_, i64>(4)? != 0,
+                    mfa: r.get::<_, i64>(5)? != 0,
+                    expires_at: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn user_disable(&self, name: &str, entry: &Entry) -> Result<i64, StoreError> {
+        self.tx(|tx| {
+            let id: Option<i64> = tx
+                .query_row("SELECT id FROM users WHERE name = ?1 COLLATE NOCASE", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let id = id.ok_or_else(|| StoreError::NotFound(format!("no user {name}")))?;
+            tx.execute("UPDATE users SET disabled = 1 WHERE id = ?1", [id])?;
+            tx.execute("DELETE FROM auth_tokens WHERE user_id = ?1", [id])?;
+            audit(tx, entry)?;
+            Ok(id)
+        })
+    }
+
+    fn machine_add(
+        &self,
+        name: &str,
+        org: Option<&str>,
+        token_hash: &str,
+        now: UnixSecs,
+        token_expires: UnixSecs,
+        entry: &Entry,
+    ) -> Result<i64, StoreError> {
+        self.tx(|tx| {
+            if tx.query_row("SELECT 1 FROM machines WHERE name = ?1", [name], |_| Ok(())).optional()?.is_some() {
+                return Err(StoreError::Conflict(format!("machine {name} exists")));
+            }
+            tx.execute("INSERT INTO machines (name, org, created_at) VALUES (?1, ?2, ?3)", params![name, org, now])?;
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO enrol_tokens (token_hash, machine_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![token_hash, id, now, token_expires],
+            )?;
+            audit(tx, entry)?;
+            Ok(id)
+        })
+    }
+
+    fn machines(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, name, org, targets, enrolled_at, revoked, last_seen FROM machines ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let targets: String = r.get(3)?;
+                Ok(MachineRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    org: r.get(2)?,
+                    targets: serde_json::from_str(&targets).unwrap_or_default(),
+                    enrolled_at: r.get(4)?,
+                    revoked: r.get::<_, i64>(5)? != 0,
+                    last_seen: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn machine_revoke(
+        &self,
+        name: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<(i64, Vec<Applied>), StoreError> {
+        self.tx(|tx| {
+            let id: Option<i64> =
+                tx.query_row("SELECT id FROM machines WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+            let id = id.ok_or_else(|| StoreError::NotFound(format!("no machine {name}")))?;
+            tx.execute("UPDATE machines SET revoked = 1 WHERE id = ?1", [id])?;
+            // Revocation is final: no unused token may enrol the machine again.
+            tx.execute("DELETE FROM enrol_tokens WHERE machine_id = ?1 AND used_at IS NULL", [id])?;
+            let open = sessions_where(
+                tx,
+                "WHERE s.machine_id = ?1 AND s.state NOT IN ('ended', 'rejected', 'expired', 'revoked')",
+                [id],
+            )?;
+            let mut applied = Vec::new();
+            for s in open {
+                let change = Entry::new(
+                    entry.actor.clone(),
+                    entry.source.clone(),
+                    Event::SessionChange {
+                        session: s.name.clone(),
+                        event: SessionEvent::Revoke,
+                        from: s.state,
+                        to: SessionState::Revoked,
+                    },
+                );
+                if let Some(a) = transition(tx, s.id, s.state, SessionState::Revoked, &entry.actor, now, &change)? {
+                    applied.push(a);
+                }
+            }
+            audit(tx, entry)?;
+            Ok((id, applied))
+        })
+    }
+
+    fn enrol_token(&self, token_hash: &str) -> Result<Option<EnrolToken>, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT m.id, m.name, t.expires_at, t.used_at, m.revoked FROM enrol_tokens t \
+                 JOIN machines m ON m.id = t.machine_id WHERE t.token_hash = ?1",
+                [token_hash],
+                |r| {
+                    Ok(EnrolToken {
+                        machine_id: r.get(0)?,
+                        machine: r.get(1)?,
+                        expires_at: r.get(2)?,
+                        used: r.get::<_, Option<i64>>(3)?.is_some(),
+                        machine_revoked: r.get::<_, i64>(4)? != 0,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    fn enrol(
+        &self,
+        token_hash: &str,
+        cert: &IssuedCert,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let machine: Option<i64> = tx
+                .query_row(
+                    "UPDATE enrol_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2 \
+                     AND machine_id IN (SELECT id FROM machines WHERE revoked = 0) RETURNING machine_id",
+                    params![token_hash, now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(machine) = machine else { return Ok(false) };
+            tx.execute(
+                "UPDATE machines SET cert_fingerprint = ?2, cert_not_after = ?3, enrolled_at = ?4 WHERE id = ?1 AND revoked = 0",
+                params![machine, cert.fingerprint, cert.not_after, now],
+            )?;
+            audit(tx, entry)?;
+            Ok(true)
+        })
+    }
+
+    fn machine_by_cert(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<(i64, String, bool)>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT id, name, revoked FROM machines WHERE cert_fingerprint = ?1",
+            )?
+            .query_row([fingerprint], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)))
+            .optional()?)
+        })
+    }
+
+    fn agent_online(
+        &self,
+        machine: i64,
+        targets: &[TargetInfo],
+        switch_on: bool,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<Vec<Session>, StoreError> {
+        let targets = serde_json::to_string(targets).unwrap_or_else(|_| "[]".into());
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE machines SET targets = ?2, switch_on = ?3, last_seen = ?4 WHERE id = ?1",
+                params![machine, targets, switch_on, now],
+            )?;
+            audit(tx, entry)?;
+            sessions_where(
+                tx,
+                "WHERE s.machine_id = ?1 AND s.state IN ('approved', 'active') AND s.valid_until > ?2",
+                params![machine, now],
+            )
+        })
+    }
+
+    fn agent_switch(&self, machine: i64, on: bool, entry: &Entry) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute("UPDATE machines SET switch_on = ?2 WHERE id = ?1", params![machine, on])?;
+            audit(tx, entry)
+        })
+    }
+
+    fn agent_offline(&self, machine: i64, now: UnixSecs, entry: &Entry) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute("UPDATE machines SET last_seen = ?2 WHERE id = ?1", params![machine, now])?;
+            audit(tx, entry)
+        })
+    }
+
+    fn session_create(&self, s: &NewSession, entry: &Entry) -> Result<Session, StoreError> {
+        self.tx(|tx| {
+            if tx.query_row("SELECT 1 FROM sessions WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some() {
+                return Err(StoreError::Conflict(format!("session {} exists", s.name)));
+            }
+            let m: Option<(i64, String, i64)> = tx
+                .query_row("SELECT id, targets, revoked FROM machines WHERE name = ?1", [&s.machine], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            let Some((machine_id, offered, revoked)) = m else {
+                return Err(StoreError::NotFound(format!("no machine {}", s.machine)));
+            };
+            if revoked != 0 {
+                return Err(StoreError::Conflict(format!("machine {} is revoked", s.machine)));
+            }
+            let offered: Vec<TargetInfo> = serde_json::from_str(&offered).unwrap_or_default();
+            for t in &s.targets {
+                if !offered.iter().any(|o| &o.name == t) {
+                    let names: Vec<&str> = offered.iter().map(|o| o.name.as_str()).collect();
+                    return Err(StoreError::Invalid(format!(
+                        "unknown target {t:?}: machine {} offers {}",
+                        s.machine,
+                        if names.is_empty() { "no targets yet (agent never connected)".to_owned() } else { names.join(", ") }
+                    )));
+                }
+            }
+            let mut user_ids = Vec::new();
+            for u in &s.users {
+                let row: Option<(i64, i64)> = tx
+                    .query_row("SELECT id, disabled FROM users WHERE name = ?1 COLLATE NOCASE", [u], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                match row {
+                    Some((id, 0)) => user_ids.push(id),
+                    Some(_) => return Err(StoreError::Invalid(format!("user {u} is disabled"))),
+                    None => return Err(StoreError::NotFound(format!("no user {u}"))),
+                }
+            }
+            let mut targets = s.targets.clone();
+            targets.sort();
+            targets.dedup();
+            tx.execute(
+                "INSERT INTO sessions (name, machine_id, targets, reason, state, approval_required, valid_from, valid_until, created_by, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    s.name,
+                    machine_id,
+                    serde_json::to_string(&targets).unwrap_or_default(),
+                    s.reason,
+                    SessionState::Prepared.as_str(),
+                    s.approval_required,
+                    s.from,
+                    s.until,
+                    s.created_by,
+                    s.created_at
+                ],
+            )?;
+            let sid = tx.last_insert_rowid();
+            user_ids.sort_unstable();
+            user_ids.dedup();
+            for uid in user_ids {
+                tx.execute("INSERT INTO session_users (session_id, user_id) VALUES (?1, ?2)", params![sid, uid])?;
+            }
+            audit(tx, entry)?;
+            session_by_id(tx, sid)?.ok_or_else(|| StoreError::NotFound("session vanished".into()))
+        })
+    }
+
+    fn session_by_name(&self, name: &str) -> Result<Option<Session>, StoreError> {
+        self.read(|c| Ok(sessions_where(c, "WHERE s.name = ?1", [name])?.pop()))
+    }
+
+    fn session_by_id(&self, id: i64) -> Result<Option<Session>, StoreError> {
+        self.read(|c| session_by_id(c, id))
+    }
+
+    fn sessions(&self, only_user: Option<i64>) -> Result<Vec<Session>, StoreError> {
+        self.read(|c| match only_user {
+            Some(u) => sessions_where(
+                c,
+                "WHERE s.id IN (SELECT session_id FROM session_users WHERE user_id = ?1) ORDER BY s.id",
+                [u],
+            ),
+            None => sessions_where(c, "ORDER BY s.id", []),
+        })
+    }
+
+    fn sessions_overdue(&self, now: UnixSecs) -> Result<Vec<Session>, StoreError> {
+        self.read(|c| {
+            sessions_where(
+                c,
+                "WHERE s.valid_until <= ?1 AND s.state NOT IN ('ended', 'rejected', 'expired', 'revoked')",
+                [now],
+            )
+        })
+    }
+
+    fn session_transition(
+        &self,
+        id: i64,
+        from: SessionState,
+        to: SessionState,
+        by: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<Option<Applied>, StoreError> {
+        self.tx(|tx| transition(tx, id, from, to, by, now, entry))
+    }
+
+    fn tunnel_check(
+        &self,
+        session: i64,
+        token_hash: &str,
+    ) -> Result<(Option<Session>, Option<Caller>), StoreError> {
+        self.read(|c| Ok((session_by_id(c, session)?, caller_row(c, token_hash)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn the_store_suite() {
+        super::super::suite::all(&|| {
+            Arc::new(Sqlite::open_in_memory().unwrap()) as Arc<dyn Backend>
+        });
+    }
+
+    #[test]
+    fn the_database_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let _db = Sqlite::open(dir.path()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for suffix in ["", "-wal", "-shm"] {
+                let p = dir.path().join(format!("{DB_FILE}{suffix}"));
+                if let Ok(meta) = std::fs::metadata(&p) {
+                    assert_eq!(meta.permissions().mode() & 0o077, 0, "{}", p.display());
+                }
+            }
+        }
+    }
+}

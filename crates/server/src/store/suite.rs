@@ -1,0 +1,271 @@
+//! The store's tests, written against [`Backend`] only: every backend runs all of them
+//! (`sqlite::tests` for the embedded one; a PostgreSQL backend calls [`all`] the same way).
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use fernwart_api::{Scope, TargetInfo, TargetProtocol};
+
+use super::{Attempt, Backend, IssuedCert, NewSession, NewUser, StoreError};
+use crate::{
+    audit::{Entry, Event, LoginFailure},
+    domain::{Role, SessionEvent, SessionState},
+};
+
+const NOW: i64 = 1_800_000_000;
+
+/// Runs every test, each on a fresh backend from `fresh`.
+pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
+    users_are_unique_regardless_of_case(fresh().as_ref());
+    a_failed_change_leaves_no_record(fresh().as_ref());
+    disabling_a_user_ends_their_logins(fresh().as_ref());
+    login_attempts_are_counted_before_they_are_checked(fresh().as_ref());
+    concurrent_attempts_never_pass_the_threshold(fresh());
+    a_totp_step_is_used_once(fresh());
+    session_transitions_are_compare_and_set(fresh().as_ref());
+    revocation_is_final(fresh().as_ref());
+}
+
+fn entry(event: Event) -> Entry {
+    Entry::new("admin", "127.0.0.1", event)
+}
+
+fn add_user(b: &dyn Backend, name: &str, role: Role) -> i64 {
+    let u =
+        NewUser { name: name.into(), role, org: None, password_hash: "h".into(), expires_at: None };
+    b.user_add(
+        &u,
+        NOW,
+        &entry(Event::UserAdd { name: name.into(), role, org: None, expires: None }),
+    )
+    .unwrap()
+}
+
+fn actions(b: &dyn Backend) -> Vec<String> {
+    b.audit_list(0).unwrap().into_iter().map(|r| r.action).collect()
+}
+
+fn users_are_unique_regardless_of_case(b: &dyn Backend) {
+    add_user(b, "tech1", Role::Technician);
+    let u = NewUser {
+        name: "Tech1".into(),
+        role: Role::Admin,
+        org: None,
+        password_hash: "h".into(),
+        expires_at: None,
+    };
+    let e =
+        entry(Event::UserAdd { name: "Tech1".into(), role: Role::Admin, org: None, expires: None });
+    assert!(matches!(b.user_add(&u, NOW, &e), Err(StoreError::Conflict(_))));
+    let listed = b.users().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].role, Role::Technician);
+    assert_eq!(b.login_subject("TECH1").unwrap().unwrap().name, "tech1");
+}
+
+fn a_failed_change_leaves_no_record(b: &dyn Backend) {
+    add_user(b, "tech1", Role::Technician);
+    let before = actions(b).len();
+    let u = NewUser {
+        name: "TECH1".into(),
+        role: Role::Admin,
+        org: None,
+        password_hash: "h".into(),
+        expires_at: None,
+    };
+    let _ = b.user_add(
+        &u,
+        NOW,
+        &entry(Event::UserAdd {
+            name: "TECH1".into(),
+            role: Role::Admin,
+            org: None,
+            expires: None,
+        }),
+    );
+    assert_eq!(actions(b).len(), before);
+}
+
+fn disabling_a_user_ends_their_logins(b: &dyn Backend) {
+    let id = add_user(b, "tech1", Role::Technician);
+    let login = entry(Event::Login { user: "tech1".into(), scope: "full" });
+    b.login_succeeded(id, "tokenhash", Scope::Full, NOW, NOW + 60, &login).unwrap();
+    let c = b.caller("tokenhash").unwrap().unwrap();
+    assert_eq!(
+        (c.user_id, c.role, c.scope, c.login_expires),
+        (id, Role::Technician, Scope::Full, NOW + 60)
+    );
+    b.user_disable("Tech1", &entry(Event::UserDisable { name: "tech1".into() })).unwrap();
+    assert!(b.caller("tokenhash").unwrap().is_none());
+    assert!(b.login_subject("tech1").unwrap().unwrap().disabled);
+    assert!(matches!(
+        b.user_disable("nobody", &entry(Event::UserDisable { name: "x".into() })),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+fn fail(b: &dyn Backend, id: i64, attempt: i64, threshold: i64) {
+    let e = entry(Event::LoginFailed {
+        user: "u".into(),
+        reason: LoginFailure::WrongPassword,
+        failures: Some(attempt),
+    });
+    b.login_failed(id, attempt, threshold, NOW + 900, &[e]).unwrap();
+}
+
+fn login_attempts_are_counted_before_they_are_checked(b: &dyn Backend) {
+    let id = add_user(b, "tech1", Role::Technician);
+    for n in 1..=3 {
+        assert_eq!(b.claim_login_attempt(id, NOW, 3).unwrap(), Attempt::Counted(n));
+    }
+    // Three in flight: a fourth is not even checked.
+    assert_eq!(b.claim_login_attempt(id, NOW, 3).unwrap(), Attempt::Locked);
+    fail(b, id, 1, 3);
+    fail(b, id, 3, 3);
+    assert_eq!(b.claim_login_attempt(id, NOW + 899, 3).unwrap(), Attempt::Locked);
+    // The lock passes; the count started again.
+    assert_eq!(b.claim_login_attempt(id, NOW + 900, 3).unwrap(), Attempt::Counted(1));
+    // A success resets the count.
+    let login = entry(Event::Login { user: "tech1".into(), scope: "full" });
+    b.login_succeeded(id, "t", Scope::Full, NOW + 900, NOW + 960, &login).unwrap();
+    assert_eq!(b.claim_login_attempt(id, NOW + 901, 3).unwrap(), Attempt::Counted(1));
+}
+
+fn concurrent_attempts_never_pass_the_threshold(b: Arc<dyn Backend>) {
+    let id = add_user(b.as_ref(), "tech1", Role::Technician);
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                (0..4)
+                    .filter(|_| {
+                        matches!(b.claim_login_attempt(id, NOW, 5), Ok(Attempt::Counted(_)))
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let counted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(counted, 5);
+}
+
+fn a_totp_step_is_used_once(b: Arc<dyn Backend>) {
+    let id = add_user(b.as_ref(), "tech1", Role::Technician);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let b = b.clone();
+            std::thread::spawn(move || b.use_totp_step(id, 60_000_000).unwrap())
+        })
+        .collect();
+    let used = threads.into_iter().map(|t| t.join().unwrap()).filter(|ok| *ok).count();
+    assert_eq!(used, 1);
+    assert!(b.use_totp_step(id, 60_000_001).unwrap());
+}
+
+fn machine_with_session(b: &dyn Backend) -> (i64, i64) {
+    let tech = add_user(b, "tech1", Role::Technician);
+    let e = entry(Event::MachineAdd { name: "m1".into(), org: None, token_expires: String::new() });
+    let m = b.machine_add("m1", None, "enrolhash", NOW, NOW + 3600, &e).unwrap();
+    let targets = [TargetInfo {
+        name: "plc".into(),
+        address: "127.0.0.1:102".into(),
+        protocol: TargetProtocol::Tcp,
+    }];
+    let online = entry(Event::AgentConnect {
+        machine: "m1".into(),
+        agent: "t".into(),
+        switch_on: true,
+        targets: vec![],
+    });
+    assert!(b.agent_online(m, &targets, true, NOW, &online).unwrap().is_empty());
+    let s = NewSession {
+        name: "s1".into(),
+        machine: "m1".into(),
+        targets: vec!["plc".into()],
+        users: vec!["TECH1".into()],
+        reason: "T-1".into(),
+        approval_required: true,
+        from: NOW,
+        until: NOW + 3600,
+        created_by: "admin".into(),
+        created_at: NOW,
+    };
+    let created = entry(Event::SessionCreate {
+        name: "s1".into(),
+        machine: "m1".into(),
+        targets: vec![],
+        users: vec![],
+        from: String::new(),
+        until: String::new(),
+        reason: String::new(),
+        approval_required: true,
+    });
+    let session = b.session_create(&s, &created).unwrap();
+    assert_eq!(session.users, vec![(tech, "tech1".to_owned())]);
+    assert_eq!(session.state, SessionState::Prepared);
+    let mut unknown = s.clone();
+    unknown.name = "s2".into();
+    unknown.targets = vec!["hmi".into()];
+    assert!(matches!(b.session_create(&unknown, &created), Err(StoreError::Invalid(_))));
+    assert!(matches!(b.session_create(&s, &created), Err(StoreError::Conflict(_))));
+    (m, session.id)
+}
+
+fn change(event: SessionEvent, from: SessionState, to: SessionState) -> Entry {
+    entry(Event::SessionChange { session: "s1".into(), event, from, to })
+}
+
+fn session_transitions_are_compare_and_set(b: &dyn Backend) {
+    let (_, sid) = machine_with_session(b);
+    use SessionState as S;
+    let ended = b
+        .session_transition(
+            sid,
+            S::Prepared,
+            S::Ended,
+            "admin",
+            NOW,
+            &change(SessionEvent::End, S::Prepared, S::Ended),
+        )
+        .unwrap();
+    let ended = ended.unwrap();
+    assert_eq!((ended.before.state, ended.after.state), (S::Prepared, S::Ended));
+    assert_eq!(ended.after.ended_by.as_deref(), Some("admin"));
+    // An approve decided on the stale state does not bring the session back.
+    let stale = b.session_transition(
+        sid,
+        S::Prepared,
+        S::Approved,
+        "op1",
+        NOW,
+        &change(SessionEvent::Approve, S::Prepared, S::Approved),
+    );
+    assert!(stale.unwrap().is_none());
+    assert_eq!(b.session_by_id(sid).unwrap().unwrap().state, S::Ended);
+    let kinds = actions(b);
+    assert_eq!(kinds.iter().filter(|a| *a == "session.end").count(), 1);
+    assert!(!kinds.iter().any(|a| a == "session.approve"));
+    assert!(b.sessions_overdue(NOW + 7200).unwrap().is_empty());
+}
+
+fn revocation_is_final(b: &dyn Backend) {
+    let (m, sid) = machine_with_session(b);
+    assert!(!b.enrol_token("enrolhash").unwrap().unwrap().used);
+    let e = entry(Event::MachineRevoke { name: "m1".into() });
+    let (id, revoked) = b.machine_revoke("m1", NOW, &e).unwrap();
+    assert_eq!(id, m);
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(b.session_by_id(sid).unwrap().unwrap().state, SessionState::Revoked);
+    // The unused token is gone, and a claim would not clear the revocation.
+    assert!(b.enrol_token("enrolhash").unwrap().is_none());
+    let cert = IssuedCert { fingerprint: "fp".into(), not_after: NOW + 1 };
+    let enrol = entry(Event::MachineEnrol {
+        name: "m1".into(),
+        fingerprint: "fp".into(),
+        not_after: String::new(),
+    });
+    assert!(!b.enrol("enrolhash", &cert, NOW, &enrol).unwrap());
+    assert!(b.machines().unwrap()[0].revoked);
+    assert!(b.machine_by_cert("fp").unwrap().is_none());
+}
