@@ -43,12 +43,20 @@ pub struct ServerSection {
     /// Most connections from one IP address that have not shown a machine certificate.
     #[serde(default = "default_max_per_source")]
     pub max_connections_per_source: usize,
-    /// Connections only agents (with a machine certificate) may use.
-    #[serde(default = "default_reserved_for_agents")]
-    pub reserved_for_agents: usize,
+    /// Connections only agents (with a machine certificate) may use; default a quarter of
+    /// `max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_for_agents: Option<usize>,
     /// Deadline for one whole API request (headers, body, answer), e.g. "30s".
     #[serde(default = "default_request_timeout")]
     pub request_timeout: String,
+}
+
+impl ServerSection {
+    /// Connections kept for agents: those without a machine certificate get the rest.
+    pub fn reserved_for_agents(&self) -> usize {
+        self.reserved_for_agents.unwrap_or(self.max_connections / 4)
+    }
 }
 
 fn default_max_connections() -> usize {
@@ -57,10 +65,6 @@ fn default_max_connections() -> usize {
 
 fn default_max_per_source() -> usize {
     64
-}
-
-fn default_reserved_for_agents() -> usize {
-    1024
 }
 
 fn default_request_timeout() -> String {
@@ -225,7 +229,7 @@ impl Config {
         }
         url::Url::parse(&settings.server.public_url)
             .map_err(|e| format!("server.public_url: {e}"))?;
-        if settings.server.reserved_for_agents >= settings.server.max_connections {
+        if settings.server.reserved_for_agents() >= settings.server.max_connections {
             return Err("server.reserved_for_agents must be below server.max_connections".into());
         }
         if settings.server.max_connections_per_source == 0 {

@@ -122,7 +122,7 @@ pub fn init(opts: &InitOptions) -> Result<(), ServerError> {
             public_url: opts.public_url.clone(),
             max_connections: 16_384,
             max_connections_per_source: 64,
-            reserved_for_agents: 1024,
+            reserved_for_agents: None,
             request_timeout: "30s".into(),
         },
         auth: Default::default(),

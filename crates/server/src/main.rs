@@ -47,6 +47,7 @@ enum AuditCmd {
 }
 
 fn main() -> ExitCode {
+    fernwart_transport::malloc::tune_for_server();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

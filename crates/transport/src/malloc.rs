@@ -20,17 +20,32 @@ pub fn tune_for_relaying() -> bool {
     imp::tune()
 }
 
+/// For the server: allocations from [`MMAP_THRESHOLD`] up always get their own mapping. A
+/// password hash (argon2, 19 MiB) then returns its memory when it ends; with glibc's default
+/// the threshold grows after the first such free, later hashes come from the arenas of the
+/// blocking threads, and each arena keeps its 19 MiB (a login flood took the server past
+/// 600 MiB). The trim threshold stays at glibc's default: the server's many idle links
+/// should not hold free memory.
+pub fn tune_for_server() -> bool {
+    imp::tune_mmap_only()
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod imp {
+    pub fn tune_mmap_only() -> bool {
+        set(libc::M_MMAP_THRESHOLD, super::MMAP_THRESHOLD)
+    }
+
     #[allow(unsafe_code)]
+    fn set(param: libc::c_int, value: usize) -> bool {
+        let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets allocator parameters; these two are documented
+        // (mallopt(3)), take a byte count, and can be changed at any time. It returns 1 on
+        // success, 0 on error.
+        unsafe { libc::mallopt(param, value) == 1 }
+    }
+
     pub fn tune() -> bool {
-        let set = |param: libc::c_int, value: usize| {
-            let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
-            // SAFETY: mallopt only sets allocator parameters; these two are documented
-            // (mallopt(3)), take a byte count, and can be changed at any time. It returns 1 on
-            // success, 0 on error.
-            unsafe { libc::mallopt(param, value) == 1 }
-        };
         // Setting either one fixes both (glibc stops adjusting them on its own), so set both.
         set(libc::M_MMAP_THRESHOLD, super::MMAP_THRESHOLD)
             & set(libc::M_TRIM_THRESHOLD, super::TRIM_THRESHOLD)
@@ -40,6 +55,10 @@ mod imp {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod imp {
     pub fn tune() -> bool {
+        false
+    }
+
+    pub fn tune_mmap_only() -> bool {
         false
     }
 }

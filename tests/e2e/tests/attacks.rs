@@ -153,6 +153,52 @@ fn a_login_flood_for_unknown_users_stays_bounded() -> Result<()> {
     Ok(())
 }
 
+/// The same flood from 300 addresses, one login each: no per-source or per-name allowance
+/// stops it, only the bound on concurrent password hashes (and on requests waiting for one).
+#[test]
+fn a_login_flood_from_many_addresses_stays_bounded() -> Result<()> {
+    let mut w = World::boot()?;
+    let api = client(&w)?;
+    let pid = w.server().map(|p| p.pid()).context("the server does not run")?;
+    let before = peak_rss_kib(pid)?;
+    let barrier = Arc::new(Barrier::new(300));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..300u16)
+        .map(|i| {
+            let (api, barrier) = (api.clone(), barrier.clone());
+            let [hi, lo] = (256 + i).to_be_bytes();
+            let source = std::net::IpAddr::from([127, 1, hi, lo]);
+            thread::spawn(move || {
+                let conn = api.connect_from(source);
+                barrier.wait();
+                let body = login_req(&format!("ghost-{i:03}"), "Ghost-Passw0rd!2026", None);
+                conn?.request(body.method, &body.path, None, body.body.as_ref())
+            })
+        })
+        .collect();
+    let answers: Vec<Result<Reply>> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a client thread panicked"))))
+        .collect();
+    let peak = peak_rss_kib(pid)?;
+    eprintln!(
+        "300 logins for unknown users from 300 addresses in {:?}: {}; server peak RSS (VmHWM) \
+         {} MiB (before the flood {} MiB)",
+        started.elapsed(),
+        tally(&answers),
+        peak / 1024,
+        before / 1024
+    );
+    server_alive(&mut w)?;
+    ensure!(!answers.iter().any(|a| a.as_ref().is_ok_and(Reply::ok)), "an unknown user logged in");
+    ensure!(
+        peak < 512 * 1024,
+        "300 logins from 300 addresses drove the server's peak RSS to {} MiB (limit 512 MiB)",
+        peak / 1024
+    );
+    Ok(())
+}
+
 #[test]
 fn malformed_user_names_are_refused_and_not_audited() -> Result<()> {
     let w = World::boot()?;

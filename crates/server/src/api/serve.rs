@@ -70,14 +70,29 @@ impl Drop for SourceSlot {
     }
 }
 
+/// The request line and headers, as sent (about).
+fn head_size<B>(req: &hyper::Request<B>) -> usize {
+    req.uri().to_string().len()
+        + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
+}
+
+/// An error answer after which the connection closes.
+fn closing(code: StatusCode, msg: &str) -> axum::response::Response {
+    let mut resp = ApiError::new(code, msg).into_response();
+    resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    resp
+}
+
 pub async fn serve(app: App, listener: TcpListener, tls: Arc<ServerConfig>) {
     let acceptor = TlsAcceptor::from(tls);
     let router = super::router(app.clone());
     let s = &app.cfg.settings.server;
     let total = Arc::new(Semaphore::new(s.max_connections));
-    let unproven = Arc::new(Semaphore::new(s.max_connections - s.reserved_for_agents));
+    let unproven_max = s.max_connections - s.reserved_for_agents();
+    let unproven = Arc::new(Semaphore::new(unproven_max));
     let per_source = Arc::new(PerSource::default());
-    let max_per_source = s.max_connections_per_source;
+    // No one address may take more than half of what is not reserved for agents.
+    let max_per_source = s.max_connections_per_source.min(unproven_max / 2).max(1);
     let deadline = app.cfg.request_timeout;
     loop {
         let (tcp, remote) = tokio::select! {
@@ -140,21 +155,21 @@ pub async fn serve(app: App, listener: TcpListener, tls: Arc<ServerConfig>) {
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
+                    // hyper bounds its read buffer, but a head that arrives in one read is
+                    // parsed whatever its size: count it.
+                    let too_large = head_size(&req) > MAX_HEADERS;
                     let call = router.clone().oneshot(req.map(axum::body::Body::new));
                     async move {
+                        if too_large {
+                            return Ok(closing(
+                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                "request headers larger than 64 KiB",
+                            ));
+                        }
                         match tokio::time::timeout(deadline, call).await {
                             Ok(r) => r,
                             Err(_) => {
-                                let mut resp = ApiError::new(
-                                    StatusCode::REQUEST_TIMEOUT,
-                                    "request took too long",
-                                )
-                                .into_response();
-                                resp.headers_mut().insert(
-                                    header::CONNECTION,
-                                    header::HeaderValue::from_static("close"),
-                                );
-                                Ok(resp)
+                                Ok(closing(StatusCode::REQUEST_TIMEOUT, "request took too long"))
                             }
                         }
                     }
