@@ -9,8 +9,6 @@ use totp_rs::{Algorithm, Secret, TOTP};
 
 use crate::config::PasswordSection;
 
-pub const ROLES: &[&str] = &["admin", "session-admin", "technician", "approver", "auditor"];
-
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()

@@ -52,7 +52,11 @@ pub async fn login(
         return Err(ApiError::unauthorized(INVALID));
     };
     let threshold = i64::from(app.cfg.settings.auth.lockout_threshold);
-    let attempt = app.store.run(move |b| b.claim_login_attempt(u.id, now, threshold)).await?;
+    let lock_secs = app.cfg.lockout_duration.as_secs() as i64;
+    let attempt = app
+        .store
+        .run(move |b| b.claim_login_attempt(u.id, now, threshold, now + lock_secs))
+        .await?;
     let Attempt::Counted(n) = attempt else {
         app.relay.audit.record_now(failed(LoginFailure::Locked, None)).await;
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, LOCKED));
@@ -74,9 +78,8 @@ pub async fn login(
         None
     };
     if let Some(reason) = failure {
-        let lock_secs = app.cfg.lockout_duration.as_secs() as i64;
         let mut entries = vec![failed(reason, Some(n))];
-        if n >= threshold {
+        if n == threshold {
             tracing::warn!(user = %u.name, failures = n, "ALERT: account locked after repeated login failures");
             entries.push(Entry::new(
                 "system",
@@ -84,9 +87,7 @@ pub async fn login(
                 Event::Lockout { user: u.name.clone(), failures: n, locked_for_secs: lock_secs },
             ));
         }
-        app.store
-            .run(move |b| b.login_failed(u.id, n, threshold, now + lock_secs, &entries))
-            .await?;
+        app.store.run(move |b| b.login_failed(&entries)).await?;
         return Err(ApiError::unauthorized(if reason == LoginFailure::MissingCode {
             "second factor required: log in with --otp CODE"
         } else {

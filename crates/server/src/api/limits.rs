@@ -67,7 +67,7 @@ impl Limits {
     pub fn login_attempt(&self, source: Option<IpAddr>, user: &str) -> Result<(), LimitError> {
         let now = Instant::now();
         if let Some(ip) = source {
-            if !self.sources.take(ip, now) {
+            if !self.sources.take(super::source_key(ip), now) {
                 return Err(LimitError::TooFast);
             }
         }

@@ -31,7 +31,7 @@ mod sessions;
 mod users;
 
 pub use limits::{LimitError, Limits};
-pub use serve::{serve, ConnInfo};
+pub use serve::{serve, source_key, ConnInfo};
 
 /// The most any API request body may be.
 const MAX_BODY: usize = 64 * 1024;
@@ -206,9 +206,13 @@ impl FromRequestParts<App> for Authed {
         let Some(mut caller) = caller else {
             return Err(ApiError::unauthorized("login invalid or expired: run `fernwart login`"));
         };
-        caller.source = source(parts.extensions.get::<ConnInfo>());
+        let info = parts.extensions.get::<ConnInfo>();
+        caller.source = source(info);
         // Expired logins and accounts, disabled users: refused for every action alike.
         authz::authenticated(&caller, util::now())?;
+        if let Some(info) = info {
+            info.unproven.proven();
+        }
         Ok(Authed { caller, token_hash })
     }
 }

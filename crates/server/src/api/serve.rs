@@ -17,7 +17,10 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -35,13 +38,49 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// SHA-256 of the client certificate, when one was presented and chains to our CA.
     pub client_cert: Option<String>,
+    /// The connection's place in its source's cap and in the share without a machine
+    /// certificate; given back once a request on it shows a valid login.
+    pub unproven: Unproven,
+}
+
+/// See [`ConnInfo::unproven`].
+#[derive(Clone, Default)]
+pub struct Unproven(Arc<Mutex<Option<(SourceSlot, OwnedSemaphorePermit)>>>);
+
+impl Unproven {
+    /// The connection belongs to someone known: it no longer counts against its source.
+    pub fn proven(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+impl std::fmt::Debug for Unproven {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.0.lock().map(|g| g.is_some()).unwrap_or(false);
+        f.debug_tuple("Unproven").field(&held).finish()
+    }
+}
+
+/// Where a connection comes from, for the per-source cap and rate limits: the IPv4 address,
+/// or the IPv6 /64 (one host's or one site's usual allocation).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 /// Connections per source address that have not shown a machine certificate.
 #[derive(Default)]
 struct PerSource(Mutex<HashMap<IpAddr, usize>>);
 
-struct SourceSlot {
+pub struct SourceSlot {
     map: Arc<PerSource>,
     ip: IpAddr,
 }
@@ -110,7 +149,7 @@ pub async fn serve(app: App, listener: TcpListener, tls: Arc<ServerConfig>) {
             tracing::warn!(%remote, "connection limit reached; closing");
             continue;
         };
-        let Some(source_slot) = per_source.take(remote.ip(), max_per_source) else {
+        let Some(source_slot) = per_source.take(source_key(remote.ip()), max_per_source) else {
             tracing::debug!(%remote, "connection limit of this source reached; closing");
             continue;
         };
@@ -144,14 +183,12 @@ pub async fn serve(app: App, listener: TcpListener, tls: Arc<ServerConfig>) {
                 .map(|c| ca::fingerprint(c.as_ref()));
             // A certificate of our CA (rustls checked the chain): an agent, counted apart from
             // its source (many gateways may share one NAT address).
-            let _unproven = if client_cert.is_some() {
-                drop(source_slot);
-                drop(unproven_permit);
-                None
-            } else {
-                Some((source_slot, unproven_permit))
-            };
-            let info = ConnInfo { remote, client_cert };
+            let unproven = Unproven::default();
+            if client_cert.is_none() {
+                *unproven.0.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((source_slot, unproven_permit));
+            }
+            let info = ConnInfo { remote, client_cert, unproven };
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
@@ -186,5 +223,35 @@ pub async fn serve(app: App, listener: TcpListener, tls: Arc<ServerConfig>) {
                 _ = shutdown.cancelled() => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_addresses_or_ipv6_slash_64s() {
+        let v4: IpAddr = [192, 0, 2, 7].into();
+        assert_eq!(source_key(v4), v4);
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap_or(v4);
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap_or(v4);
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(v4);
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap_or(a);
+        assert_eq!(source_key(mapped), v4);
+    }
+
+    #[test]
+    fn a_source_slot_is_given_back() {
+        let map = Arc::new(PerSource::default());
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let first = map.take(ip, 2);
+        let second = map.take(ip, 2);
+        assert!(first.is_some() && second.is_some());
+        assert!(map.take(ip, 2).is_none());
+        drop(first);
+        assert!(map.take(ip, 2).is_some());
     }
 }

@@ -142,7 +142,8 @@ pub struct Applied {
 /// A login attempt's place in the user's count of failures in a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
-    /// The attempt may be checked; it is failure number `n` in a row should it fail.
+    /// The attempt may be checked; it is failure number `n` in a row should it fail (and
+    /// when `n` is the threshold, the account is locked unless it succeeds).
     Counted(i64),
     /// The account is locked (or would lock with this attempt in flight): nothing is checked.
     Locked,
@@ -158,25 +159,21 @@ pub trait Backend: Send + Sync + 'static {
     // ------------------------------------------------------------ logins
     /// The user a login names, matched without regard to case.
     fn login_subject(&self, name: &str) -> Result<Option<LoginSubject>, StoreError>;
-    /// Counts an attempt before its password is checked, atomically: at most `threshold`
-    /// attempts in a row are ever checked; then the account is locked until `now` passes its
-    /// lock.
+    /// Counts an attempt before its password is checked, atomically. The attempt that reaches
+    /// `threshold` failures in a row locks the account until `lock_until` at once (a success
+    /// of that very attempt unlocks it), so no number of parallel attempts gets more than
+    /// `threshold` checked, and an attempt whose request is dropped midway cannot leave the
+    /// account locked for good. After a lock has passed, the count starts again.
     fn claim_login_attempt(
         &self,
         user: i64,
         now: UnixSecs,
         threshold: i64,
-    ) -> Result<Attempt, StoreError>;
-    /// A counted attempt failed. When it was number `threshold`, the account locks until
-    /// `lock_until` and its count starts again.
-    fn login_failed(
-        &self,
-        user: i64,
-        attempt: i64,
-        threshold: i64,
         lock_until: UnixSecs,
-        entries: &[Entry],
-    ) -> Result<(), StoreError>;
+    ) -> Result<Attempt, StoreError>;
+    /// A counted attempt failed: its records (the failure, and the lock if it was the one
+    /// that locked).
+    fn login_failed(&self, entries: &[Entry]) -> Result<(), StoreError>;
     /// Marks a TOTP step used, once: false when it was used before.
     fn use_totp_step(&self, user: i64, step: u64) -> Result<bool, StoreError>;
     /// A login succeeded: its failure count resets and its token is stored (by hash).

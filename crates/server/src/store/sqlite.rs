@@ -300,14 +300,20 @@ impl Backend for Sqlite {
         user: i64,
         now: UnixSecs,
         threshold: i64,
+        lock_until: UnixSecs,
     ) -> Result<Attempt, StoreError> {
         self.tx(|tx| {
+            // SQLite evaluates every SET expression on the row as it was: `failed_logins` on
+            // the right is the old count.
             let n: Option<i64> = tx
                 .query_row(
-                    "UPDATE users SET failed_logins = failed_logins + 1 \
-                     WHERE id = ?1 AND (locked_until IS NULL OR locked_until <= ?2) AND failed_logins < ?3 \
+                    "UPDATE users SET \
+                       failed_logins = CASE WHEN failed_logins >= ?3 THEN 1 ELSE failed_logins + 1 END, \
+                       locked_until = CASE WHEN failed_logins + 1 = ?3 OR (?3 = 1 AND failed_logins >= ?3) \
+                                      THEN ?4 ELSE NULL END \
+                     WHERE id = ?1 AND (locked_until IS NULL OR locked_until <= ?2) \
                      RETURNING failed_logins",
-                    params![user, now, threshold],
+                    params![user, now, threshold, lock_until],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -315,23 +321,8 @@ impl Backend for Sqlite {
         })
     }
 
-    fn login_failed(
-        &self,
-        user: i64,
-        attempt: i64,
-        threshold: i64,
-        lock_until: UnixSecs,
-        entries: &[Entry],
-    ) -> Result<(), StoreError> {
-        self.tx(|tx| {
-            if attempt >= threshold {
-                tx.execute(
-                    "UPDATE users SET failed_logins = 0, locked_until = ?2 WHERE id = ?1",
-                    params![user, lock_until],
-                )?;
-            }
-            entries.iter().try_for_each(|e| audit(tx, e))
-        })
+    fn login_failed(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        self.tx(|tx| entries.iter().try_for_each(|e| audit(tx, e)))
     }
 
     fn use_totp_step(&self, user: i64, step: u64) -> Result<bool, StoreError> {
@@ -691,14 +682,23 @@ impl Backend for Sqlite {
             }
             let mut user_ids = Vec::new();
             for u in &s.users {
-                let row: Option<(i64, i64)> = tx
-                    .query_row("SELECT id, disabled FROM users WHERE name = ?1 COLLATE NOCASE", [u], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
+                let row: Option<(i64, String, i64)> = tx
+                    .query_row(
+                        "SELECT id, role, disabled FROM users WHERE name = ?1 COLLATE NOCASE",
+                        [u],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
                     .optional()?;
                 match row {
-                    Some((id, 0)) => user_ids.push(id),
-                    Some(_) => return Err(StoreError::Invalid(format!("user {u} is disabled"))),
+                    Some((_, _, disabled)) if disabled != 0 => {
+                        return Err(StoreError::Invalid(format!("user {u} is disabled")))
+                    }
+                    Some((id, r, _)) if r == Role::Technician.as_str() => user_ids.push(id),
+                    Some((_, r, _)) => {
+                        return Err(StoreError::Invalid(format!(
+                            "user {u} is {r}: only technicians work in sessions"
+                        )))
+                    }
                     None => return Err(StoreError::NotFound(format!("no user {u}"))),
                 }
             }

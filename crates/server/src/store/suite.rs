@@ -105,31 +105,37 @@ fn disabling_a_user_ends_their_logins(b: &dyn Backend) {
     ));
 }
 
-fn fail(b: &dyn Backend, id: i64, attempt: i64, threshold: i64) {
+fn fail(b: &dyn Backend, attempt: i64) {
     let e = entry(Event::LoginFailed {
         user: "u".into(),
         reason: LoginFailure::WrongPassword,
         failures: Some(attempt),
     });
-    b.login_failed(id, attempt, threshold, NOW + 900, &[e]).unwrap();
+    b.login_failed(&[e]).unwrap();
 }
 
 fn login_attempts_are_counted_before_they_are_checked(b: &dyn Backend) {
     let id = add_user(b, "tech1", Role::Technician);
+    let lock = NOW + 900;
     for n in 1..=3 {
-        assert_eq!(b.claim_login_attempt(id, NOW, 3).unwrap(), Attempt::Counted(n));
+        assert_eq!(b.claim_login_attempt(id, NOW, 3, lock).unwrap(), Attempt::Counted(n));
     }
-    // Three in flight: a fourth is not even checked.
-    assert_eq!(b.claim_login_attempt(id, NOW, 3).unwrap(), Attempt::Locked);
-    fail(b, id, 1, 3);
-    fail(b, id, 3, 3);
-    assert_eq!(b.claim_login_attempt(id, NOW + 899, 3).unwrap(), Attempt::Locked);
-    // The lock passes; the count started again.
-    assert_eq!(b.claim_login_attempt(id, NOW + 900, 3).unwrap(), Attempt::Counted(1));
-    // A success resets the count.
+    // The third locked the account at once: a fourth is not even checked, whether or not
+    // the first three ever report back (a dropped request cannot leave it locked for good).
+    assert_eq!(b.claim_login_attempt(id, NOW, 3, lock).unwrap(), Attempt::Locked);
+    fail(b, 1);
+    assert_eq!(b.claim_login_attempt(id, NOW + 899, 3, lock).unwrap(), Attempt::Locked);
+    // The lock passes; the count starts again.
+    assert_eq!(b.claim_login_attempt(id, NOW + 900, 3, NOW + 1800).unwrap(), Attempt::Counted(1));
+    assert_eq!(b.claim_login_attempt(id, NOW + 900, 3, NOW + 1800).unwrap(), Attempt::Counted(2));
+    // A success resets the count, and the success of the attempt that locked unlocks.
     let login = entry(Event::Login { user: "tech1".into(), scope: "full" });
     b.login_succeeded(id, "t", Scope::Full, NOW + 900, NOW + 960, &login).unwrap();
-    assert_eq!(b.claim_login_attempt(id, NOW + 901, 3).unwrap(), Attempt::Counted(1));
+    assert_eq!(b.claim_login_attempt(id, NOW + 901, 3, NOW + 1800).unwrap(), Attempt::Counted(1));
+    assert_eq!(b.claim_login_attempt(id, NOW + 901, 3, NOW + 1800).unwrap(), Attempt::Counted(2));
+    assert_eq!(b.claim_login_attempt(id, NOW + 901, 3, NOW + 1800).unwrap(), Attempt::Counted(3));
+    b.login_succeeded(id, "t2", Scope::Full, NOW + 901, NOW + 960, &login).unwrap();
+    assert_eq!(b.claim_login_attempt(id, NOW + 902, 3, NOW + 1800).unwrap(), Attempt::Counted(1));
 }
 
 fn concurrent_attempts_never_pass_the_threshold(b: Arc<dyn Backend>) {
@@ -140,7 +146,10 @@ fn concurrent_attempts_never_pass_the_threshold(b: Arc<dyn Backend>) {
             std::thread::spawn(move || {
                 (0..4)
                     .filter(|_| {
-                        matches!(b.claim_login_attempt(id, NOW, 5), Ok(Attempt::Counted(_)))
+                        matches!(
+                            b.claim_login_attempt(id, NOW, 5, NOW + 60),
+                            Ok(Attempt::Counted(_))
+                        )
                     })
                     .count()
             })
@@ -209,6 +218,13 @@ fn machine_with_session(b: &dyn Backend) -> (i64, i64) {
     unknown.targets = vec!["hmi".into()];
     assert!(matches!(b.session_create(&unknown, &created), Err(StoreError::Invalid(_))));
     assert!(matches!(b.session_create(&s, &created), Err(StoreError::Conflict(_))));
+    add_user(b, "op1", Role::Approver);
+    let mut approver = s.clone();
+    approver.name = "s3".into();
+    approver.users = vec!["op1".into()];
+    assert!(
+        matches!(b.session_create(&approver, &created), Err(StoreError::Invalid(m)) if m.contains("only technicians"))
+    );
     (m, session.id)
 }
 
