@@ -50,6 +50,29 @@ impl Action {
         Action::AuditList,
     ];
 
+    /// The action's name in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::MfaEnroll => "mfa.enroll",
+            Action::MfaConfirm => "mfa.confirm",
+            Action::UserAdd => "user.add",
+            Action::UserList => "user.list",
+            Action::UserDisable => "user.disable",
+            Action::MachineAdd => "machine.add",
+            Action::MachineList => "machine.list",
+            Action::MachineRevoke => "machine.revoke",
+            Action::SessionCreate => "session.create",
+            Action::SessionList => "session.list",
+            Action::SessionShow => "session.show",
+            Action::SessionApprove => "session.approve",
+            Action::SessionReject => "session.reject",
+            Action::SessionEnd => "session.end",
+            Action::SessionConnect => "session.connect",
+            Action::TunnelOpen => "tunnel.open",
+            Action::AuditList => "audit.list",
+        }
+    }
+
     /// The roles that may take this action at all (the matrix, as data). Object rules (own
     /// sessions, four eyes) narrow it further in [`decide`].
     pub fn roles(self) -> &'static [Role] {
@@ -81,11 +104,22 @@ impl Action {
 /// What the action is about.
 #[derive(Debug, Clone, Copy)]
 pub enum Object<'a> {
-    /// Nothing in particular (lists, creating something new).
+    /// Nothing in particular (lists).
     None,
-    /// A user, by name (disabling one).
-    User(&'a str),
+    /// Something named: a user, machine or session to create, a user to disable.
+    Named(&'a str),
     Session(&'a Session),
+}
+
+impl Object<'_> {
+    /// Its name, for the audit trail.
+    pub fn name(&self) -> &str {
+        match self {
+            Object::None => "",
+            Object::Named(n) => n,
+            Object::Session(s) => &s.name,
+        }
+    }
 }
 
 /// How a refusal is answered: the HTTP status class.
@@ -270,7 +304,7 @@ mod tests {
                 let object = match action {
                     SessionShow | SessionApprove | SessionReject | SessionEnd | SessionConnect
                     | TunnelOpen => Object::Session(&s),
-                    UserDisable => Object::User("someone"),
+                    UserDisable => Object::Named("someone"),
                     _ => Object::None,
                 };
                 let got = decide(&c, *action, object, NOW);

@@ -20,7 +20,10 @@ use crate::{
     util, App,
 };
 
-const INVALID: &str = "invalid user name, password or code";
+/// The one answer to every failed login (wrong password, wrong or missing code, unknown,
+/// disabled or expired account): from outside they look the same; the audit trail says which.
+const INVALID: &str =
+    "invalid user name, password or code (an account with a second factor needs --otp CODE)";
 const LOCKED: &str =
     "account temporarily locked after repeated failures; try later or ask an admin";
 
@@ -88,19 +91,15 @@ pub async fn login(
             ));
         }
         app.store.run(move |b| b.login_failed(&entries)).await?;
-        return Err(ApiError::unauthorized(if reason == LoginFailure::MissingCode {
-            "second factor required: log in with --otp CODE"
-        } else {
-            INVALID
-        }));
+        return Err(ApiError::unauthorized(INVALID));
     }
     if u.disabled {
         app.relay.audit.record_now(failed(LoginFailure::Disabled, None)).await;
-        return Err(ApiError::unauthorized("account disabled"));
+        return Err(ApiError::unauthorized(INVALID));
     }
     if u.expires_at.is_some_and(|e| e <= now) {
         app.relay.audit.record_now(failed(LoginFailure::Expired, None)).await;
-        return Err(ApiError::unauthorized("account expired"));
+        return Err(ApiError::unauthorized(INVALID));
     }
     let token = util::random_token();
     let scope = if u.totp_confirmed { Scope::Full } else { Scope::MfaSetup };
@@ -120,7 +119,7 @@ pub async fn login(
 }
 
 pub async fn mfa_enroll(State(app): State<App>, a: Authed) -> ApiResult<Json<MfaEnrollResponse>> {
-    a.allow(Action::MfaEnroll, Object::None)?;
+    a.allow(&app, Action::MfaEnroll, Object::None)?;
     let c = &a.caller;
     let secret = auth::new_totp_secret();
     let entry = Entry::new(&c.name, &c.source, Event::MfaEnroll { user: c.name.clone() });
@@ -139,7 +138,7 @@ pub async fn mfa_confirm(
     a: Authed,
     Body(req): Body<CodeRequest>,
 ) -> ApiResult<Json<MfaConfirmResponse>> {
-    a.allow(Action::MfaConfirm, Object::None)?;
+    a.allow(&app, Action::MfaConfirm, Object::None)?;
     let c = &a.caller;
     let id = c.user_id;
     let (secret, confirmed) = app.store.run(move |b| b.mfa_state(id)).await?;

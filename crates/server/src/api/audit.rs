@@ -15,7 +15,7 @@ pub async fn list(
     a: Authed,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditRecord>>> {
-    a.allow(Action::AuditList, Object::None)?;
+    a.allow(&app, Action::AuditList, Object::None)?;
     let since_ms = match &q.since {
         Some(s) => {
             util::parse_rfc3339(s)

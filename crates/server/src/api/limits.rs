@@ -38,7 +38,7 @@ pub const PER_USER: Rate = Rate { burst: 30, every: Duration::from_millis(500) }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
-    #[error("too many login attempts; wait a few seconds and try again")]
+    #[error("too many attempts; wait a few seconds and try again")]
     TooFast,
     #[error("the server is busy checking passwords; try again in a moment")]
     Busy,
@@ -77,6 +77,19 @@ impl Limits {
         Ok(())
     }
 
+    /// Whether the source's allowance is used up (checked before unauthenticated work that
+    /// only its failures draw on: enrolment).
+    pub fn source_exhausted(&self, source: Option<IpAddr>) -> bool {
+        source.is_some_and(|ip| self.sources.exhausted(super::source_key(ip), Instant::now()))
+    }
+
+    /// A failed unauthenticated request draws on its source's allowance.
+    pub fn source_failed(&self, source: Option<IpAddr>) {
+        if let Some(ip) = source {
+            self.sources.take(super::source_key(ip), Instant::now());
+        }
+    }
+
     /// Runs a password hash or check on a blocking thread, at most a few at once.
     pub async fn hash<T: Send + 'static>(
         &self,
@@ -110,6 +123,15 @@ struct Buckets<K> {
 impl<K: std::hash::Hash + Eq> Buckets<K> {
     fn new(rate: Rate) -> Self {
         Self { rate, map: Mutex::new(HashMap::new()) }
+    }
+
+    fn exhausted(&self, key: K, now: Instant) -> bool {
+        let burst = f64::from(self.rate.burst);
+        let per_sec = 1.0 / self.rate.every.as_secs_f64();
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&key).is_some_and(|(tokens, at)| {
+            (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(burst) < 1.0
+        })
     }
 
     fn take(&self, key: K, now: Instant) -> bool {
@@ -151,6 +173,9 @@ mod tests {
         assert!(b.take("y", t0), "other keys have their own allowance");
         assert!(!b.take("x", t0 + Duration::from_millis(500)));
         assert!(b.take("x", t0 + Duration::from_millis(1600)));
+        assert!(b.exhausted("x", t0 + Duration::from_millis(1600)));
+        assert!(!b.exhausted("x", t0 + Duration::from_millis(2700)));
+        assert!(!b.exhausted("never-seen", t0));
     }
 
     #[tokio::test]

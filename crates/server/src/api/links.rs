@@ -15,7 +15,7 @@ use crate::{
     audit::{Entry, Event},
     authz::{Action, Object},
     domain::SessionEvent,
-    relay::{agent_link, tech_link},
+    relay::{agent_link, tech_link, MAX_LINKS_PER_USER},
     sessions, util, App,
 };
 
@@ -60,6 +60,7 @@ async fn start_mux(
 pub async fn agent(State(app): State<App>, mut req: Request) -> ApiResult<Response> {
     let info = req.extensions().get::<ConnInfo>().cloned();
     let src = source(info.as_ref());
+    let slots = info.as_ref().map(|i| i.slots.clone());
     let fp = info.and_then(|i| i.client_cert).ok_or_else(|| {
         ApiError::unauthorized("agent link needs the machine's client certificate (enrol first)")
     })?;
@@ -89,8 +90,13 @@ pub async fn agent(State(app): State<App>, mut req: Request) -> ApiResult<Respon
         return Err(ApiError::forbidden(format!("machine {name} is revoked")));
     }
     let (resp, on_upgrade) = link_handshake(&mut req)?;
+    if let Some(slots) = &slots {
+        slots.proven();
+    }
     let relay = app.relay.clone();
     tokio::spawn(async move {
+        // The link holds the connection's place under the total cap while it runs.
+        let _slots = slots;
         // The server opens the streams of an agent link: it is the HTTP/2 client there.
         if let Some((mux, _)) = start_mux(on_upgrade, Mode::Client).await {
             agent_link::serve(relay, mux, id, name, src).await;
@@ -112,19 +118,16 @@ pub async fn connect(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no session {name}")))?;
     let c = &a.caller;
-    if let Err(e) = a.allow(Action::SessionConnect, Object::Session(&s)) {
-        if e.0 == StatusCode::FORBIDDEN {
-            let entry = Entry::new(
-                &c.name,
-                &c.source,
-                Event::ConnectRefused { session: name.clone(), reason: e.1.clone() },
-            );
-            app.relay.audit.record_now(entry).await;
-        }
-        return Err(e);
-    }
+    a.allow(&app, Action::SessionConnect, Object::Session(&s))?;
     if s.is_terminal() {
-        return Err(ApiError::conflict(format!("session {name} is {}", s.state)));
+        let reason = format!("session {name} is {}", s.state);
+        let entry = Entry::new(
+            &c.name,
+            &c.source,
+            Event::ConnectRefused { session: name.clone(), reason: reason.clone() },
+        );
+        app.relay.audit.record(entry);
+        return Err(ApiError::conflict(reason));
     }
     let now = util::now();
     if now >= s.until {
@@ -140,6 +143,12 @@ pub async fn connect(
         .await;
         return Err(ApiError::conflict(format!("session {name} is expired")));
     }
+    let link_slot = app.relay.hub.technician_link(c.user_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{} has {MAX_LINKS_PER_USER} links open already: close one first", c.name),
+        )
+    })?;
     let (resp, on_upgrade) = link_handshake(&mut req)?;
     let who = tech_link::Technician {
         user_id: c.user_id,
@@ -150,7 +159,11 @@ pub async fn connect(
     };
     let sid = s.id;
     let relay = app.relay.clone();
+    let slots = req.extensions().get::<ConnInfo>().map(|i| i.slots.clone());
     tokio::spawn(async move {
+        // The link holds the connection's place under the caps while it runs.
+        let _slots = slots;
+        let _link = link_slot;
         if let Some((mux, inbound)) = start_mux(on_upgrade, Mode::Server).await {
             tech_link::serve(relay, mux, inbound, sid, who).await;
         }

@@ -9,7 +9,7 @@ use fernwart_api::{
     SwitchState,
 };
 
-use super::{source, ApiError, ApiResult, Authed, Body, ConnInfo};
+use super::{source, ApiError, ApiResult, Authed, Body, ConnInfo, LimitError};
 use crate::{
     audit::{Entry, Event},
     authz::{Action, Object},
@@ -24,7 +24,7 @@ pub async fn add(
     a: Authed,
     Body(req): Body<MachineAddRequest>,
 ) -> ApiResult<Json<MachineAdded>> {
-    a.allow(Action::MachineAdd, Object::None)?;
+    a.allow(&app, Action::MachineAdd, Object::Named(&req.name))?;
     if !names::valid(&req.name) {
         return Err(ApiError::bad("machine name: 1-64 letters, digits, - _ . @"));
     }
@@ -49,7 +49,7 @@ pub async fn add(
 }
 
 pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<MachineInfo>>> {
-    a.allow(Action::MachineList, Object::None)?;
+    a.allow(&app, Action::MachineList, Object::None)?;
     let machines = app.store.run(|b| b.machines()).await?;
     Ok(Json(
         machines
@@ -76,7 +76,7 @@ pub async fn revoke(
     a: Authed,
     Path(name): Path<String>,
 ) -> ApiResult<Json<MachineRevoked>> {
-    a.allow(Action::MachineRevoke, Object::None)?;
+    a.allow(&app, Action::MachineRevoke, Object::Named(&name))?;
     let c = &a.caller;
     let n = name.clone();
     let actor = c.name.clone();
@@ -107,10 +107,16 @@ pub async fn enroll(
     if token.is_empty() || token.len() > 128 || req.csr.len() > 16 * 1024 {
         return Err(ApiError::bad("enrolment refused: malformed token or CSR"));
     }
+    // Only refusals draw on the source's allowance: a site may enrol many gateways at once.
+    let ip = info.as_ref().map(|i| i.remote.ip());
+    if app.limits.source_exhausted(ip) {
+        return Err(LimitError::TooFast.into());
+    }
     let hash = util::token_hash(token);
     let h = hash.clone();
     let found = app.store.run(move |b| b.enrol_token(&h)).await?;
     let refuse = |machine: Option<String>, why: &str| {
+        app.limits.source_failed(ip);
         let entry =
             Entry::new("unknown", &src, Event::EnrolRefused { machine, reason: why.into() });
         (entry, ApiError::unauthorized(format!("enrolment refused: {why}")))

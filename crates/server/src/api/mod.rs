@@ -183,8 +183,27 @@ pub struct Authed {
 
 impl Authed {
     /// Asks the authorization rules whether the caller may take `action` on `object` now.
-    pub fn allow(&self, action: Action, object: Object<'_>) -> ApiResult<()> {
-        Ok(authz::decide(&self.caller, action, object, util::now())?)
+    /// A refusal is recorded in the audit trail (a login that is no longer valid is not: it
+    /// did not get this far as anyone).
+    pub fn allow(&self, app: &App, action: Action, object: Object<'_>) -> ApiResult<()> {
+        match authz::decide(&self.caller, action, object, util::now()) {
+            Ok(()) => Ok(()),
+            Err(r) => {
+                if r.denial != Denial::Unauthenticated {
+                    let c = &self.caller;
+                    app.relay.audit.record(crate::audit::Entry::new(
+                        &c.name,
+                        &c.source,
+                        crate::audit::Event::AccessRefused {
+                            action: action.as_str(),
+                            object: object.name().to_owned(),
+                            reason: r.reason.clone(),
+                        },
+                    ));
+                }
+                Err(r.into())
+            }
+        }
     }
 }
 
@@ -210,8 +229,10 @@ impl FromRequestParts<App> for Authed {
         caller.source = source(info);
         // Expired logins and accounts, disabled users: refused for every action alike.
         authz::authenticated(&caller, util::now())?;
-        if let Some(info) = info {
-            info.unproven.proven();
+        // A full login (second factor) is someone known: the connection no longer counts
+        // against its source (technicians behind one NAT address).
+        if let (Some(info), fernwart_api::Scope::Full) = (info, caller.scope) {
+            info.slots.proven();
         }
         Ok(Authed { caller, token_hash })
     }

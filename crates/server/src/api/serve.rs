@@ -38,26 +38,35 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// SHA-256 of the client certificate, when one was presented and chains to our CA.
     pub client_cert: Option<String>,
-    /// The connection's place in its source's cap and in the share without a machine
-    /// certificate; given back once a request on it shows a valid login.
-    pub unproven: Unproven,
+    /// The connection's places under the caps. A link (agent or technician) keeps a clone for
+    /// as long as it runs: an upgraded connection still counts.
+    pub slots: Slots,
 }
 
-/// See [`ConnInfo::unproven`].
-#[derive(Clone, Default)]
-pub struct Unproven(Arc<Mutex<Option<(SourceSlot, OwnedSemaphorePermit)>>>);
+/// A connection's places under the caps: the total (while it lives), and until it is proven
+/// (a full login, or an enrolled machine's link) its source's cap and, without a machine
+/// certificate, the share not reserved for agents.
+#[derive(Clone)]
+pub struct Slots(Arc<SlotsInner>);
 
-impl Unproven {
-    /// The connection belongs to someone known: it no longer counts against its source.
+struct SlotsInner {
+    _total: OwnedSemaphorePermit,
+    source: Mutex<Option<SourceSlot>>,
+    share: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl Slots {
+    /// The connection belongs to someone known: it counts only against the total now.
     pub fn proven(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.0.source.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.0.share.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
-impl std::fmt::Debug for Unproven {
+impl std::fmt::Debug for Slots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let held = self.0.lock().map(|g| g.is_some()).unwrap_or(false);
-        f.debug_tuple("Unproven").field(&held).finish()
+        let held = self.0.source.lock().map(|g| g.is_some()).unwrap_or(false);
+        f.debug_struct("Slots").field("unproven", &held).finish()
     }
 }
 
@@ -161,7 +170,6 @@ pub async fn serve(app: App, listener: TcpListener, tls: Arc<ServerConfig>) {
         let router = router.clone();
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             {
@@ -183,12 +191,16 @@ pub async fn serve(app: App, listener: TcpListener, tls: Arc<ServerConfig>) {
                 .map(|c| ca::fingerprint(c.as_ref()));
             // A certificate of our CA (rustls checked the chain): an agent, counted apart from
             // its source (many gateways may share one NAT address).
-            let unproven = Unproven::default();
-            if client_cert.is_none() {
-                *unproven.0.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((source_slot, unproven_permit));
-            }
-            let info = ConnInfo { remote, client_cert, unproven };
+            // A machine certificate (rustls checked its chain) keeps the connection out of the
+            // share reserved against slow clients, but its source counts until the machine's
+            // link is up (a revoked machine's key cannot fill the server).
+            let share = client_cert.is_none().then_some(unproven_permit);
+            let slots = Slots(Arc::new(SlotsInner {
+                _total: permit,
+                source: Mutex::new(Some(source_slot)),
+                share: Mutex::new(share),
+            }));
+            let info = ConnInfo { remote, client_cert, slots };
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());

@@ -42,9 +42,12 @@ pub async fn create(
     a: Authed,
     Body(req): Body<SessionCreateRequest>,
 ) -> ApiResult<Json<SessionInfo>> {
-    a.allow(Action::SessionCreate, Object::None)?;
+    a.allow(&app, Action::SessionCreate, Object::Named(&req.name))?;
     if !names::valid(&req.name) {
         return Err(ApiError::bad("session name: 1-64 letters, digits, - _ . @"));
+    }
+    if req.reason.chars().any(char::is_control) {
+        return Err(ApiError::bad("the reason must be one line of printable text"));
     }
     if req.reason.trim().is_empty() || req.reason.len() > 1000 {
         return Err(ApiError::bad(
@@ -119,7 +122,7 @@ pub async fn create(
 }
 
 pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<SessionInfo>>> {
-    a.allow(Action::SessionList, Object::None)?;
+    a.allow(&app, Action::SessionList, Object::None)?;
     let only = (a.caller.role == Role::Technician).then_some(a.caller.user_id);
     let list = app.store.run(move |b| b.sessions(only)).await?;
     Ok(Json(list.iter().map(info).collect()))
@@ -139,7 +142,7 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> ApiResult<Json<SessionInfo>> {
     let s = load(&app, &name).await?;
-    a.allow(Action::SessionShow, Object::Session(&s))?;
+    a.allow(&app, Action::SessionShow, Object::Session(&s))?;
     Ok(Json(info(&s)))
 }
 
@@ -159,7 +162,7 @@ pub async fn action(
         }
     };
     let s = load(&app, &name).await?;
-    a.allow(action, Object::Session(&s))?;
+    a.allow(&app, action, Object::Session(&s))?;
     let c = &a.caller;
     let applied = sessions::apply(
         &app.store,

@@ -22,7 +22,7 @@ pub async fn add(
     a: Authed,
     Body(req): Body<UserAddRequest>,
 ) -> ApiResult<Json<UserAdded>> {
-    a.allow(Action::UserAdd, Object::None)?;
+    a.allow(&app, Action::UserAdd, Object::Named(&req.name))?;
     if !names::valid(&req.name) {
         return Err(ApiError::bad("user name: 1-64 letters, digits, - _ . @"));
     }
@@ -62,7 +62,7 @@ pub async fn add(
 }
 
 pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<UserInfo>>> {
-    a.allow(Action::UserList, Object::None)?;
+    a.allow(&app, Action::UserList, Object::None)?;
     let users = app.store.run(|b| b.users()).await?;
     Ok(Json(
         users
@@ -84,7 +84,7 @@ pub async fn disable(
     a: Authed,
     Path(name): Path<String>,
 ) -> ApiResult<Json<UserDisabled>> {
-    a.allow(Action::UserDisable, Object::User(&name))?;
+    a.allow(&app, Action::UserDisable, Object::Named(&name))?;
     let c = &a.caller;
     if names::fold(&name) == names::fold(&c.name) {
         return Err(ApiError::bad("you cannot disable yourself"));

@@ -166,6 +166,12 @@ pub enum Event {
         target: String,
         reason: String,
     },
+    /// An action the caller's role, the four-eyes rule or the object's owner does not allow.
+    AccessRefused {
+        action: &'static str,
+        object: String,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -200,6 +206,7 @@ impl Event {
             Event::TunnelOpen { .. } => "tunnel.open",
             Event::TunnelClose { .. } => "tunnel.close",
             Event::TunnelRefused { .. } => "tunnel.refused",
+            Event::AccessRefused { .. } => "access.refused",
         };
         a.to_owned()
     }
@@ -231,6 +238,7 @@ impl Event {
             | Event::TunnelOpen { session, .. }
             | Event::TunnelClose { session, .. }
             | Event::TunnelRefused { session, .. } => session,
+            Event::AccessRefused { object, .. } => object,
         }
     }
 
@@ -291,6 +299,9 @@ impl Event {
             }
             Event::TunnelRefused { target, reason, .. } => {
                 json!({"target": target, "reason": reason})
+            }
+            Event::AccessRefused { action, reason, .. } => {
+                json!({"action": action, "reason": reason})
             }
         }
     }

@@ -85,6 +85,9 @@ impl Subscriber for Hub {
     }
 }
 
+/// The most technician links (`fernwart connect`) one user may hold open at once.
+pub const MAX_LINKS_PER_USER: usize = 8;
+
 /// How long the server waits for an agent to acknowledge a grant.
 const GRANT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -98,7 +101,27 @@ struct Inner {
     agents: HashMap<i64, AgentEntry>,
     sessions: HashMap<i64, SessionEntry>,
     users: HashMap<i64, CancellationToken>,
+    /// Open technician links per user.
+    links: HashMap<i64, usize>,
     next_conn: u64,
+}
+
+/// One technician link's place under [`MAX_LINKS_PER_USER`]; given back when dropped.
+pub struct LinkSlot {
+    hub: Arc<Hub>,
+    user: i64,
+}
+
+impl Drop for LinkSlot {
+    fn drop(&mut self) {
+        let mut inner = self.hub.lock();
+        if let Some(n) = inner.links.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                inner.links.remove(&self.user);
+            }
+        }
+    }
 }
 
 struct AgentEntry {
@@ -267,6 +290,18 @@ impl Hub {
         if terminal {
             entry.token.cancel();
         }
+    }
+
+    /// A place for one more technician link of `user`, if they have fewer than
+    /// [`MAX_LINKS_PER_USER`] open.
+    pub fn technician_link(self: &Arc<Self>, user: i64) -> Option<LinkSlot> {
+        let mut inner = self.lock();
+        let n = inner.links.entry(user).or_insert(0);
+        if *n >= MAX_LINKS_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(LinkSlot { hub: self.clone(), user })
     }
 
     pub fn user_token(&self, user: i64) -> CancellationToken {

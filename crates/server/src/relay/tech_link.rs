@@ -94,6 +94,13 @@ pub async fn serve(
     let session_token = app.hub.session_token(session_id);
     let user_token = app.hub.user_token(who.user_id);
     let mut changes = app.hub.session_watch(session_id);
+    // The user may have been disabled between the login check and `user_token`: read the
+    // login again now that a later disable would cancel the token we hold.
+    let token = who.token_hash.clone();
+    if !matches!(app.store.run(move |b| b.caller(&token)).await, Ok(Some(c)) if !c.disabled) {
+        mux.close();
+        return;
+    }
     let mut ready = false;
     let mut session_name = session_id.to_string();
     let login_ends = tokio::time::Instant::now()
