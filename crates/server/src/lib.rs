@@ -194,19 +194,7 @@ async fn expiry_sweeper(app: App) {
             }
         };
         for s in overdue {
-            let r = sessions::apply(
-                &app.store,
-                &app.relay.events,
-                s.id,
-                domain::SessionEvent::Expire,
-                "system",
-                "server",
-                now,
-            )
-            .await;
-            if let Err(e) = r {
-                tracing::debug!(error = %e, session = %s.name, "expiry raced another change");
-            }
+            sessions::expire(&app.store, &app.relay.events, s.id, now).await;
         }
     }
 }

@@ -59,3 +59,11 @@ pub async fn apply(
     }
     Err(ApplyError::Busy(name))
 }
+
+/// The server expires a session whose window has closed (the sweeper, or a link that noticed
+/// first). Losing a race to another change is fine: the session is over either way.
+pub async fn expire(store: &Store, events: &Events, id: i64, now: UnixSecs) {
+    if let Err(e) = apply(store, events, id, SessionEvent::Expire, "system", "server", now).await {
+        tracing::debug!(error = %e, "expiry raced another change");
+    }
+}

@@ -14,7 +14,6 @@ use super::{source, ApiError, ApiResult, Authed, ConnInfo};
 use crate::{
     audit::{Entry, Event},
     authz::{Action, Object},
-    domain::SessionEvent,
     relay::{agent_link, tech_link, MAX_LINKS_PER_USER},
     sessions, util, App,
 };
@@ -131,16 +130,7 @@ pub async fn connect(
     }
     let now = util::now();
     if now >= s.until {
-        let _ = sessions::apply(
-            &app.store,
-            &app.relay.events,
-            s.id,
-            SessionEvent::Expire,
-            "system",
-            "server",
-            now,
-        )
-        .await;
+        sessions::expire(&app.store, &app.relay.events, s.id, now).await;
         return Err(ApiError::conflict(format!("session {name} is expired")));
     }
     let link_slot = app.relay.hub.technician_link(c.user_id).ok_or_else(|| {

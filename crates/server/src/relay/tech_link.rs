@@ -128,16 +128,7 @@ pub async fn serve(
             );
         }
         if now >= s.until {
-            let _ = sessions::apply(
-                &app.store,
-                &app.events,
-                s.id,
-                SessionEvent::Expire,
-                "system",
-                "server",
-                now,
-            )
-            .await;
+            sessions::expire(&app.store, &app.events, s.id, now).await;
             continue;
         }
         let mut wait_until = s.until;
