@@ -43,6 +43,35 @@ async fn keepalive_reader(
     mux.close();
 }
 
+/// Why a technician link ends.
+enum Closing {
+    /// The session is over (ended, rejected, expired, revoked).
+    Session(SessionState),
+    /// The session no longer exists.
+    Gone,
+    Error,
+    /// The technician's side went away: nobody to tell.
+    Left,
+    LoginExpired,
+    UserDisabled,
+    ShuttingDown,
+}
+
+impl Closing {
+    /// The `state` of the last frame to the technician (none when they left).
+    fn wire(&self) -> Option<&'static str> {
+        Some(match self {
+            Closing::Session(s) => s.as_str(),
+            Closing::Gone => "gone",
+            Closing::Error => "error",
+            Closing::Left => return None,
+            Closing::LoginExpired => "expired",
+            Closing::UserDisabled => "revoked",
+            Closing::ShuttingDown => "unavailable",
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Technician {
     pub user_id: i64,
@@ -108,15 +137,15 @@ pub async fn serve(
     let closed = loop {
         let s = match app.store.run(move |b| b.session_by_id(session_id)).await {
             Ok(Some(s)) => s,
-            Ok(None) => break ("gone".to_owned(), "session deleted".to_owned()),
-            Err(e) => break ("error".to_owned(), format!("server error: {e}")),
+            Ok(None) => break (Closing::Gone, "session deleted".to_owned()),
+            Err(e) => break (Closing::Error, format!("server error: {e}")),
         };
         session_name.clone_from(&s.name);
         let now = util::now();
         if s.is_terminal() {
             let by = s.ended_by.clone().or(s.decided_by.clone()).unwrap_or_default();
             break (
-                s.state.to_string(),
+                Closing::Session(s.state),
                 format!(
                     "session {} is {} {}",
                     s.name,
@@ -139,7 +168,7 @@ pub async fn serve(
                     message: format!("session window opens at {}", util::rfc3339(s.from)),
                 };
                 if write_frame(&mut control, &msg).await.is_err() {
-                    break ("link".into(), "technician left".into());
+                    break (Closing::Left, "technician left".into());
                 }
                 wait_until = s.from;
             } else if s.state == SessionState::Prepared && s.approval_required {
@@ -157,7 +186,7 @@ pub async fn serve(
                     Ok(_)
                     | Err(sessions::ApplyError::Refused { .. } | sessions::ApplyError::Busy(_)) => {
                     }
-                    Err(e) => break ("error".into(), format!("cannot request session: {e}")),
+                    Err(e) => break (Closing::Error, format!("cannot request session: {e}")),
                 }
                 continue;
             } else if s.state == SessionState::Requested {
@@ -166,7 +195,7 @@ pub async fn serve(
                     message: "waiting for the operator's approval".into(),
                 };
                 if write_frame(&mut control, &msg).await.is_err() {
-                    break ("link".into(), "technician left".into());
+                    break (Closing::Left, "technician left".into());
                 }
             } else if s.usable(now) {
                 if s.state != SessionState::Active {
@@ -185,7 +214,7 @@ pub async fn serve(
                         | Err(
                             sessions::ApplyError::Refused { .. } | sessions::ApplyError::Busy(_),
                         ) => {}
-                        Err(e) => break ("error".into(), format!("cannot activate session: {e}")),
+                        Err(e) => break (Closing::Error, format!("cannot activate session: {e}")),
                     }
                     continue;
                 }
@@ -198,7 +227,7 @@ pub async fn serve(
                     targets: s.targets.clone(),
                 };
                 if write_frame(&mut control, &msg).await.is_err() {
-                    break ("link".into(), "technician left".into());
+                    break (Closing::Left, "technician left".into());
                 }
                 app.audit.record(Entry::new(
                     &who.name,
@@ -210,32 +239,32 @@ pub async fn serve(
         }
         let left = Duration::from_secs(u64::try_from(wait_until - now).unwrap_or(0).max(1));
         tokio::select! {
-            r = changes.changed() => if r.is_err() { break ("gone".into(), "server shutting down".into()) },
+            r = changes.changed() => if r.is_err() { break (Closing::Gone, "server shutting down".into()) },
             _ = tokio::time::sleep(left) => {},
             s = inbound.recv(), if ready => match s {
                 Some(stream) => {
                     let guards = Guards { session: session_token.clone(), user: user_token.clone(), link: link.clone() };
                     tokio::spawn(tunnel::serve(app.clone(), stream, session_id, who.clone(), guards));
                 }
-                None => break ("link".into(), "technician left".into()),
+                None => break (Closing::Left, "technician left".into()),
             },
-            _ = mux.closed() => break ("link".into(), "technician left".into()),
-            _ = link.cancelled() => break ("link".into(), "technician silent too long".into()),
+            _ = mux.closed() => break (Closing::Left, "technician left".into()),
+            _ = link.cancelled() => break (Closing::Left, "technician silent too long".into()),
             _ = ping.tick() => {
                 nonce += 1;
                 if write_frame(&mut control, &ServerToClient::Ping { nonce }).await.is_err() {
-                    break ("link".into(), "technician left".into());
+                    break (Closing::Left, "technician left".into());
                 }
             }
-            _ = tokio::time::sleep_until(login_ends) => break ("expired".into(), "login or account expired: log in again".into()),
-            _ = user_token.cancelled() => break ("revoked".into(), format!("user {} was disabled", who.name)),
-            _ = app.shutdown.cancelled() => break ("unavailable".into(), "server shutting down".into()),
+            _ = tokio::time::sleep_until(login_ends) => break (Closing::LoginExpired, "login or account expired: log in again".into()),
+            _ = user_token.cancelled() => break (Closing::UserDisabled, format!("user {} was disabled", who.name)),
+            _ = app.shutdown.cancelled() => break (Closing::ShuttingDown, "server shutting down".into()),
         }
     };
     link.cancel();
-    let (state, reason) = closed;
-    if state != "link" {
-        let last = ServerToClient::Closed { state, reason: reason.clone() };
+    let (closing, reason) = closed;
+    if let Some(state) = closing.wire() {
+        let last = ServerToClient::Closed { state: state.to_owned(), reason: reason.clone() };
         if let Ok(Ok(())) =
             tokio::time::timeout(Duration::from_secs(2), write_frame(&mut control, &last)).await
         {

@@ -143,6 +143,17 @@ fn scope(raw: &str) -> Scope {
     }
 }
 
+/// The states that `pick` selects, as an SQL list (`'ended', 'rejected'`); from the enum, so
+/// the SQL cannot drift from the states it names.
+fn states(pick: impl Fn(SessionState) -> bool) -> String {
+    let names: Vec<String> = SessionState::ALL
+        .into_iter()
+        .filter(|s| pick(*s))
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    names.join(", ")
+}
+
 const SESSION: &str = "SELECT s.id, s.name, s.machine_id, m.name, s.targets, s.reason, s.state, \
      s.approval_required, s.valid_from, s.valid_until, s.created_by, s.created_at, s.decided_by, s.ended_by \
      FROM sessions s JOIN machines m ON m.id = s.machine_id";
@@ -525,15 +536,19 @@ impl Backend for Sqlite {
         entry: &Entry,
     ) -> Result<(i64, Vec<Applied>), StoreError> {
         self.tx(|tx| {
-            let id: Option<i64> =
-                tx.query_row("SELECT id FROM machines WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+            let id: Option<i64> = tx
+                .query_row("SELECT id FROM machines WHERE name = ?1", [name], |r| r.get(0))
+                .optional()?;
             let id = id.ok_or_else(|| StoreError::NotFound(format!("no machine {name}")))?;
             tx.execute("UPDATE machines SET revoked = 1 WHERE id = ?1", [id])?;
             // Revocation is final: no unused token may enrol the machine again.
             tx.execute("DELETE FROM enrol_tokens WHERE machine_id = ?1 AND used_at IS NULL", [id])?;
             let open = sessions_where(
                 tx,
-                "WHERE s.machine_id = ?1 AND s.state NOT IN ('ended', 'rejected', 'expired', 'revoked')",
+                &format!(
+                    "WHERE s.machine_id = ?1 AND s.state NOT IN ({})",
+                    states(SessionState::is_terminal)
+                ),
                 [id],
             )?;
             let mut applied = Vec::new();
@@ -548,7 +563,15 @@ impl Backend for Sqlite {
                         to: SessionState::Revoked,
                     },
                 );
-                if let Some(a) = transition(tx, s.id, s.state, SessionState::Revoked, &entry.actor, now, &change)? {
+                if let Some(a) = transition(
+                    tx,
+                    s.id,
+                    s.state,
+                    SessionState::Revoked,
+                    &entry.actor,
+                    now,
+                    &change,
+                )? {
                     applied.push(a);
                 }
             }
@@ -633,7 +656,10 @@ impl Backend for Sqlite {
             audit(tx, entry)?;
             sessions_where(
                 tx,
-                "WHERE s.machine_id = ?1 AND s.state IN ('approved', 'active') AND s.valid_until > ?2",
+                &format!(
+                    "WHERE s.machine_id = ?1 AND s.state IN ({}) AND s.valid_until > ?2",
+                    states(|s| matches!(s, SessionState::Approved | SessionState::Active))
+                ),
                 params![machine, now],
             )
         })
@@ -755,7 +781,10 @@ impl Backend for Sqlite {
         self.read(|c| {
             sessions_where(
                 c,
-                "WHERE s.valid_until <= ?1 AND s.state NOT IN ('ended', 'rejected', 'expired', 'revoked')",
+                &format!(
+                    "WHERE s.valid_until <= ?1 AND s.state NOT IN ({})",
+                    states(SessionState::is_terminal)
+                ),
                 [now],
             )
         })
@@ -794,6 +823,11 @@ mod tests {
         super::super::suite::all(&|| {
             Arc::new(Sqlite::open_in_memory().unwrap()) as Arc<dyn Backend>
         });
+    }
+
+    #[test]
+    fn state_lists_come_from_the_enum() {
+        assert_eq!(states(SessionState::is_terminal), "'rejected', 'ended', 'expired', 'revoked'");
     }
 
     #[test]
