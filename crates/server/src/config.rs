@@ -159,8 +159,9 @@ impl Config {
             .map_err(|message| ConfigError::Invalid { path: path.display().to_string(), message })
     }
 
-    /// Parses settings, then applies `env`: every `FERNWART_*` name must be a server setting or
-    /// one of [`CLIENT_ENV`]; anything else is refused, so a misspelt override cannot go unnoticed.
+    /// Parses settings, then applies `env`: a `FERNWART_<SECTION>_<KEY>` whose section is one of
+    /// the server's must name a setting it knows (a misspelt override cannot go unnoticed);
+    /// other `FERNWART_*` variables (the CLI's, the agent's, [`CLIENT_ENV`]) are left alone.
     pub fn parse(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
@@ -180,13 +181,10 @@ impl Config {
             if section == "audit" {
                 return Err(audit_refused(key, Some(&name)));
             }
+            // Not one of the server's sections: a variable of the CLI, the agent or a script
+            // in the same shell (DESIGN §6), left alone.
             let Some(keys) = section_keys(section) else {
-                return Err(format!(
-                    "{name}: not a fernwart-server setting (FERNWART_<SECTION>_<KEY> with a \
-                     section of {}) nor a client variable it ignores ({})",
-                    known_keys::<Settings>().join(", "),
-                    CLIENT_ENV.join(", ")
-                ));
+                continue;
             };
             if !keys.contains(&key) {
                 return Err(format!(
@@ -255,6 +253,7 @@ pub const CLIENT_ENV: &[&str] = &[
     "FERNWART_CA_CERT",
     "FERNWART_PROXY",
     "FERNWART_ENROLL_TOKEN",
+    "FERNWART_TOKEN",
     "FERNWART_BIN_DIR",
 ];
 
@@ -387,12 +386,11 @@ mod tests {
     }
 
     #[test]
-    fn env_of_an_unknown_section_is_refused() {
-        for name in
-            ["FERNWART_SESSION_DEFAULT_DURATION", "FERNWART_ENROLLMENT_TOKEN_TTL", "FERNWART_X"]
-        {
-            let err = Config::parse(BASE, env(&[(name, "1h")])).unwrap_err();
-            assert!(err.starts_with(&format!("{name}: not a fernwart-server setting")), "{err}");
+    fn env_of_other_sections_is_left_alone() {
+        // DESIGN §6: variables whose section is not one of the server's belong to the CLI, the
+        // agent or a script in the same shell.
+        for name in ["FERNWART_TOKEN", "FERNWART_SOMETHING_ELSE", "FERNWART_X"] {
+            assert!(Config::parse(BASE, env(&[(name, "1h")])).is_ok(), "{name}");
         }
     }
 
