@@ -167,3 +167,29 @@ mod tests {
         round_trips(&ok);
     }
 }
+
+/// `POST /v1/logout`: the login that made the request ends at the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogoutResponse {
+    pub logged_out: bool,
+}
+
+/// `POST /v1/passwd`: one's own password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswdRequest {
+    pub current: String,
+    pub new: String,
+}
+
+impl fmt::Debug for PasswdRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PasswdRequest").field("current", &Redacted).field("new", &Redacted).finish()
+    }
+}
+
+/// The answer to `POST /v1/passwd`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswdResponse {
+    pub changed: bool,
+}

@@ -15,7 +15,8 @@ mod user;
 
 pub use audit::{AuditQuery, AuditRecord};
 pub use auth::{
-    CodeRequest, LoginRequest, LoginResponse, MfaConfirmResponse, MfaEnrollResponse, Scope,
+    CodeRequest, LoginRequest, LoginResponse, LogoutResponse, MfaConfirmResponse,
+    MfaEnrollResponse, PasswdRequest, PasswdResponse, Scope,
 };
 pub use fernwart_proto::{TargetInfo, TargetProtocol};
 pub use machine::{

@@ -38,8 +38,10 @@ enum Cmd {
         #[arg(long)]
         otp: Option<String>,
     },
-    /// Forget the stored login.
+    /// End this login at the server and forget it here.
     Logout,
+    /// Change your own password: the current and the new one on stdin, one a line.
+    Passwd,
     /// Second factor (TOTP).
     Mfa {
         #[command(subcommand)]
@@ -182,7 +184,8 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.cmd {
         Cmd::Login { user, otp, .. } => commands::account::login(&ctx, &user, otp.as_deref()).await,
-        Cmd::Logout => commands::account::logout(&ctx),
+        Cmd::Logout => commands::account::logout(&ctx).await,
+        Cmd::Passwd => commands::account::passwd(&ctx).await,
         Cmd::Mfa { cmd: MfaCmd::Enroll } => commands::account::mfa_enroll(&ctx).await,
         Cmd::Mfa { cmd: MfaCmd::Confirm { code } } => {
             commands::account::mfa_confirm(&ctx, &code).await

@@ -30,7 +30,9 @@ pub fn dummy_hash() -> String {
     hash_password("fernwart-dummy-password-for-timing").unwrap_or_default()
 }
 
-pub fn check_policy(password: &str, policy: &PasswordSection) -> Result<(), String> {
+/// Checks a new password against the policy; `user` is the account it is for. The message
+/// says what to change.
+pub fn check_policy(password: &str, policy: &PasswordSection, user: &str) -> Result<(), String> {
     let len = password.chars().count();
     if len < policy.min_length {
         return Err(format!("password too short: at least {} characters", policy.min_length));
@@ -53,7 +55,157 @@ pub fn check_policy(password: &str, policy: &PasswordSection) -> Result<(), Stri
             policy.min_classes
         ));
     }
+    if policy.refuse_common {
+        // The user name alone, or with digits and symbols around it, is as common as it gets.
+        let core: String =
+            password.to_lowercase().chars().filter(|c| c.is_alphanumeric()).collect();
+        let user = user.to_lowercase();
+        if !user.is_empty()
+            && core.contains(&user)
+            && core.replacen(&user, "", 1).chars().all(|c| c.is_ascii_digit())
+        {
+            return Err("password is the user name with digits and symbols: choose another".into());
+        }
+        if is_common(password) {
+            return Err(
+                "password is a common one (or a common word with digits and symbols): choose another"
+                    .into(),
+            );
+        }
+    }
     Ok(())
+}
+
+/// Words that common passwords are made of; a password that is one of them (or two), once
+/// digits and symbols are taken away and look-alike digits read as letters, is refused.
+const COMMON_WORDS: &[&str] = &[
+    "password",
+    "passwort",
+    "passw",
+    "pass",
+    "welcome",
+    "willkommen",
+    "qwerty",
+    "qwertz",
+    "asdf",
+    "asdfgh",
+    "yxcvbnm",
+    "zxcvbnm",
+    "letmein",
+    "admin",
+    "administrator",
+    "root",
+    "user",
+    "login",
+    "test",
+    "guest",
+    "default",
+    "changeme",
+    "secret",
+    "geheim",
+    "master",
+    "monkey",
+    "dragon",
+    "football",
+    "fussball",
+    "baseball",
+    "soccer",
+    "iloveyou",
+    "love",
+    "sunshine",
+    "princess",
+    "shadow",
+    "superman",
+    "batman",
+    "trustno",
+    "abc",
+    "abcdef",
+    "summer",
+    "winter",
+    "spring",
+    "autumn",
+    "fall",
+    "sommer",
+    "fruehling",
+    "herbst",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "januar",
+    "februar",
+    "maerz",
+    "mai",
+    "juni",
+    "juli",
+    "oktober",
+    "dezember",
+    "monday",
+    "friday",
+    "hello",
+    "hallo",
+    "service",
+    "support",
+    "technik",
+    "technician",
+    "maintenance",
+    "wartung",
+    "siemens",
+    "fernwart",
+    "company",
+    "firma",
+    "start",
+    "access",
+    "zugang",
+    "system",
+    "server",
+    "computer",
+    "internet",
+    "remote",
+    "plc",
+    "scada",
+    "operator",
+    "engineer",
+    "factory",
+    "fabrik",
+];
+
+fn is_common(password: &str) -> bool {
+    let lower = password.to_lowercase();
+    let leet = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c {
+                '0' => 'o',
+                '1' | '!' => 'i',
+                '3' => 'e',
+                '4' | '@' => 'a',
+                '5' | '$' => 's',
+                '7' => 't',
+                c => c,
+            })
+            .filter(|c| c.is_ascii_lowercase())
+            .collect()
+    };
+    // "P@ssw0rd2026!": the digits and symbols around the word are padding, those inside it
+    // stand for letters; also the letters alone ("Pass-Word-99" -> "password").
+    let core = lower.trim_matches(|c: char| !c.is_alphabetic());
+    let plain: String = lower.chars().filter(|c| c.is_ascii_lowercase()).collect();
+    [leet(core), plain].iter().any(|l| {
+        l.is_empty()
+            || COMMON_WORDS.contains(&l.as_str())
+            || COMMON_WORDS.iter().any(|w| {
+                l.strip_prefix(w)
+                    .is_some_and(|rest| rest.is_empty() || COMMON_WORDS.contains(&rest))
+            })
+    })
 }
 
 pub const TOTP_STEP: u64 = 30;
@@ -121,9 +273,33 @@ mod tests {
     #[test]
     fn policy_enforces_length_and_classes() {
         let p = PasswordSection::default();
-        assert!(check_policy("Sh0rt!", &p).is_err());
-        assert!(check_policy("alllowercaseletters", &p).is_err());
-        assert!(check_policy("T3ch-Passw0rd!2026x", &p).is_ok());
+        assert!(check_policy("Sh0rt!", &p, "u").unwrap_err().contains("short"));
+        assert!(check_policy("alllowercaseletters", &p, "u").is_err());
+        assert!(check_policy("T3ch-Passw0rd!2026x", &p, "tech1").is_ok());
+        assert!(check_policy("Vq7#mLp2-Rz9wK", &p, "tech1").is_ok());
+    }
+
+    #[test]
+    fn common_passwords_and_the_user_name_are_refused() {
+        let p = PasswordSection::default();
+        for common in [
+            "Password123!",
+            "Welcome2026!",
+            "P@ssw0rd2026!",
+            "Summer2026!!",
+            "Qwertz123456!",
+            "Admin-Admin-1",
+            "Pass-Word-99!",
+        ] {
+            let err = check_policy(common, &p, "someone").unwrap_err();
+            assert!(err.contains("common"), "{common}: {err}");
+        }
+        let err = check_policy("Technician-2026!", &p, "technician").unwrap_err();
+        assert!(err.contains("user name") || err.contains("common"), "{err}");
+        assert!(check_policy("Pw-tech1-Secr3t#2026", &p, "tech1").is_ok());
+        assert!(check_policy("!!Tech1#2026#!!", &p, "tech1").unwrap_err().contains("user name"));
+        let lax = PasswordSection { refuse_common: false, ..PasswordSection::default() };
+        assert!(check_policy("Password123!", &lax, "someone").is_ok());
     }
 
     #[test]

@@ -10,6 +10,8 @@ use crate::domain::{session::Session, Caller, Role, Scope, UnixSecs};
 pub enum Action {
     MfaEnroll,
     MfaConfirm,
+    /// Change one's own password.
+    PasswordChange,
     UserAdd,
     UserList,
     UserDisable,
@@ -30,9 +32,10 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 18] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
+        Action::PasswordChange,
         Action::UserAdd,
         Action::UserList,
         Action::UserDisable,
@@ -55,6 +58,7 @@ impl Action {
         match self {
             Action::MfaEnroll => "mfa.enroll",
             Action::MfaConfirm => "mfa.confirm",
+            Action::PasswordChange => "user.passwd",
             Action::UserAdd => "user.add",
             Action::UserList => "user.list",
             Action::UserDisable => "user.disable",
@@ -78,7 +82,7 @@ impl Action {
     pub fn roles(self) -> &'static [Role] {
         use Role::*;
         match self {
-            Action::MfaEnroll | Action::MfaConfirm => {
+            Action::MfaEnroll | Action::MfaConfirm | Action::PasswordChange => {
                 &[Admin, SessionAdmin, Technician, Approver, Auditor]
             }
             Action::UserAdd | Action::UserDisable => &[Admin],
@@ -274,6 +278,7 @@ mod tests {
             //                 admin  s-admin tech   approver auditor
             (MfaEnroll,       [true,  true,   true,  true,   true ]),
             (MfaConfirm,      [true,  true,   true,  true,   true ]),
+            (PasswordChange,  [true,  true,   true,  true,   true ]),
             (UserAdd,         [true,  false,  false, false,  false]),
             (UserList,        [true,  false,  false, false,  true ]),
             (UserDisable,     [true,  false,  false, false,  false]),

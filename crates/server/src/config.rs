@@ -94,11 +94,16 @@ pub struct PasswordSection {
     pub min_length: usize,
     /// Of lower case, upper case, digits, others: how many must appear.
     pub min_classes: usize,
+    /// `fernwart passwd` refuses the current password and this many earlier ones (0 to 24).
+    pub history: usize,
+    /// Refuse common passwords (a built-in list, also as a common word with digits and
+    /// symbols around it) and the user name as a password.
+    pub refuse_common: bool,
 }
 
 impl Default for PasswordSection {
     fn default() -> Self {
-        Self { min_length: 12, min_classes: 3 }
+        Self { min_length: 12, min_classes: 3, history: 4, refuse_common: true }
     }
 }
 
@@ -224,6 +229,9 @@ impl Config {
         }
         if settings.password.min_length < 8 {
             return Err("password.min_length must be at least 8".into());
+        }
+        if settings.password.history > 24 {
+            return Err("password.history must be 0 to 24".into());
         }
         url::Url::parse(&settings.server.public_url)
             .map_err(|e| format!("server.public_url: {e}"))?;

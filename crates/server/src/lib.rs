@@ -100,7 +100,7 @@ pub fn init(opts: &InitOptions) -> Result<(), ServerError> {
         return Err(ServerError::Init(format!("{} is already initialised", opts.data.display())));
     }
     let policy = config::PasswordSection::default();
-    auth::check_policy(&opts.admin_password, &policy)
+    auth::check_policy(&opts.admin_password, &policy, &opts.admin)
         .map_err(|e| ServerError::Init(format!("admin {e}")))?;
     std::fs::create_dir_all(&opts.data)
         .map_err(|e| ServerError::Init(format!("cannot create {}: {e}", opts.data.display())))?;

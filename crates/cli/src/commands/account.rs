@@ -2,8 +2,8 @@
 
 use anyhow::Context as _;
 use fernwart_api::{
-    CodeRequest, Empty, LoginRequest, LoginResponse, MfaConfirmResponse, MfaEnrollResponse, Role,
-    Scope,
+    CodeRequest, Empty, LoginRequest, LoginResponse, LogoutResponse, MfaConfirmResponse,
+    MfaEnrollResponse, PasswdRequest, PasswdResponse, Role, Scope,
 };
 use fernwart_transport::http_client::HttpMethod;
 use serde::Serialize;
@@ -59,10 +59,52 @@ pub async fn login(ctx: &Context, user: &str, otp: Option<&str>) -> anyhow::Resu
     Ok(())
 }
 
-pub fn logout(ctx: &Context) -> anyhow::Result<()> {
+/// Revokes the login at the server, then forgets it here. A login the server no longer knows
+/// is forgotten quietly; one that could not be revoked (server unreachable) is forgotten here
+/// and reported as an error.
+pub async fn logout(ctx: &Context) -> anyhow::Result<()> {
+    let Ok(login) = ctx.load_login() else {
+        ctx.forget_login();
+        if !ctx.json {
+            crate::out!("not logged in");
+        }
+        return Ok(());
+    };
+    let client = ctx.client()?;
+    let r: Result<LogoutResponse, _> = client
+        .json::<Empty, _>(HttpMethod::POST, "/v1/logout", Some(&login.token), Some(&Empty {}))
+        .await;
     ctx.forget_login();
-    if !ctx.json {
+    match r {
+        Ok(_) => {}
+        Err(e) if e.status() == Some(401) => {}
+        Err(e) => anyhow::bail!(
+            "the login was forgotten here, but the server could not revoke it ({e}); it ends at {}",
+            login.expires
+        ),
+    }
+    if ctx.json {
+        output::print_json(&LogoutResponse { logged_out: true });
+    } else {
         crate::out!("logged out");
+    }
+    Ok(())
+}
+
+/// `fernwart passwd`: the current and the new password on stdin, one a line.
+pub async fn passwd(ctx: &Context) -> anyhow::Result<()> {
+    let mut current = read_secret_line().context("the current password (first line)")?;
+    let mut new = read_secret_line().context("the new password (second line)")?;
+    let mut req =
+        PasswdRequest { current: std::mem::take(&mut *current), new: std::mem::take(&mut *new) };
+    let r: anyhow::Result<PasswdResponse> = ctx.post("/v1/passwd", &req).await;
+    req.current.zeroize();
+    req.new.zeroize();
+    let resp = r?;
+    if ctx.json {
+        output::print_json(&resp);
+    } else {
+        crate::out!("password changed; your other logins have ended");
     }
     Ok(())
 }

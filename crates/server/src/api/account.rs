@@ -5,9 +5,10 @@
 //! (atomically, in the store), so parallel attempts cannot pass the lockout threshold; a TOTP
 //! step is marked used atomically, so one code logs in once.
 
-use axum::{extract::State, http::StatusCode, Json};
+use axum::{extract::State, Json};
 use fernwart_api::{
-    CodeRequest, LoginRequest, LoginResponse, MfaConfirmResponse, MfaEnrollResponse, Scope,
+    CodeRequest, LoginRequest, LoginResponse, LogoutResponse, MfaConfirmResponse,
+    MfaEnrollResponse, PasswdRequest, PasswdResponse, Scope,
 };
 
 use super::{source, ApiError, ApiResult, Authed, Body, ConnInfo};
@@ -24,8 +25,6 @@ use crate::{
 /// disabled or expired account): from outside they look the same; the audit trail says which.
 const INVALID: &str =
     "invalid user name, password or code (an account with a second factor needs --otp CODE)";
-const LOCKED: &str =
-    "account temporarily locked after repeated failures; try later or ask an admin";
 
 pub async fn login(
     State(app): State<App>,
@@ -47,12 +46,20 @@ pub async fn login(
     let failed = |reason, failures| {
         Entry::new(&req.user, &src, Event::LoginFailed { user: req.user.clone(), reason, failures })
     };
+    // Every failure is answered alike, after a delay that grows with each failure in a row.
+    let refuse = |app: &App, name: &str| {
+        let delay = app.limits.login_failed(name);
+        async move {
+            tokio::time::sleep(delay).await;
+            ApiError::unauthorized(INVALID)
+        }
+    };
     let Some(u) = subject else {
         // Unknown users take the time of a known one.
         let (password, hash) = (req.password.clone(), app.dummy_hash.clone());
         app.limits.hash(move || auth::verify_password(&password, &hash)).await?;
         app.relay.audit.record_now(failed(LoginFailure::UnknownUser, None)).await;
-        return Err(ApiError::unauthorized(INVALID));
+        return Err(refuse(&app, &req.user).await);
     };
     let threshold = i64::from(app.cfg.settings.auth.lockout_threshold);
     let lock_secs = app.cfg.lockout_duration.as_secs() as i64;
@@ -61,8 +68,9 @@ pub async fn login(
         .run(move |b| b.claim_login_attempt(u.id, now, threshold, now + lock_secs))
         .await?;
     let Attempt::Counted(n) = attempt else {
+        // Locked looks like wrong from outside; the audit trail says which.
         app.relay.audit.record_now(failed(LoginFailure::Locked, None)).await;
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, LOCKED));
+        return Err(refuse(&app, &req.user).await);
     };
     let (password, hash) = (req.password.clone(), u.password_hash.clone());
     let pw_ok = app.limits.hash(move || auth::verify_password(&password, &hash)).await?;
@@ -91,16 +99,17 @@ pub async fn login(
             ));
         }
         app.store.run(move |b| b.login_failed(&entries)).await?;
-        return Err(ApiError::unauthorized(INVALID));
+        return Err(refuse(&app, &req.user).await);
     }
     if u.disabled {
         app.relay.audit.record_now(failed(LoginFailure::Disabled, None)).await;
-        return Err(ApiError::unauthorized(INVALID));
+        return Err(refuse(&app, &req.user).await);
     }
     if u.expires_at.is_some_and(|e| e <= now) {
         app.relay.audit.record_now(failed(LoginFailure::Expired, None)).await;
-        return Err(ApiError::unauthorized(INVALID));
+        return Err(refuse(&app, &req.user).await);
     }
+    app.limits.login_succeeded(&req.user);
     let token = util::random_token();
     let scope = if u.totp_confirmed { Scope::Full } else { Scope::MfaSetup };
     let ttl = if u.totp_confirmed { app.cfg.login_ttl.as_secs() as i64 } else { 15 * 60 };
@@ -157,4 +166,90 @@ pub async fn mfa_confirm(
         ));
     }
     Ok(Json(MfaConfirmResponse { confirmed: true, next: "log in again with --otp CODE".into() }))
+}
+
+/// `fernwart logout`: the login that makes the request ends at the server.
+pub async fn logout(State(app): State<App>, a: Authed) -> ApiResult<Json<LogoutResponse>> {
+    let c = &a.caller;
+    let entry = Entry::new(&c.name, &c.source, Event::Logout { user: c.name.clone() });
+    let hash = a.token_hash.clone();
+    let logged_out = app.store.run(move |b| b.logout(&hash, &entry)).await?;
+    Ok(Json(LogoutResponse { logged_out }))
+}
+
+/// `fernwart passwd`: one's own password, with the current one. A wrong current password
+/// counts as a failed login (a stolen token cannot try passwords); the new one must meet the
+/// policy and differ from the current and the `password.history` earlier ones. Every other
+/// login of the user ends.
+pub async fn passwd(
+    State(app): State<App>,
+    a: Authed,
+    Body(req): Body<PasswdRequest>,
+) -> ApiResult<Json<PasswdResponse>> {
+    a.allow(&app, Action::PasswordChange, Object::Named(&a.caller.name))?;
+    if req.current.len() > 1024 {
+        return Err(ApiError::bad("current password too long"));
+    }
+    let c = &a.caller;
+    let policy = &app.cfg.settings.password;
+    auth::check_policy(&req.new, policy, &c.name).map_err(ApiError::bad)?;
+    let (id, earlier) = (c.user_id, policy.history);
+    let hashes = app.store.run(move |b| b.password_hashes(id, earlier)).await?;
+    let Some(current_hash) = hashes.first().cloned() else {
+        return Err(ApiError::not_found("no such user"));
+    };
+    let now = util::now();
+    let threshold = i64::from(app.cfg.settings.auth.lockout_threshold);
+    let lock_secs = app.cfg.lockout_duration.as_secs() as i64;
+    let attempt =
+        app.store.run(move |b| b.claim_login_attempt(id, now, threshold, now + lock_secs)).await?;
+    let Attempt::Counted(n) = attempt else {
+        return Err(ApiError::bad("the current password is wrong (or the account is locked)"));
+    };
+    let (current, h) = (req.current.clone(), current_hash.clone());
+    if !app.limits.hash(move || auth::verify_password(&current, &h)).await? {
+        let mut entries = vec![Entry::new(
+            &c.name,
+            &c.source,
+            Event::LoginFailed {
+                user: c.name.clone(),
+                reason: LoginFailure::WrongPassword,
+                failures: Some(n),
+            },
+        )];
+        if n == threshold {
+            entries.push(Entry::new(
+                "system",
+                &c.source,
+                Event::Lockout { user: c.name.clone(), failures: n, locked_for_secs: lock_secs },
+            ));
+        }
+        app.store.run(move |b| b.login_failed(&entries)).await?;
+        tokio::time::sleep(app.limits.login_failed(&c.name)).await;
+        return Err(ApiError::bad("the current password is wrong (or the account is locked)"));
+    }
+    // The current password was right: this attempt is no failure, whatever comes next.
+    app.store.run(move |b| b.clear_failures(id)).await?;
+    for old in hashes {
+        let (new, h) = (req.new.clone(), old);
+        if app.limits.hash(move || auth::verify_password(&new, &h)).await? {
+            return Err(ApiError::bad(format!(
+                "the new password was used before: choose one that is not among your last {}",
+                earlier + 1
+            )));
+        }
+    }
+    let new = req.new.clone();
+    let new_hash =
+        app.limits.hash(move || auth::hash_password(&new)).await?.map_err(ApiError::bad)?;
+    let entry = Entry::new(&c.name, &c.source, Event::PasswordChange { user: c.name.clone() });
+    let keep = a.token_hash.clone();
+    let changed = app
+        .store
+        .run(move |b| b.password_change(id, &current_hash, &new_hash, &keep, now, &entry))
+        .await?;
+    if !changed {
+        return Err(ApiError::conflict("the password changed meanwhile: try again"));
+    }
+    Ok(Json(PasswdResponse { changed: true }))
 }

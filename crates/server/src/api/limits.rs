@@ -49,7 +49,16 @@ pub struct Limits {
     waiting: AtomicUsize,
     sources: Buckets<IpAddr>,
     users: Buckets<String>,
+    /// Failed logins in a row per user name, known or not, for the growing delay.
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
+
+/// The delay before answering the first failed login in a row; it doubles with each further
+/// one, up to [`MAX_FAILURE_DELAY`].
+pub const FIRST_FAILURE_DELAY: Duration = Duration::from_millis(250);
+pub const MAX_FAILURE_DELAY: Duration = Duration::from_secs(4);
+/// A name's failures are forgotten after this long without one.
+const FAILURES_KEPT: Duration = Duration::from_secs(15 * 60);
 
 impl Limits {
     pub fn new(_cfg: &Config) -> Self {
@@ -60,7 +69,33 @@ impl Limits {
             waiting: AtomicUsize::new(0),
             sources: Buckets::new(PER_SOURCE),
             users: Buckets::new(PER_USER),
+            failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A login for `user` failed: how long to wait before answering (growing with each failure
+    /// in a row, the same for known and unknown names).
+    pub fn login_failed(&self, user: &str) -> Duration {
+        let now = Instant::now();
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TRACKED {
+            map.retain(|_, (_, at)| now.duration_since(*at) < FAILURES_KEPT);
+        }
+        let (n, at) = map.entry(crate::domain::names::fold(user)).or_insert((0, now));
+        if now.duration_since(*at) >= FAILURES_KEPT {
+            *n = 0;
+        }
+        *n = n.saturating_add(1);
+        *at = now;
+        failure_delay(*n)
+    }
+
+    /// A login for `user` succeeded: its delay starts again.
+    pub fn login_succeeded(&self, user: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&crate::domain::names::fold(user));
     }
 
     /// Takes one attempt from the source's and the user name's allowance.
@@ -112,6 +147,12 @@ impl Limits {
         .await;
         out.map_err(|_| LimitError::Busy)
     }
+}
+
+/// The delay after the `n`th failure in a row: 250 ms, 500 ms, 1 s, 2 s, then 4 s.
+pub fn failure_delay(n: u32) -> Duration {
+    let doublings = n.saturating_sub(1).min(8);
+    (FIRST_FAILURE_DELAY * 2u32.pow(doublings)).min(MAX_FAILURE_DELAY)
 }
 
 /// Token buckets by key.
@@ -176,6 +217,13 @@ mod tests {
         assert!(b.exhausted("x", t0 + Duration::from_millis(1600)));
         assert!(!b.exhausted("x", t0 + Duration::from_millis(2700)));
         assert!(!b.exhausted("never-seen", t0));
+    }
+
+    #[test]
+    fn the_delay_grows_with_each_failure() {
+        let d: Vec<u64> = (1..=7).map(|n| failure_delay(n).as_millis() as u64).collect();
+        assert_eq!(d, [250, 500, 1000, 2000, 4000, 4000, 4000]);
+        assert_eq!(failure_delay(u32::MAX), MAX_FAILURE_DELAY);
     }
 
     #[tokio::test]

@@ -41,6 +41,8 @@ pub fn router(app: App) -> Router {
         .route("/", get(console))
         .route("/v1/health", get(|| async { Json(Health { ok: true }) }))
         .route("/v1/login", post(account::login))
+        .route("/v1/logout", post(account::logout))
+        .route("/v1/passwd", post(account::passwd))
         .route("/v1/mfa/enroll", post(account::mfa_enroll))
         .route("/v1/mfa/confirm", post(account::mfa_confirm))
         .route("/v1/users", post(users::add).get(users::list))

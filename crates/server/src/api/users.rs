@@ -36,7 +36,8 @@ pub async fn add(
         ),
         None => None,
     };
-    auth::check_policy(&req.password, &app.cfg.settings.password).map_err(ApiError::bad)?;
+    auth::check_policy(&req.password, &app.cfg.settings.password, &req.name)
+        .map_err(ApiError::bad)?;
     let pw = req.password.clone();
     let hash = app.limits.hash(move || auth::hash_password(&pw)).await?.map_err(ApiError::bad)?;
     let user = NewUser {

@@ -67,6 +67,12 @@ pub enum Event {
         reason: LoginFailure,
         failures: Option<i64>,
     },
+    Logout {
+        user: String,
+    },
+    PasswordChange {
+        user: String,
+    },
     Lockout {
         user: String,
         failures: i64,
@@ -186,6 +192,8 @@ impl Event {
             } => "auth.login_refused",
             Event::LoginFailed { .. } => "auth.login_failed",
             Event::Lockout { .. } => "auth.lockout",
+            Event::Logout { .. } => "auth.logout",
+            Event::PasswordChange { .. } => "user.passwd",
             Event::MfaEnroll { .. } => "mfa.enroll",
             Event::MfaConfirm { .. } => "mfa.confirm",
             Event::UserAdd { .. } => "user.add",
@@ -218,6 +226,8 @@ impl Event {
             Event::Login { user, .. }
             | Event::LoginFailed { user, .. }
             | Event::Lockout { user, .. }
+            | Event::Logout { user }
+            | Event::PasswordChange { user }
             | Event::MfaEnroll { user }
             | Event::MfaConfirm { user } => user,
             Event::UserAdd { name, .. } | Event::UserDisable { name } => name,
@@ -255,6 +265,7 @@ impl Event {
                 json!({"alert": true, "failures": failures, "locked_for_secs": locked_for_secs})
             }
             Event::MfaEnroll { .. } | Event::MfaConfirm { .. } => json!({"kind": "totp"}),
+            Event::Logout { .. } | Event::PasswordChange { .. } => json!({}),
             Event::UserAdd { role, org, expires, .. } => {
                 json!({"role": role, "org": org, "expires": expires})
             }

@@ -87,6 +87,13 @@ const MIGRATIONS: &[&str] = &[
         step BIGINT NOT NULL,
         PRIMARY KEY (user_id, step)
     );",
+    // 3: earlier password hashes, so that a new password cannot be an old one
+    "CREATE TABLE password_history (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        password_hash TEXT NOT NULL,
+        changed_at BIGINT NOT NULL
+    );
+    CREATE INDEX password_history_user ON password_history (user_id, changed_at);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -171,6 +171,8 @@ pub trait Backend: Send + Sync + 'static {
         threshold: i64,
         lock_until: UnixSecs,
     ) -> Result<Attempt, StoreError>;
+    /// The user proved their password (outside a login): the count of failures starts again.
+    fn clear_failures(&self, user: i64) -> Result<(), StoreError>;
     /// A counted attempt failed: its records (the failure, and the lock if it was the one
     /// that locked).
     fn login_failed(&self, entries: &[Entry]) -> Result<(), StoreError>;
@@ -187,6 +189,23 @@ pub trait Backend: Send + Sync + 'static {
         until: UnixSecs,
         entry: &Entry,
     ) -> Result<(), StoreError>;
+    /// Ends one login (`fernwart logout`); false when it was not there.
+    fn logout(&self, token_hash: &str, entry: &Entry) -> Result<bool, StoreError>;
+    /// The user's current password hash, then up to `earlier` earlier ones, newest first.
+    fn password_hashes(&self, user: i64, earlier: usize) -> Result<Vec<String>, StoreError>;
+    /// Replaces the password, only if it is still `old_hash` (compare-and-set); keeps the old
+    /// one in the history, resets the failure count and ends every other login of the user
+    /// than `keep_token`. False when the password changed meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    fn password_change(
+        &self,
+        user: i64,
+        old_hash: &str,
+        new_hash: &str,
+        keep_token: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<bool, StoreError>;
     /// The caller a login token belongs to (whatever its state: the rules decide).
     fn caller(&self, token_hash: &str) -> Result<Option<Caller>, StoreError>;
 

@@ -332,6 +332,16 @@ impl Backend for Sqlite {
         })
     }
 
+    fn clear_failures(&self, user: i64) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?1",
+                [user],
+            )?;
+            Ok(())
+        })
+    }
+
     fn login_failed(&self, entries: &[Entry]) -> Result<(), StoreError> {
         self.tx(|tx| entries.iter().try_for_each(|e| audit(tx, e)))
     }
@@ -370,6 +380,71 @@ impl Backend for Sqlite {
                 params![token_hash, user, scope.as_str(), now, until],
             )?;
             audit(tx, entry)
+        })
+    }
+
+    fn logout(&self, token_hash: &str, entry: &Entry) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute("DELETE FROM auth_tokens WHERE token_hash = ?1", [token_hash])?;
+            if n == 1 {
+                audit(tx, entry)?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    fn password_hashes(&self, user: i64, earlier: usize) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let current: String =
+                c.query_row("SELECT password_hash FROM users WHERE id = ?1", [user], |r| r.get(0))?;
+            let mut stmt = c.prepare_cached(
+                "SELECT password_hash FROM password_history WHERE user_id = ?1 \
+                 ORDER BY changed_at DESC, rowid DESC LIMIT ?2",
+            )?;
+            let limit = i64::try_from(earlier).unwrap_or(i64::MAX);
+            let older = stmt.query_map(params![user, limit], |r| r.get(0))?;
+            let mut all = vec![current];
+            for h in older {
+                all.push(h?);
+            }
+            Ok(all)
+        })
+    }
+
+    fn password_change(
+        &self,
+        user: i64,
+        old_hash: &str,
+        new_hash: &str,
+        keep_token: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE users SET password_hash = ?3, failed_logins = 0, locked_until = NULL \
+                 WHERE id = ?1 AND password_hash = ?2",
+                params![user, old_hash, new_hash],
+            )?;
+            if n != 1 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO password_history (user_id, password_hash, changed_at) VALUES (?1, ?2, ?3)",
+                params![user, old_hash, now],
+            )?;
+            // Keep what any policy may ask (at most 24 earlier passwords).
+            tx.execute(
+                "DELETE FROM password_history WHERE user_id = ?1 AND rowid NOT IN \
+                 (SELECT rowid FROM password_history WHERE user_id = ?1 ORDER BY changed_at DESC, rowid DESC LIMIT 24)",
+                [user],
+            )?;
+            tx.execute(
+                "DELETE FROM auth_tokens WHERE user_id = ?1 AND token_hash != ?2",
+                params![user, keep_token],
+            )?;
+            audit(tx, entry)?;
+            Ok(true)
         })
     }
 

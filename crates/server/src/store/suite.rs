@@ -25,6 +25,31 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     a_totp_step_is_used_once(fresh());
     session_transitions_are_compare_and_set(fresh().as_ref());
     revocation_is_final(fresh().as_ref());
+    passwords_change_by_compare_and_set(fresh().as_ref());
+}
+
+fn passwords_change_by_compare_and_set(b: &dyn Backend) {
+    let id = add_user(b, "tech1", Role::Technician);
+    let login = entry(Event::Login { user: "tech1".into(), scope: "full" });
+    b.login_succeeded(id, "this", Scope::Full, NOW, NOW + 60, &login).unwrap();
+    b.login_succeeded(id, "other", Scope::Full, NOW, NOW + 60, &login).unwrap();
+    let change = entry(Event::PasswordChange { user: "tech1".into() });
+    assert!(b.password_change(id, "h", "h2", "this", NOW, &change).unwrap());
+    // Decided on a stale password: refused.
+    assert!(!b.password_change(id, "h", "h3", "this", NOW, &change).unwrap());
+    assert!(b.password_change(id, "h2", "h3", "this", NOW + 1, &change).unwrap());
+    assert_eq!(b.password_hashes(id, 5).unwrap(), vec!["h3", "h2", "h"]);
+    assert_eq!(b.password_hashes(id, 1).unwrap(), vec!["h3", "h2"]);
+    // Every other login ended; this one stays until it logs out.
+    assert!(b.caller("other").unwrap().is_none());
+    assert!(b.caller("this").unwrap().is_some());
+    let out = entry(Event::Logout { user: "tech1".into() });
+    assert!(b.logout("this", &out).unwrap());
+    assert!(!b.logout("this", &out).unwrap());
+    assert!(b.caller("this").unwrap().is_none());
+    let kinds = actions(b);
+    assert_eq!(kinds.iter().filter(|a| *a == "user.passwd").count(), 2);
+    assert_eq!(kinds.iter().filter(|a| *a == "auth.logout").count(), 1);
 }
 
 fn entry(event: Event) -> Entry {
