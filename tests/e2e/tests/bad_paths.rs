@@ -316,6 +316,16 @@ fn agent_reconnects_after_server_restart() -> Result<()> {
     eprintln!("agent back online {:?} after the server restarted", t0.elapsed());
     ensure!(w.agent("m1").is_some_and(|p| p.running()), "the agent process ended");
 
+    // DESIGN §4 promise 3: the dropped link took tech1's login with it.
+    let stale = w.fw_raw("tech1", &["session", "list"], None)?;
+    ensure!(!stale.success(), "tech1's login outlived the dropped link");
+    let events = w.audit("admin")?;
+    ensure!(
+        fernwart_e2e::audit_has(&events, &["login ended"]),
+        "no audit record of the login ended with the link; actions: {}",
+        fernwart_e2e::audit_actions(&events)
+    );
+    w.login("tech1")?;
     let conn = connect_approving_if_asked(&mut w, "s1", "tech1")?;
     roundtrip(conn.forward("echo")?, b"after restart", T)?;
     Ok(())

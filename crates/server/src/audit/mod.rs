@@ -70,6 +70,11 @@ pub enum Event {
     Logout {
         user: String,
     },
+    /// The server ended a login (its technician link dropped: resuming needs a fresh login).
+    LoginEnded {
+        user: String,
+        reason: String,
+    },
     PasswordChange {
         user: String,
     },
@@ -193,6 +198,7 @@ impl Event {
             Event::LoginFailed { .. } => "auth.login_failed",
             Event::Lockout { .. } => "auth.lockout",
             Event::Logout { .. } => "auth.logout",
+            Event::LoginEnded { .. } => "auth.login_ended",
             Event::PasswordChange { .. } => "user.passwd",
             Event::MfaEnroll { .. } => "mfa.enroll",
             Event::MfaConfirm { .. } => "mfa.confirm",
@@ -227,6 +233,7 @@ impl Event {
             | Event::LoginFailed { user, .. }
             | Event::Lockout { user, .. }
             | Event::Logout { user }
+            | Event::LoginEnded { user, .. }
             | Event::PasswordChange { user }
             | Event::MfaEnroll { user }
             | Event::MfaConfirm { user } => user,
@@ -266,6 +273,7 @@ impl Event {
             }
             Event::MfaEnroll { .. } | Event::MfaConfirm { .. } => json!({"kind": "totp"}),
             Event::Logout { .. } | Event::PasswordChange { .. } => json!({}),
+            Event::LoginEnded { reason, .. } => json!({"reason": reason}),
             Event::UserAdd { role, org, expires, .. } => {
                 json!({"role": role, "org": org, "expires": expires})
             }

@@ -263,6 +263,22 @@ pub async fn serve(
     };
     link.cancel();
     let (closing, reason) = closed;
+    if matches!(closing, Closing::Left) {
+        // DESIGN §4 promise 3: a dropped technician link takes its login with it; resuming
+        // needs a fresh authentication with the second factor.
+        let entry = Entry::new(
+            &who.name,
+            &who.source,
+            Event::LoginEnded {
+                user: who.name.clone(),
+                reason: format!("link to {session_name} dropped: {reason}"),
+            },
+        );
+        let token = who.token_hash.clone();
+        if let Err(e) = app.store.run(move |b| b.logout(&token, &entry)).await {
+            tracing::error!(error = %e, "cannot end the login of a dropped link");
+        }
+    }
     if let Some(state) = closing.wire() {
         let last = ServerToClient::Closed { state: state.to_owned(), reason: reason.clone() };
         if let Ok(Ok(())) =
