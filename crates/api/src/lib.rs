@@ -11,6 +11,7 @@ mod auth;
 mod machine;
 mod role;
 mod session;
+mod token;
 mod user;
 
 pub use audit::{AuditQuery, AuditRecord};
@@ -25,6 +26,7 @@ pub use machine::{
 };
 pub use role::{Role, UnknownRole};
 pub use session::{SessionCreateRequest, SessionInfo, SessionState, UnknownSessionState};
+pub use token::{TokenCreateRequest, TokenCreated, TokenInfo, TokenRevoked};
 pub use user::{UserAddRequest, UserAdded, UserDisabled, UserInfo};
 
 use serde::{Deserialize, Serialize};

@@ -35,6 +35,8 @@ pub struct Context {
     pub ca_cert: Option<PathBuf>,
     pub proxy: ProxyConfig,
     pub json: bool,
+    /// An API token (env FERNWART_TOKEN): used instead of the stored login.
+    pub token: Option<String>,
 }
 
 impl Context {
@@ -43,6 +45,20 @@ impl Context {
     }
 
     pub fn load_login(&self) -> anyhow::Result<Login> {
+        if let Some(token) = &self.token {
+            let server = self.server.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "FERNWART_TOKEN needs the server too: set FERNWART_SERVER or --server"
+                )
+            })?;
+            return Ok(Login {
+                server,
+                user: "api-token".into(),
+                token: token.trim().to_owned(),
+                scope: fernwart_api::Scope::Full,
+                expires: "9999-12-31T23:59:59Z".into(),
+            });
+        }
         let path = self.login_path();
         let text = std::fs::read_to_string(&path).map_err(|_| {
             anyhow::anyhow!("not logged in: run `fernwart login --user NAME --password-stdin`")

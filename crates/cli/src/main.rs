@@ -71,6 +71,11 @@ enum Cmd {
         #[arg(long, default_value = "30m")]
         wait: String,
     },
+    /// API tokens for automation (admin).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
@@ -124,6 +129,23 @@ enum SessionCmd {
     End { name: String },
     List,
     Show { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create an API token for automation (printed once; use it as FERNWART_TOKEN).
+    Create {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        expires: String,
+    },
+    /// List API tokens (never their secrets).
+    List,
+    /// Revoke an API token (its id, or token-ID).
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -181,6 +203,7 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         ca_cert: cli.ca_cert,
         proxy: ProxyConfig::resolve(cli.proxy.as_deref(), env("HTTPS_PROXY"), env("NO_PROXY"))?,
         json: cli.json,
+        token: std::env::var("FERNWART_TOKEN").ok().filter(|t| !t.trim().is_empty()),
     };
     match cli.cmd {
         Cmd::Login { user, otp, .. } => commands::account::login(&ctx, &user, otp.as_deref()).await,
@@ -218,6 +241,13 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--wait {wait:?}: {e}"))?;
             commands::connect::run(&ctx, &name, bind, wait).await
         }
+        Cmd::Token { cmd } => match cmd {
+            TokenCmd::Create { role, org, expires } => {
+                commands::token::create(&ctx, &role, org.as_deref(), &expires).await
+            }
+            TokenCmd::List => commands::token::list(&ctx).await,
+            TokenCmd::Revoke { id } => commands::token::revoke(&ctx, &id).await,
+        },
         Cmd::Audit { cmd: AuditCmd::List { since } } => {
             commands::admin::audit_list(&ctx, since.as_deref()).await
         }

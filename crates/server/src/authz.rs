@@ -29,10 +29,13 @@ pub enum Action {
     /// Open one tunnel on a technician link.
     TunnelOpen,
     AuditList,
+    TokenCreate,
+    TokenList,
+    TokenRevoke,
 }
 
 impl Action {
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 21] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
         Action::PasswordChange,
@@ -51,6 +54,9 @@ impl Action {
         Action::SessionConnect,
         Action::TunnelOpen,
         Action::AuditList,
+        Action::TokenCreate,
+        Action::TokenList,
+        Action::TokenRevoke,
     ];
 
     /// The action's name in the audit trail.
@@ -74,6 +80,9 @@ impl Action {
             Action::SessionConnect => "session.connect",
             Action::TunnelOpen => "tunnel.open",
             Action::AuditList => "audit.list",
+            Action::TokenCreate => "token.create",
+            Action::TokenList => "token.list",
+            Action::TokenRevoke => "token.revoke",
         }
     }
 
@@ -97,11 +106,29 @@ impl Action {
             Action::SessionEnd => &[Admin, SessionAdmin, Approver, Technician],
             Action::SessionConnect | Action::TunnelOpen => &[Technician],
             Action::AuditList => &[Admin, Auditor],
+            Action::TokenCreate | Action::TokenList | Action::TokenRevoke => &[Admin],
         }
     }
 
     fn needs_second_factor(self) -> bool {
         !matches!(self, Action::MfaEnroll | Action::MfaConfirm)
+    }
+
+    /// What only a person's own login may do, never an API token.
+    fn needs_a_person(self) -> bool {
+        matches!(
+            self,
+            Action::MfaEnroll
+                | Action::MfaConfirm
+                | Action::PasswordChange
+                | Action::TokenCreate
+                | Action::TokenList
+                | Action::TokenRevoke
+                | Action::SessionApprove
+                | Action::SessionReject
+                | Action::SessionConnect
+                | Action::TunnelOpen
+        )
     }
 }
 
@@ -162,6 +189,12 @@ pub fn decide(
     authenticated(caller, now)?;
     if action.needs_second_factor() && caller.scope != Scope::Full {
         return Err(Refusal::new(Denial::Forbidden, SECOND_FACTOR_FIRST));
+    }
+    if caller.api_token.is_some() && action.needs_a_person() {
+        return Err(Refusal::new(
+            Denial::Forbidden,
+            "an API token may not do this: it needs a person's login with a second factor",
+        ));
     }
     decide_object(caller, action, object)
 }
@@ -244,6 +277,7 @@ mod tests {
             account_expires: None,
             disabled: false,
             source: "127.0.0.1".into(),
+            api_token: None,
         }
     }
 
@@ -294,6 +328,9 @@ mod tests {
             (SessionConnect,  [false, false,  true,  false,  false]),
             (TunnelOpen,      [false, false,  true,  false,  false]),
             (AuditList,       [true,  false,  false, false,  true ]),
+            (TokenCreate,     [true,  false,  false, false,  false]),
+            (TokenList,       [true,  false,  false, false,  false]),
+            (TokenRevoke,     [true,  false,  false, false,  false]),
         ];
         assert_eq!(table.len(), Action::ALL.len());
         let s = session();
@@ -368,6 +405,23 @@ mod tests {
         let mut c = caller(Role::Admin, 1, "a");
         c.account_expires = Some(NOW + 5);
         assert_eq!(c.valid_until(), NOW + 5);
+    }
+
+    #[test]
+    fn api_tokens_act_by_their_role_but_never_as_a_person() {
+        let s = session();
+        let mut t = caller(Role::Admin, 0, "token-1");
+        t.api_token = Some(1);
+        assert!(decide(&t, Action::UserAdd, Object::Named("x"), NOW).is_ok());
+        assert!(decide(&t, Action::SessionEnd, Object::Session(&s), NOW).is_ok());
+        for action in
+            [Action::TokenCreate, Action::TokenRevoke, Action::PasswordChange, Action::MfaEnroll]
+        {
+            assert!(decide(&t, action, Object::None, NOW).is_err(), "{action:?}");
+        }
+        let mut approver = caller(Role::Approver, 0, "token-2");
+        approver.api_token = Some(2);
+        assert!(decide(&approver, Action::SessionApprove, Object::Session(&s), NOW).is_err());
     }
 
     #[test]

@@ -4,3 +4,4 @@ pub mod account;
 pub mod admin;
 pub mod connect;
 pub mod session;
+pub mod token;

@@ -28,6 +28,7 @@ mod links;
 mod machines;
 mod serve;
 mod sessions;
+mod tokens;
 mod users;
 
 pub use limits::{LimitError, Limits};
@@ -54,6 +55,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/sessions/{name}", get(sessions::show))
         .route("/v1/sessions/{name}/{action}", post(sessions::action))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/tokens/{id}/revoke", post(tokens::revoke))
         .route("/v1/agent/link", get(links::agent))
         .route("/v1/connect/{name}", get(links::connect))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -70,6 +70,15 @@ pub enum Event {
     Logout {
         user: String,
     },
+    TokenCreate {
+        name: String,
+        role: Role,
+        org: Option<String>,
+        expires: String,
+    },
+    TokenRevoke {
+        name: String,
+    },
     /// The server ended a login (its technician link dropped: resuming needs a fresh login).
     LoginEnded {
         user: String,
@@ -199,6 +208,8 @@ impl Event {
             Event::Lockout { .. } => "auth.lockout",
             Event::Logout { .. } => "auth.logout",
             Event::LoginEnded { .. } => "auth.login_ended",
+            Event::TokenCreate { .. } => "token.create",
+            Event::TokenRevoke { .. } => "token.revoke",
             Event::PasswordChange { .. } => "user.passwd",
             Event::MfaEnroll { .. } => "mfa.enroll",
             Event::MfaConfirm { .. } => "mfa.confirm",
@@ -234,6 +245,8 @@ impl Event {
             | Event::Lockout { user, .. }
             | Event::Logout { user }
             | Event::LoginEnded { user, .. }
+            | Event::TokenCreate { name: user, .. }
+            | Event::TokenRevoke { name: user }
             | Event::PasswordChange { user }
             | Event::MfaEnroll { user }
             | Event::MfaConfirm { user } => user,
@@ -274,6 +287,10 @@ impl Event {
             Event::MfaEnroll { .. } | Event::MfaConfirm { .. } => json!({"kind": "totp"}),
             Event::Logout { .. } | Event::PasswordChange { .. } => json!({}),
             Event::LoginEnded { reason, .. } => json!({"reason": reason}),
+            Event::TokenCreate { role, org, expires, .. } => {
+                json!({"role": role, "org": org, "expires": expires})
+            }
+            Event::TokenRevoke { .. } => json!({}),
             Event::UserAdd { role, org, expires, .. } => {
                 json!({"role": role, "org": org, "expires": expires})
             }

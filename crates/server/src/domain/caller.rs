@@ -18,6 +18,8 @@ pub struct Caller {
     pub disabled: bool,
     /// The caller's IP address, for the audit trail.
     pub source: String,
+    /// Set when the caller is an API token (automation), not a person's login.
+    pub api_token: Option<i64>,
 }
 
 impl Caller {

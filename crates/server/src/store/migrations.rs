@@ -94,6 +94,17 @@ const MIGRATIONS: &[&str] = &[
         changed_at BIGINT NOT NULL
     );
     CREATE INDEX password_history_user ON password_history (user_id, changed_at);",
+    // 4: API tokens for automation: a role (and organization), an expiry, revocable
+    "CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        org TEXT,
+        created_by TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -88,6 +88,23 @@ pub struct NewUser {
     pub expires_at: Option<UnixSecs>,
 }
 
+/// An API token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenRecord {
+    pub id: i64,
+    pub role: Role,
+    pub org: Option<String>,
+    pub created_by: String,
+    pub created_at: UnixSecs,
+    pub expires_at: UnixSecs,
+    pub revoked: bool,
+}
+
+/// The name an API token acts under (audit trail, `created_by`).
+pub fn token_name(id: i64) -> String {
+    format!("token-{id}")
+}
+
 /// A machine as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineRecord {
@@ -206,7 +223,23 @@ pub trait Backend: Send + Sync + 'static {
         now: UnixSecs,
         entry: &Entry,
     ) -> Result<bool, StoreError>;
-    /// The caller a login token belongs to (whatever its state: the rules decide).
+    /// Stores a new API token (by hash); returns its id.
+    #[allow(clippy::too_many_arguments)]
+    fn api_token_create(
+        &self,
+        token_hash: &str,
+        role: Role,
+        org: Option<&str>,
+        created_by: &str,
+        now: UnixSecs,
+        expires_at: UnixSecs,
+        entry: &dyn Fn(i64) -> Entry,
+    ) -> Result<i64, StoreError>;
+    fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError>;
+    /// Revokes an API token, once; NotFound when there is none of that id.
+    fn api_token_revoke(&self, id: i64, now: UnixSecs, entry: &Entry) -> Result<bool, StoreError>;
+    /// The caller a login token or an API token belongs to (whatever its state: the rules
+    /// decide).
     fn caller(&self, token_hash: &str) -> Result<Option<Caller>, StoreError>;
 
     // ------------------------------------------------------------ second factor

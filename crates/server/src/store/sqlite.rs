@@ -10,8 +10,8 @@ use fernwart_api::{AuditRecord, Scope, TargetInfo};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
-    migrations, Applied, Attempt, Backend, EnrolToken, IssuedCert, LoginSubject, MachineRecord,
-    NewSession, NewUser, StoreError, UserRecord,
+    migrations, ApiTokenRecord, Applied, Attempt, Backend, EnrolToken, IssuedCert, LoginSubject,
+    MachineRecord, NewSession, NewUser, StoreError, UserRecord,
 };
 use crate::{
     audit::{Entry, Event},
@@ -217,10 +217,32 @@ fn caller_row(c: &Connection, token_hash: &str) -> Result<Option<Caller>, StoreE
                 disabled: r.get::<_, i64>(5)? != 0,
                 account_expires: r.get(6)?,
                 source: String::new(),
+                api_token: None,
             })
         })
         .optional()?;
-    Ok(row)
+    if row.is_some() {
+        return Ok(row);
+    }
+    // An API token: it acts under its own name, with its role; revoked counts as disabled.
+    Ok(c.prepare_cached(
+        "SELECT id, role, expires_at, revoked_at FROM api_tokens WHERE token_hash = ?1",
+    )?
+    .query_row([token_hash], |r| {
+        let id: i64 = r.get(0)?;
+        Ok(Caller {
+            user_id: 0,
+            name: super::token_name(id),
+            role: role(r.get(1)?)?,
+            scope: Scope::Full,
+            login_expires: r.get(2)?,
+            account_expires: None,
+            disabled: r.get::<_, Option<i64>>(3)?.is_some(),
+            source: String::new(),
+            api_token: Some(id),
+        })
+    })
+    .optional()?)
 }
 
 /// Moves one session by compare-and-set, with its record.
@@ -445,6 +467,68 @@ impl Backend for Sqlite {
             )?;
             audit(tx, entry)?;
             Ok(true)
+        })
+    }
+
+    fn api_token_create(
+        &self,
+        token_hash: &str,
+        role: Role,
+        org: Option<&str>,
+        created_by: &str,
+        now: UnixSecs,
+        expires_at: UnixSecs,
+        entry: &dyn Fn(i64) -> Entry,
+    ) -> Result<i64, StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO api_tokens (token_hash, role, org, created_by, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![token_hash, role.as_str(), org, created_by, now, expires_at],
+            )?;
+            let id = tx.last_insert_rowid();
+            audit(tx, &entry(id))?;
+            Ok(id)
+        })
+    }
+
+    fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, role, org, created_by, created_at, expires_at, revoked_at FROM api_tokens ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ApiTokenRecord {
+                    id: r.get(0)?,
+                    role: role(r.get(1)?)?,
+                    org: r.get(2)?,
+                    created_by: r.get(3)?,
+                    created_at: r.get(4)?,
+                    expires_at: r.get(5)?,
+                    revoked: r.get::<_, Option<i64>>(6)?.is_some(),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn api_token_revoke(&self, id: i64, now: UnixSecs, entry: &Entry) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            if tx
+                .query_row("SELECT 1 FROM api_tokens WHERE id = ?1", [id], |_| Ok(()))
+                .optional()?
+                .is_none()
+            {
+                return Err(StoreError::NotFound(format!("no API token {id}")));
+            }
+            let n = tx.execute(
+                "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, now],
+            )?;
+            if n == 1 {
+                audit(tx, entry)?;
+            }
+            Ok(n == 1)
         })
     }
 

@@ -26,6 +26,37 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     session_transitions_are_compare_and_set(fresh().as_ref());
     revocation_is_final(fresh().as_ref());
     passwords_change_by_compare_and_set(fresh().as_ref());
+    api_tokens_act_under_their_own_name(fresh().as_ref());
+}
+
+fn api_tokens_act_under_their_own_name(b: &dyn Backend) {
+    let e = |id| {
+        entry(Event::TokenCreate {
+            name: super::token_name(id),
+            role: Role::Auditor,
+            org: None,
+            expires: String::new(),
+        })
+    };
+    let id = b
+        .api_token_create("tokhash", Role::Auditor, Some("acme"), "admin", NOW, NOW + 60, &e)
+        .unwrap();
+    let c = b.caller("tokhash").unwrap().unwrap();
+    assert_eq!(
+        (c.name.as_str(), c.role, c.api_token, c.login_expires, c.disabled),
+        ("token-1", Role::Auditor, Some(id), NOW + 60, false)
+    );
+    let listed = b.api_tokens().unwrap();
+    assert_eq!(
+        (listed.len(), listed[0].org.as_deref(), listed[0].revoked),
+        (1, Some("acme"), false)
+    );
+    let revoke = entry(Event::TokenRevoke { name: super::token_name(id) });
+    assert!(b.api_token_revoke(id, NOW, &revoke).unwrap());
+    assert!(!b.api_token_revoke(id, NOW, &revoke).unwrap());
+    assert!(matches!(b.api_token_revoke(99, NOW, &revoke), Err(StoreError::NotFound(_))));
+    assert!(b.caller("tokhash").unwrap().unwrap().disabled);
+    assert_eq!(actions(b).iter().filter(|a| a.starts_with("token.")).count(), 2);
 }
 
 fn passwords_change_by_compare_and_set(b: &dyn Backend) {
