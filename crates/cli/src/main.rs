@@ -124,11 +124,23 @@ enum MachineCmd {
 #[derive(Subcommand)]
 enum SessionCmd {
     Create(commands::session::CreateArgs),
-    Approve { name: String },
-    Reject { name: String },
-    End { name: String },
+    Approve {
+        name: String,
+    },
+    Reject {
+        name: String,
+    },
+    End {
+        name: String,
+    },
+    /// Withdraw a released session (approver or admin): it becomes `revoked`, its tunnels close.
+    Revoke {
+        name: String,
+    },
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -232,6 +244,7 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             SessionCmd::Create(args) => commands::session::create(&ctx, args).await,
             SessionCmd::Approve { name } => commands::session::action(&ctx, &name, "approve").await,
             SessionCmd::Reject { name } => commands::session::action(&ctx, &name, "reject").await,
+            SessionCmd::Revoke { name } => commands::session::action(&ctx, &name, "revoke").await,
             SessionCmd::End { name } => commands::session::action(&ctx, &name, "end").await,
             SessionCmd::List => commands::session::list(&ctx).await,
             SessionCmd::Show { name } => commands::session::show(&ctx, &name).await,

@@ -24,6 +24,8 @@ pub enum Action {
     SessionApprove,
     SessionReject,
     SessionEnd,
+    /// Withdraw a released session (it becomes `revoked`).
+    SessionRevoke,
     /// Open a technician link to the session (`fernwart connect`).
     SessionConnect,
     /// Open one tunnel on a technician link.
@@ -35,7 +37,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 21] = [
+    pub const ALL: [Action; 22] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
         Action::PasswordChange,
@@ -51,6 +53,7 @@ impl Action {
         Action::SessionApprove,
         Action::SessionReject,
         Action::SessionEnd,
+        Action::SessionRevoke,
         Action::SessionConnect,
         Action::TunnelOpen,
         Action::AuditList,
@@ -77,6 +80,7 @@ impl Action {
             Action::SessionApprove => "session.approve",
             Action::SessionReject => "session.reject",
             Action::SessionEnd => "session.end",
+            Action::SessionRevoke => "session.revoke",
             Action::SessionConnect => "session.connect",
             Action::TunnelOpen => "tunnel.open",
             Action::AuditList => "audit.list",
@@ -104,6 +108,7 @@ impl Action {
             }
             Action::SessionApprove | Action::SessionReject => &[Approver],
             Action::SessionEnd => &[Admin, SessionAdmin, Approver, Technician],
+            Action::SessionRevoke => &[Admin, Approver],
             Action::SessionConnect | Action::TunnelOpen => &[Technician],
             Action::AuditList => &[Admin, Auditor],
             Action::TokenCreate | Action::TokenList | Action::TokenRevoke => &[Admin],
@@ -325,6 +330,7 @@ mod tests {
             (SessionApprove,  [false, false,  false, true,   false]),
             (SessionReject,   [false, false,  false, true,   false]),
             (SessionEnd,      [true,  true,   true,  true,   false]),
+            (SessionRevoke,   [true,  false,  false, true,   false]),
             (SessionConnect,  [false, false,  true,  false,  false]),
             (TunnelOpen,      [false, false,  true,  false,  false]),
             (AuditList,       [true,  false,  false, false,  true ]),
@@ -344,8 +350,8 @@ mod tests {
                     caller(*role, 20, "other")
                 };
                 let object = match action {
-                    SessionShow | SessionApprove | SessionReject | SessionEnd | SessionConnect
-                    | TunnelOpen => Object::Session(&s),
+                    SessionShow | SessionApprove | SessionReject | SessionEnd | SessionRevoke
+                    | SessionConnect | TunnelOpen => Object::Session(&s),
                     UserDisable => Object::Named("someone"),
                     _ => Object::None,
                 };

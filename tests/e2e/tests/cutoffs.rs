@@ -121,3 +121,50 @@ fn a_dropped_technician_link_closes_its_tunnels() -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 9 rule 9: an approver withdraws a released session: it becomes `revoked`, its open
+/// tunnel connections end within about a second, and the technician is told why.
+#[test]
+fn a_withdrawn_approval_revokes_the_session() -> Result<()> {
+    let echo = Echo::start()?;
+    let mut w = world(&echo)?;
+    w.create_session("s1", "m1", &["echo"], &["tech1"])?;
+    let mut conn = w.connect_approved("s1", "tech1", "op1")?;
+    let fwd = conn.forward("echo")?;
+    let mut open = open_tunnel(fwd)?;
+
+    let refused = w.fw_raw("tech1", &["session", "revoke", "s1"], None)?;
+    ensure!(!refused.success(), "a technician withdrew the approval of their own session");
+    w.fw("op1", &["session", "revoke", "s1"])?;
+    let Some(after) = wait_closed(&mut open, Duration::from_secs(5)) else {
+        bail!("a tunnel connection stayed open 5 s after `session revoke s1`");
+    };
+    eprintln!("session revoke closed the open connection after {after:?}");
+    ensure!(after <= CUT, "session revoke took {after:?} to cut the tunnel");
+    wait_target_idle(&echo, CUT)?;
+    ensure!(conn.wait_exit(T).is_some(), "connect still runs: {}", conn.log_tail());
+    let told = conn.log_tail();
+    ensure!(told.contains("revoked"), "the technician was not told why: {told}");
+    ensure!(w.session_state("s1")? == "revoked", "session s1 is not revoked");
+    let events = w.audit("admin")?;
+    ensure!(
+        fernwart_e2e::audit_has(&events, &["session", "revoke"]),
+        "no session.revoke record; actions: {}",
+        fernwart_e2e::audit_actions(&events)
+    );
+    Ok(())
+}
+
+/// Issue 9 rule 1: technicians see machine and target names, never the internal addresses.
+#[test]
+fn technicians_never_see_target_addresses() -> Result<()> {
+    let echo = Echo::start()?;
+    let w = world(&echo)?;
+    let address = echo.addr.to_string();
+    let for_admin = w.fw("admin", &["machine", "list", "--json"])?;
+    ensure!(for_admin.stdout.contains(&address), "the admin does not see the address");
+    let for_tech = w.fw("tech1", &["machine", "list", "--json"])?;
+    ensure!(for_tech.stdout.contains("echo"), "tech1 does not see the target's name");
+    ensure!(!for_tech.stdout.contains(&address), "tech1 sees the address: {}", for_tech.stdout);
+    Ok(())
+}

@@ -487,3 +487,25 @@ fn rfc3339_in(secs: i64) -> String {
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
+
+/// Issue 9 rule 6: disabling a user revokes the API tokens they created too.
+#[test]
+fn disabling_a_user_revokes_their_api_tokens() -> Result<()> {
+    let mut w = World::boot()?;
+    w.add_user("adm2", "admin")?;
+    w.login("adm2")?;
+    let created = w.fw_json(
+        "adm2",
+        &["token", "create", "--role", "auditor", "--expires", &rfc3339_in(3600)],
+    )?;
+    let token = created.get("token").and_then(Value::as_str).context("a token")?.to_owned();
+    let as_token = |w: &World| -> Result<Output> {
+        let mut cmd = w.cli("automation");
+        cmd.env("FERNWART_TOKEN", &token).args(["audit", "list", "--json"]);
+        fernwart_e2e::process::run(cmd, None, Duration::from_secs(30))
+    };
+    ensure!(as_token(&w)?.success(), "adm2's token does not work before the disable");
+    w.fw("admin", &["user", "disable", "adm2"])?;
+    ensure!(!as_token(&w)?.success(), "adm2's token still works after adm2 was disabled");
+    Ok(())
+}

@@ -50,6 +50,8 @@ pub async fn add(
 
 pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<MachineInfo>>> {
     a.allow(&app, Action::MachineList, Object::None)?;
+    // Technicians see machine and target names, never the machines' internal addresses.
+    let hide_addresses = a.caller.role == crate::domain::Role::Technician;
     let machines = app.store.run(|b| b.machines()).await?;
     Ok(Json(
         machines
@@ -61,7 +63,14 @@ pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<Machi
                     org: m.org,
                     online: live.is_some(),
                     switch: SwitchState::from_link(live),
-                    targets: m.targets,
+                    targets: if hide_addresses {
+                        m.targets
+                            .into_iter()
+                            .map(|t| fernwart_api::TargetInfo { address: String::new(), ..t })
+                            .collect()
+                    } else {
+                        m.targets
+                    },
                     enrolled: m.enrolled_at.is_some(),
                     revoked: m.revoked,
                     last_seen: m.last_seen.map(util::rfc3339),

@@ -155,9 +155,10 @@ pub async fn action(
         "approve" => (Action::SessionApprove, SessionEvent::Approve),
         "reject" => (Action::SessionReject, SessionEvent::Reject),
         "end" => (Action::SessionEnd, SessionEvent::End),
+        "revoke" => (Action::SessionRevoke, SessionEvent::Revoke),
         other => {
             return Err(ApiError::not_found(format!(
-                "unknown session action {other:?}: approve, reject or end"
+                "unknown session action {other:?}: approve, reject, end or revoke"
             )))
         }
     };

@@ -261,7 +261,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Adds a user; names differing only in case are the same name (Conflict).
     fn user_add(&self, user: &NewUser, now: UnixSecs, entry: &Entry) -> Result<i64, StoreError>;
     fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
-    /// Disables a user and ends every login of theirs; returns the user's id.
+    /// Disables a user, ends every login of theirs and revokes the API tokens they created;
+    /// returns the user's id.
     fn user_disable(&self, name: &str, entry: &Entry) -> Result<i64, StoreError>;
 
     // ------------------------------------------------------------ machines

@@ -638,6 +638,12 @@ impl Backend for Sqlite {
             let id = id.ok_or_else(|| StoreError::NotFound(format!("no user {name}")))?;
             tx.execute("UPDATE users SET disabled = 1 WHERE id = ?1", [id])?;
             tx.execute("DELETE FROM auth_tokens WHERE user_id = ?1", [id])?;
+            // The API tokens they created leave with them.
+            tx.execute(
+                "UPDATE api_tokens SET revoked_at = ?2 WHERE created_by = (SELECT name FROM users WHERE id = ?1) \
+                 AND revoked_at IS NULL",
+                params![id, util::now()],
+            )?;
             audit(tx, entry)?;
             Ok(id)
         })
