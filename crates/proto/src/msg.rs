@@ -72,6 +72,8 @@ pub enum ServerToClient {
     Closed { state: String, reason: String },
     /// Keepalive: answer with `pong`; a technician silent for 45 s is disconnected.
     Ping { nonce: u64 },
+    /// Something the technician should know while the session runs (its window ends soon).
+    Notice { message: String },
 }
 
 /// First frame on a data stream: which target to reach. The agent also sees the session.

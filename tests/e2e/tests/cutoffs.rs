@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use fernwart_e2e::{open_tunnel, poll, tunnel_refuses, wait_closed, Echo, World};
+use fernwart_e2e::{open_tunnel, poll, roundtrip, tunnel_refuses, wait_closed, Echo, World};
 
 const T: Duration = Duration::from_secs(10);
 /// The promise says 1 s; the rest is polling and process start-up slack.
@@ -166,5 +166,57 @@ fn technicians_never_see_target_addresses() -> Result<()> {
     let for_tech = w.fw("tech1", &["machine", "list", "--json"])?;
     ensure!(for_tech.stdout.contains("echo"), "tech1 does not see the target's name");
     ensure!(!for_tech.stdout.contains(&address), "tech1 sees the address: {}", for_tech.stdout);
+    Ok(())
+}
+
+/// Issue 9 rule 7: the technician is warned a few minutes before the window ends.
+#[test]
+fn the_technician_is_warned_before_the_window_ends() -> Result<()> {
+    let echo = Echo::start()?;
+    let mut w = world(&echo)?;
+    let admin = w.admin.clone();
+    let args = [
+        "session",
+        "create",
+        "s1",
+        "--machine",
+        "m1",
+        "--target",
+        "echo",
+        "--user",
+        "tech1",
+        "--duration",
+        "4m",
+        "--reason",
+        "TICKET-1 short job",
+    ];
+    w.fw(&admin, &args)?;
+    let conn = w.connect_approved("s1", "tech1", "op1")?;
+    roundtrip(conn.forward("echo")?, b"still open", T)?;
+    poll("the warning about the window's end", T, Duration::from_millis(100), || {
+        Ok(conn.log_tail().contains("window ends in").then_some(()))
+    })?;
+    Ok(())
+}
+
+/// Issue 9 rule 8: `fernwart connect` notices a server that went silent (no FIN: the
+/// process is stopped) and ends within about 45 s, rather than hang.
+#[test]
+fn connect_notices_a_silent_server() -> Result<()> {
+    let echo = Echo::start()?;
+    let mut w = world(&echo)?;
+    w.create_session("s1", "m1", &["echo"], &["tech1"])?;
+    let mut conn = w.connect_approved("s1", "tech1", "op1")?;
+    roundtrip(conn.forward("echo")?, b"before", T)?;
+    let server = w.server().ok_or_else(|| anyhow::anyhow!("no server"))?;
+    server.signal("STOP");
+    let t0 = Instant::now();
+    let exited = conn.wait_exit(Duration::from_secs(75));
+    if let Some(server) = w.server() {
+        server.signal("CONT");
+    }
+    ensure!(exited.is_some(), "connect still runs 75 s after the server went silent");
+    eprintln!("connect noticed the silent server after {:?}", t0.elapsed());
+    ensure!(conn.log_tail().contains("lost"), "connect did not say why: {}", conn.log_tail());
     Ok(())
 }

@@ -17,6 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use super::admin::enc;
 use crate::{output, Context};
 
+/// The server pings every 15 s; a link silent for this long is dead (DESIGN: connect notices).
+const SERVER_SILENCE: Duration = Duration::from_secs(45);
+
 /// `connect --json`: the one line printed once every forward listens.
 #[derive(Serialize)]
 struct Opened<'a> {
@@ -59,7 +62,9 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
     let mut said = String::new();
     let targets = loop {
         let frame = tokio::select! {
-            f = read_frame::<ServerToClient, _>(&mut rd) => f,
+            f = tokio::time::timeout(SERVER_SILENCE, read_frame::<ServerToClient, _>(&mut rd)) => {
+                f.map_err(|_| anyhow::anyhow!("connection to the server lost: silent for {}s", SERVER_SILENCE.as_secs()))?
+            }
             _ = tokio::time::sleep_until(deadline) => bail!("gave up waiting after {} (--wait)", humantime::format_duration(wait)),
             _ = tokio::signal::ctrl_c() => bail!("interrupted while waiting"),
         };
@@ -71,6 +76,7 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
                 }
             }
             ServerToClient::Ready { targets, .. } => break targets,
+            ServerToClient::Notice { message } => eprintln!("session {session}: {message}"),
             ServerToClient::Closed { reason, .. } => bail!("{reason}"),
             ServerToClient::Ping { nonce } => {
                 let _ = pong_tx.send(nonce).await;
@@ -97,11 +103,14 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
     }
     let outcome = loop {
         tokio::select! {
-            f = read_frame::<ServerToClient, _>(&mut rd) => match f {
-                Ok(ServerToClient::Closed { state, reason }) => break Ok((state, reason)),
-                Ok(ServerToClient::Ping { nonce }) => { let _ = pong_tx.send(nonce).await; }
-                Ok(other) => break Err(anyhow::anyhow!("unexpected message from server: {other:?}")),
-                Err(e) => break Err(anyhow::anyhow!("connection to the server lost: {e}")),
+            f = tokio::time::timeout(SERVER_SILENCE, read_frame::<ServerToClient, _>(&mut rd)) => match f {
+                Ok(Ok(ServerToClient::Closed { state, reason })) => break Ok((state, reason)),
+                Ok(Ok(ServerToClient::Ping { nonce })) => { let _ = pong_tx.send(nonce).await; }
+                Ok(Ok(ServerToClient::Notice { message })) => eprintln!("session {session}: {message}"),
+                Ok(Ok(other)) => break Err(anyhow::anyhow!("unexpected message from server: {other:?}")),
+                Ok(Err(e)) => break Err(anyhow::anyhow!("connection to the server lost: {e}")),
+                // The server pings every 15 s: three missed pings, the link is dead.
+                Err(_) => break Err(anyhow::anyhow!("connection to the server lost: silent for {}s", SERVER_SILENCE.as_secs())),
             },
             _ = tokio::signal::ctrl_c() => break Ok(("left".into(), "you left the session".into())),
         }

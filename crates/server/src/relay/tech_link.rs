@@ -24,6 +24,8 @@ use crate::{
 };
 
 const PING_EVERY: Duration = Duration::from_secs(15);
+/// How long before a session's window ends its technicians are told (seconds).
+const WARN_BEFORE: i64 = 5 * 60;
 /// A technician link that answers nothing for this long is dead (promise 3: tunnels close).
 const IDLE_LIMIT: Duration = Duration::from_secs(45);
 
@@ -131,6 +133,7 @@ pub async fn serve(
         return;
     }
     let mut ready = false;
+    let mut warned = false;
     let mut session_name = session_id.to_string();
     let login_ends = tokio::time::Instant::now()
         + Duration::from_secs(u64::try_from(who.valid_until - util::now()).unwrap_or(0));
@@ -238,6 +241,9 @@ pub async fn serve(
             }
         }
         let left = Duration::from_secs(u64::try_from(wait_until - now).unwrap_or(0).max(1));
+        // The technician hears WARN_BEFORE ahead that the window closes.
+        let wait_until_end = s.until;
+        let warn_in = Duration::from_secs(u64::try_from(s.until - WARN_BEFORE - now).unwrap_or(0));
         tokio::select! {
             r = changes.changed() => if r.is_err() { break (Closing::Gone, "server shutting down".into()) },
             _ = tokio::time::sleep(left) => {},
@@ -253,6 +259,16 @@ pub async fn serve(
             _ = ping.tick() => {
                 nonce += 1;
                 if write_frame(&mut control, &ServerToClient::Ping { nonce }).await.is_err() {
+                    break (Closing::Left, "technician left".into());
+                }
+            }
+            _ = tokio::time::sleep(warn_in), if ready && !warned => {
+                warned = true;
+                let left = (wait_until_end - util::now()).max(0);
+                let msg = ServerToClient::Notice {
+                    message: format!("the session's window ends in {} min {} s; its tunnels close then", left / 60, left % 60),
+                };
+                if write_frame(&mut control, &msg).await.is_err() {
                     break (Closing::Left, "technician left".into());
                 }
             }
