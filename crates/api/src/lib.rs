@@ -9,6 +9,7 @@
 mod audit;
 mod auth;
 mod machine;
+mod org;
 mod role;
 mod session;
 mod token;
@@ -24,6 +25,7 @@ pub use machine::{
     EnrollRequest, EnrollResponse, MachineAddRequest, MachineAdded, MachineInfo, MachineRevoked,
     SwitchState,
 };
+pub use org::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo, OrgKind};
 pub use role::{Role, UnknownRole};
 pub use session::{SessionCreateRequest, SessionInfo, SessionState, UnknownSessionState};
 pub use token::{TokenCreateRequest, TokenCreated, TokenInfo, TokenRevoked};

@@ -71,6 +71,16 @@ enum Cmd {
         #[arg(long, default_value = "30m")]
         wait: String,
     },
+    /// Organizations (admin).
+    Org {
+        #[command(subcommand)]
+        cmd: OrgCmd,
+    },
+    /// Service contracts between organizations (admin).
+    Contract {
+        #[command(subcommand)]
+        cmd: ContractCmd,
+    },
     /// API tokens for automation (admin).
     Token {
         #[command(subcommand)]
@@ -140,6 +150,28 @@ enum SessionCmd {
     List,
     Show {
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrgCmd {
+    /// Add an organization: an operator owns machines, a provider employs technicians.
+    Add {
+        name: String,
+        #[arg(long)]
+        kind: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum ContractCmd {
+    /// A provider may service an operator's machines.
+    Add {
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        operator: String,
     },
 }
 
@@ -253,6 +285,13 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             let wait = humantime::parse_duration(&wait)
                 .map_err(|e| anyhow::anyhow!("--wait {wait:?}: {e}"))?;
             commands::connect::run(&ctx, &name, bind, wait).await
+        }
+        Cmd::Org { cmd: OrgCmd::Add { name, kind } } => {
+            commands::org::add(&ctx, &name, &kind).await
+        }
+        Cmd::Org { cmd: OrgCmd::List } => commands::org::list(&ctx).await,
+        Cmd::Contract { cmd: ContractCmd::Add { provider, operator } } => {
+            commands::org::contract_add(&ctx, &provider, &operator).await
         }
         Cmd::Token { cmd } => match cmd {
             TokenCmd::Create { role, org, expires } => {

@@ -34,10 +34,13 @@ pub enum Action {
     TokenCreate,
     TokenList,
     TokenRevoke,
+    OrgAdd,
+    OrgList,
+    ContractAdd,
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 25] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
         Action::PasswordChange,
@@ -60,6 +63,9 @@ impl Action {
         Action::TokenCreate,
         Action::TokenList,
         Action::TokenRevoke,
+        Action::OrgAdd,
+        Action::OrgList,
+        Action::ContractAdd,
     ];
 
     /// The action's name in the audit trail.
@@ -87,6 +93,9 @@ impl Action {
             Action::TokenCreate => "token.create",
             Action::TokenList => "token.list",
             Action::TokenRevoke => "token.revoke",
+            Action::OrgAdd => "org.add",
+            Action::OrgList => "org.list",
+            Action::ContractAdd => "contract.add",
         }
     }
 
@@ -112,6 +121,8 @@ impl Action {
             Action::SessionConnect | Action::TunnelOpen => &[Technician],
             Action::AuditList => &[Admin, Auditor],
             Action::TokenCreate | Action::TokenList | Action::TokenRevoke => &[Admin],
+            Action::OrgAdd | Action::ContractAdd => &[Admin],
+            Action::OrgList => &[Admin, Auditor],
         }
     }
 
@@ -222,7 +233,11 @@ fn decide_object(caller: &Caller, action: Action, object: Object<'_>) -> Result<
     let Object::Session(s) = object else {
         return role_allows(caller, action);
     };
-    // A technician sees only their own sessions; others' are answered as missing.
+    // Sessions on machines of organizations the caller's does not serve are answered as
+    // missing; so are, to a technician, sessions not their own.
+    if !caller.sees_org(s.machine_org.as_deref()) {
+        return Err(Refusal::new(Denial::Hidden, format!("no session {}", s.name)));
+    }
     let own = s.has_user(caller.user_id);
     if caller.role == Role::Technician && !own {
         return Err(Refusal::new(Denial::Hidden, format!("no session {}", s.name)));
@@ -230,6 +245,18 @@ fn decide_object(caller: &Caller, action: Action, object: Object<'_>) -> Result<
     match action {
         Action::SessionApprove | Action::SessionReject => {
             role_allows(caller, action)?;
+            // An approver releases only sessions on machines of their own organization.
+            if let Some(m) = s.machine_org.as_deref() {
+                if !caller.org.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(m)) {
+                    return Err(Refusal::new(
+                        Denial::Forbidden,
+                        format!(
+                            "machine {} belongs to {m}: only its own approvers decide",
+                            s.machine
+                        ),
+                    ));
+                }
+            }
             // Four eyes: whoever prepared or works in a session never releases or refuses it.
             if own || s.created_by == caller.name {
                 let verb = if action == Action::SessionApprove { "approve" } else { "reject" };
@@ -283,6 +310,8 @@ mod tests {
             disabled: false,
             source: "127.0.0.1".into(),
             api_token: None,
+            org: None,
+            serves: vec![],
         }
     }
 
@@ -292,6 +321,7 @@ mod tests {
             name: "s1".into(),
             machine_id: 1,
             machine: "m1".into(),
+            machine_org: None,
             targets: vec!["plc".into()],
             users: vec![(10, "tech1".into())],
             reason: "T-1".into(),
@@ -337,6 +367,9 @@ mod tests {
             (TokenCreate,     [true,  false,  false, false,  false]),
             (TokenList,       [true,  false,  false, false,  false]),
             (TokenRevoke,     [true,  false,  false, false,  false]),
+            (OrgAdd,          [true,  false,  false, false,  false]),
+            (OrgList,         [true,  false,  false, false,  true ]),
+            (ContractAdd,     [true,  false,  false, false,  false]),
         ];
         assert_eq!(table.len(), Action::ALL.len());
         let s = session();
@@ -371,6 +404,36 @@ mod tests {
             let r = decide(&other, action, Object::Session(&s), NOW).unwrap_err();
             assert_eq!(r.denial, Denial::Hidden, "{action:?}");
         }
+    }
+
+    #[test]
+    fn organizations_bound_what_is_seen_and_released() {
+        let mut s = session();
+        s.machine_org = Some("plant-a".into());
+        let mut own = caller(Role::Approver, 20, "op-a");
+        own.org = Some("plant-a".into());
+        assert!(decide(&own, Action::SessionApprove, Object::Session(&s), NOW).is_ok());
+        let mut other = caller(Role::Approver, 21, "op-b");
+        other.org = Some("plant-b".into());
+        let r = decide(&other, Action::SessionApprove, Object::Session(&s), NOW).unwrap_err();
+        assert_eq!(r.denial, Denial::Hidden);
+        // A provider's approver under contract sees it but may not release it.
+        let mut provider = caller(Role::Approver, 22, "op-p");
+        provider.org = Some("builder".into());
+        provider.serves = vec!["plant-a".into()];
+        assert!(decide(&provider, Action::SessionShow, Object::Session(&s), NOW).is_ok());
+        let r = decide(&provider, Action::SessionApprove, Object::Session(&s), NOW).unwrap_err();
+        assert_eq!(r.denial, Denial::Forbidden);
+        // Staff of no organization see all; a machine of none is open to all.
+        assert!(decide(
+            &caller(Role::Auditor, 23, "aud"),
+            Action::SessionShow,
+            Object::Session(&s),
+            NOW
+        )
+        .is_ok());
+        s.machine_org = None;
+        assert!(decide(&other, Action::SessionApprove, Object::Session(&s), NOW).is_ok());
     }
 
     #[test]

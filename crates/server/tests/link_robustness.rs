@@ -119,6 +119,7 @@ fn seed(data: &Path) -> String {
     }];
     b.agent_online(mid, &targets, true, now, &e(Event::UserDisable { name: "m1".into() })).unwrap();
     let session = NewSession {
+        creator_org: None,
         name: "s1".into(),
         machine: "m1".into(),
         targets: vec!["plc".into()],

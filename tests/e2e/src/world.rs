@@ -452,13 +452,18 @@ impl World {
 
     /// `fernwart user add NAME --role ROLE --password-stdin` as the admin.
     pub fn add_user(&mut self, name: &str, role: &str) -> Result<()> {
+        self.add_user_in(name, role, None)
+    }
+
+    /// `user add NAME --role ROLE [--org ORG]` as the admin.
+    pub fn add_user_in(&mut self, name: &str, role: &str, org: Option<&str>) -> Result<()> {
         let pw = default_password(name);
         let admin = self.admin.clone();
-        self.fw_in(
-            &admin,
-            &["user", "add", name, "--role", role, "--password-stdin"],
-            &format!("{pw}\n"),
-        )?;
+        let mut args = vec!["user", "add", name, "--role", role, "--password-stdin"];
+        if let Some(org) = org {
+            args.extend(["--org", org]);
+        }
+        self.fw_in(&admin, &args, &format!("{pw}\n"))?;
         self.users.insert(name.to_owned(), User { password: pw, secret: None, last_step: None });
         Ok(())
     }
@@ -467,7 +472,16 @@ impl World {
 
     /// `fernwart machine add NAME --json` as the admin; returns the enrolment token.
     pub fn add_machine(&self, name: &str) -> Result<String> {
-        let js = self.fw_json(&self.admin, &["machine", "add", name])?;
+        self.add_machine_in(name, None)
+    }
+
+    /// `fernwart machine add NAME [--org ORG] --json`; returns the enrolment token.
+    pub fn add_machine_in(&self, name: &str, org: Option<&str>) -> Result<String> {
+        let mut args = vec!["machine", "add", name];
+        if let Some(org) = org {
+            args.extend(["--org", org]);
+        }
+        let js = self.fw_json(&self.admin, &args)?;
         js.get("token")
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -532,7 +546,17 @@ impl World {
 
     /// Machine added, agent.toml written, enrolled, running and reported online.
     pub fn start_agent(&mut self, name: &str, targets: &[(&str, SocketAddr)]) -> Result<()> {
-        let token = self.add_machine(name)?;
+        self.start_agent_in(name, None, targets)
+    }
+
+    /// [`World::start_agent`] for a machine of organization `org`.
+    pub fn start_agent_in(
+        &mut self,
+        name: &str,
+        org: Option<&str>,
+        targets: &[(&str, SocketAddr)],
+    ) -> Result<()> {
+        let token = self.add_machine_in(name, org)?;
         let dir = self.write_agent_toml(name, targets)?;
         self.enroll_raw(&dir, &token, &self.ca.clone())?.check()?;
         self.run_agent(name)?;

@@ -3,5 +3,6 @@
 pub mod account;
 pub mod admin;
 pub mod connect;
+pub mod org;
 pub mod session;
 pub mod token;

@@ -52,7 +52,8 @@ pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<Machi
     a.allow(&app, Action::MachineList, Object::None)?;
     // Technicians see machine and target names, never the machines' internal addresses.
     let hide_addresses = a.caller.role == crate::domain::Role::Technician;
-    let machines = app.store.run(|b| b.machines()).await?;
+    let org = a.caller.org.clone();
+    let machines = app.store.run(move |b| b.machines(org.as_deref())).await?;
     Ok(Json(
         machines
             .into_iter()

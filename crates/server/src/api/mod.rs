@@ -26,6 +26,7 @@ mod audit;
 mod limits;
 mod links;
 mod machines;
+mod orgs;
 mod serve;
 mod sessions;
 mod tokens;
@@ -56,6 +57,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/sessions/{name}/{action}", post(sessions::action))
         .route("/v1/audit", get(audit::list))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/orgs", post(orgs::add).get(orgs::list))
+        .route("/v1/contracts", post(orgs::contract_add))
         .route("/v1/tokens/{id}/revoke", post(tokens::revoke))
         .route("/v1/agent/link", get(links::agent))
         .route("/v1/connect/{name}", get(links::connect))
@@ -103,6 +106,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => Self::conflict(m),
             StoreError::NotFound(m) => Self::not_found(m),
             StoreError::Invalid(m) => Self::bad(m),
+            StoreError::Forbidden(m) => Self::forbidden(m),
             e => {
                 tracing::error!(error = ?e, "database error");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal database error")

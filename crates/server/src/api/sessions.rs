@@ -89,6 +89,7 @@ pub async fn create(
     }
     let c = &a.caller;
     let new = NewSession {
+        creator_org: c.org.clone(),
         name: req.name.clone(),
         machine: req.machine.clone(),
         targets: req.targets.clone(),
@@ -124,7 +125,8 @@ pub async fn create(
 pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<SessionInfo>>> {
     a.allow(&app, Action::SessionList, Object::None)?;
     let only = (a.caller.role == Role::Technician).then_some(a.caller.user_id);
-    let list = app.store.run(move |b| b.sessions(only)).await?;
+    let org = a.caller.org.clone();
+    let list = app.store.run(move |b| b.sessions(only, org.as_deref())).await?;
     Ok(Json(list.iter().map(info).collect()))
 }
 

@@ -79,6 +79,14 @@ pub enum Event {
     TokenRevoke {
         name: String,
     },
+    OrgAdd {
+        name: String,
+        kind: fernwart_api::OrgKind,
+    },
+    ContractAdd {
+        provider: String,
+        operator: String,
+    },
     /// The server ended a login (its technician link dropped: resuming needs a fresh login).
     LoginEnded {
         user: String,
@@ -210,6 +218,8 @@ impl Event {
             Event::LoginEnded { .. } => "auth.login_ended",
             Event::TokenCreate { .. } => "token.create",
             Event::TokenRevoke { .. } => "token.revoke",
+            Event::OrgAdd { .. } => "org.add",
+            Event::ContractAdd { .. } => "contract.add",
             Event::PasswordChange { .. } => "user.passwd",
             Event::MfaEnroll { .. } => "mfa.enroll",
             Event::MfaConfirm { .. } => "mfa.confirm",
@@ -247,6 +257,8 @@ impl Event {
             | Event::LoginEnded { user, .. }
             | Event::TokenCreate { name: user, .. }
             | Event::TokenRevoke { name: user }
+            | Event::OrgAdd { name: user, .. }
+            | Event::ContractAdd { provider: user, .. }
             | Event::PasswordChange { user }
             | Event::MfaEnroll { user }
             | Event::MfaConfirm { user } => user,
@@ -291,6 +303,8 @@ impl Event {
                 json!({"role": role, "org": org, "expires": expires})
             }
             Event::TokenRevoke { .. } => json!({}),
+            Event::OrgAdd { kind, .. } => json!({"kind": kind}),
+            Event::ContractAdd { operator, .. } => json!({"operator": operator}),
             Event::UserAdd { role, org, expires, .. } => {
                 json!({"role": role, "org": org, "expires": expires})
             }

@@ -20,6 +20,10 @@ pub struct Caller {
     pub source: String,
     /// Set when the caller is an API token (automation), not a person's login.
     pub api_token: Option<i64>,
+    /// The caller's organization; none: the platform's own staff (no organization rules).
+    pub org: Option<String>,
+    /// The operators whose machines the caller's organization services under contract.
+    pub serves: Vec<String>,
 }
 
 impl Caller {
@@ -28,6 +32,19 @@ impl Caller {
         match self.account_expires {
             Some(a) => a.min(self.login_expires),
             None => self.login_expires,
+        }
+    }
+}
+
+impl Caller {
+    /// Whether the caller may see and work on machines of `machine_org` (none: a machine of no
+    /// organization, open to all as before organizations existed).
+    pub fn sees_org(&self, machine_org: Option<&str>) -> bool {
+        match (self.org.as_deref(), machine_org) {
+            (None, _) | (_, None) => true,
+            (Some(own), Some(m)) => {
+                own.eq_ignore_ascii_case(m) || self.serves.iter().any(|o| o.eq_ignore_ascii_case(m))
+            }
         }
     }
 }

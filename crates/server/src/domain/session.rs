@@ -104,6 +104,8 @@ pub struct Session {
     pub name: String,
     pub machine_id: i64,
     pub machine: String,
+    /// The operator organization that owns the machine, if any.
+    pub machine_org: Option<String>,
     pub targets: Vec<String>,
     /// The assigned technicians: (user id, name), ordered by name.
     pub users: Vec<(i64, String)>,
@@ -229,6 +231,7 @@ mod tests {
             name: "s1".into(),
             machine_id: 1,
             machine: "m1".into(),
+            machine_org: None,
             targets: vec!["plc".into()],
             users: vec![(7, "tech1".into())],
             reason: "t".into(),

@@ -105,6 +105,19 @@ const MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL,
         revoked_at BIGINT
     );",
+    // 5: organizations (operators own machines, providers employ technicians) and service
+    // contracts (which provider may service which operator's machines)
+    "CREATE TABLE orgs (
+        name TEXT PRIMARY KEY COLLATE NOCASE,
+        kind TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE contracts (
+        provider TEXT NOT NULL COLLATE NOCASE,
+        operator TEXT NOT NULL COLLATE NOCASE,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (provider, operator)
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -49,6 +49,9 @@ pub enum StoreError {
     /// The request does not fit what is stored (e.g. a target the machine does not offer).
     #[error("{0}")]
     Invalid(String),
+    /// The rules of organizations and contracts do not allow it.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the database worker stopped")]
     Worker,
 }
@@ -86,6 +89,15 @@ pub struct NewUser {
     pub org: Option<String>,
     pub password_hash: String,
     pub expires_at: Option<UnixSecs>,
+}
+
+/// An organization as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgRecord {
+    pub name: String,
+    pub kind: fernwart_api::OrgKind,
+    /// Its contracts' other sides: a provider's operators, an operator's providers.
+    pub contracts: Vec<String>,
 }
 
 /// An API token as listed (never its secret).
@@ -137,6 +149,9 @@ pub struct IssuedCert {
 
 #[derive(Debug, Clone)]
 pub struct NewSession {
+    /// The organization of who prepares it: with a machine of an operator, it must be that
+    /// operator or a provider under contract with it (none: the platform's own staff).
+    pub creator_org: Option<String>,
     pub name: String,
     pub machine: String,
     pub targets: Vec<String>,
@@ -265,6 +280,24 @@ pub trait Backend: Send + Sync + 'static {
     /// returns the user's id.
     fn user_disable(&self, name: &str, entry: &Entry) -> Result<i64, StoreError>;
 
+    // ------------------------------------------------------------ organizations
+    fn org_add(
+        &self,
+        name: &str,
+        kind: fernwart_api::OrgKind,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<(), StoreError>;
+    fn orgs(&self) -> Result<Vec<OrgRecord>, StoreError>;
+    /// `provider` may service `operator`'s machines (kinds checked: Invalid otherwise).
+    fn contract_add(
+        &self,
+        provider: &str,
+        operator: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<(), StoreError>;
+
     // ------------------------------------------------------------ machines
     fn machine_add(
         &self,
@@ -275,7 +308,8 @@ pub trait Backend: Send + Sync + 'static {
         token_expires: UnixSecs,
         entry: &Entry,
     ) -> Result<i64, StoreError>;
-    fn machines(&self) -> Result<Vec<MachineRecord>, StoreError>;
+    /// All machines; with `org`, those the organization may see (as for sessions).
+    fn machines(&self, org: Option<&str>) -> Result<Vec<MachineRecord>, StoreError>;
     /// Revokes a machine for good: its unused enrolment tokens die, its open sessions become
     /// `revoked`. Returns its id and the sessions it revoked.
     fn machine_revoke(
@@ -314,8 +348,13 @@ pub trait Backend: Send + Sync + 'static {
     fn session_create(&self, s: &NewSession, entry: &Entry) -> Result<Session, StoreError>;
     fn session_by_name(&self, name: &str) -> Result<Option<Session>, StoreError>;
     fn session_by_id(&self, id: i64) -> Result<Option<Session>, StoreError>;
-    /// All sessions, or those of one user.
-    fn sessions(&self, only_user: Option<i64>) -> Result<Vec<Session>, StoreError>;
+    /// All sessions, or those of one user; with `org`, only those on machines the
+    /// organization may see (its own, or its contracted operators').
+    fn sessions(
+        &self,
+        only_user: Option<i64>,
+        org: Option<&str>,
+    ) -> Result<Vec<Session>, StoreError>;
     /// Sessions not over whose window closed before `now`.
     fn sessions_overdue(&self, now: UnixSecs) -> Result<Vec<Session>, StoreError>;
     /// Moves a session from `from` to `to` only if it is still in `from` (compare-and-set),

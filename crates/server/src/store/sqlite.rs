@@ -6,12 +6,12 @@
 
 use std::{path::Path, sync::Mutex, time::Duration};
 
-use fernwart_api::{AuditRecord, Scope, TargetInfo};
+use fernwart_api::{AuditRecord, OrgKind, Scope, TargetInfo};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
     migrations, ApiTokenRecord, Applied, Attempt, Backend, EnrolToken, IssuedCert, LoginSubject,
-    MachineRecord, NewSession, NewUser, StoreError, UserRecord,
+    MachineRecord, NewSession, NewUser, OrgRecord, StoreError, UserRecord,
 };
 use crate::{
     audit::{Entry, Event},
@@ -154,8 +154,12 @@ fn states(pick: impl Fn(SessionState) -> bool) -> String {
     names.join(", ")
 }
 
+/// Machines an organization may see: its own, and its contracted operators'.
+const VISIBLE_TO_ORG: &str =
+    "(m.org = ?9 COLLATE NOCASE OR m.org IN (SELECT operator FROM contracts WHERE provider = ?9 COLLATE NOCASE))";
+
 const SESSION: &str = "SELECT s.id, s.name, s.machine_id, m.name, s.targets, s.reason, s.state, \
-     s.approval_required, s.valid_from, s.valid_until, s.created_by, s.created_at, s.decided_by, s.ended_by \
+     s.approval_required, s.valid_from, s.valid_until, s.created_by, s.created_at, s.decided_by, s.ended_by, m.org \
      FROM sessions s JOIN machines m ON m.id = s.machine_id";
 
 fn session_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
@@ -173,6 +177,7 @@ fn session_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Sessio
         name: r.get(1)?,
         machine_id: r.get(2)?,
         machine: r.get(3)?,
+        machine_org: r.get(14)?,
         targets: serde_json::from_str(&targets).unwrap_or_default(),
         users,
         reason: r.get(5)?,
@@ -204,7 +209,7 @@ fn session_by_id(c: &Connection, id: i64) -> Result<Option<Session>, StoreError>
 fn caller_row(c: &Connection, token_hash: &str) -> Result<Option<Caller>, StoreError> {
     let row = c
         .prepare_cached(
-            "SELECT u.id, u.name, u.role, t.scope, t.expires_at, u.disabled, u.expires_at FROM auth_tokens t \
+            "SELECT u.id, u.name, u.role, t.scope, t.expires_at, u.disabled, u.expires_at, u.org FROM auth_tokens t \
              JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
         )?
         .query_row([token_hash], |r| {
@@ -218,18 +223,22 @@ fn caller_row(c: &Connection, token_hash: &str) -> Result<Option<Caller>, StoreE
                 account_expires: r.get(6)?,
                 source: String::new(),
                 api_token: None,
+                org: r.get(7)?,
+                serves: Vec::new(),
             })
         })
         .optional()?;
-    if row.is_some() {
-        return Ok(row);
+    if let Some(mut caller) = row {
+        caller.serves = served(c, caller.org.as_deref())?;
+        return Ok(Some(caller));
     }
     // An API token: it acts under its own name, with its role; revoked counts as disabled.
-    Ok(c.prepare_cached(
-        "SELECT id, role, expires_at, revoked_at FROM api_tokens WHERE token_hash = ?1",
+    c.prepare_cached(
+        "SELECT id, role, expires_at, revoked_at, org FROM api_tokens WHERE token_hash = ?1",
     )?
     .query_row([token_hash], |r| {
         let id: i64 = r.get(0)?;
+        let serves = Vec::new();
         Ok(Caller {
             user_id: 0,
             name: super::token_name(id),
@@ -240,9 +249,48 @@ fn caller_row(c: &Connection, token_hash: &str) -> Result<Option<Caller>, StoreE
             disabled: r.get::<_, Option<i64>>(3)?.is_some(),
             source: String::new(),
             api_token: Some(id),
+            org: r.get(4)?,
+            serves,
         })
     })
-    .optional()?)
+    .optional()?
+    .map(|mut caller| {
+        caller.serves = served(c, caller.org.as_deref())?;
+        Ok::<_, StoreError>(caller)
+    })
+    .transpose()
+}
+
+/// The operators an organization services under contract.
+fn served(c: &Connection, org: Option<&str>) -> Result<Vec<String>, StoreError> {
+    let Some(org) = org else { return Ok(Vec::new()) };
+    let mut stmt =
+        c.prepare_cached("SELECT operator FROM contracts WHERE provider = ?1 COLLATE NOCASE")?;
+    let rows = stmt.query_map([org], |r| r.get(0))?;
+    Ok(rows.collect::<Result<Vec<String>, _>>()?)
+}
+
+/// The kind of an organization, if it exists.
+fn org_kind(c: &Connection, name: &str) -> Result<Option<OrgKind>, StoreError> {
+    let kind: Option<String> = c
+        .prepare_cached("SELECT kind FROM orgs WHERE name = ?1 COLLATE NOCASE")?
+        .query_row([name], |r| r.get(0))
+        .optional()?;
+    kind.map(|k| k.parse().map_err(StoreError::Invalid)).transpose()
+}
+
+/// Whether `org` may work on `operator`'s machines: it is the operator, or a provider under
+/// contract with it.
+fn serves(c: &Connection, org: &str, operator: &str) -> Result<bool, StoreError> {
+    if org.eq_ignore_ascii_case(operator) {
+        return Ok(true);
+    }
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM contracts WHERE provider = ?1 COLLATE NOCASE AND operator = ?2 COLLATE NOCASE",
+    )?
+    .query_row([org, operator], |_| Ok(()))
+    .optional()?
+    .is_some())
 }
 
 /// Moves one session by compare-and-set, with its record.
@@ -598,6 +646,13 @@ impl Backend for Sqlite {
                     format!("user {} exists (as {existing}; names are compared without case)", u.name)
                 }));
             }
+            if let Some(org) = u.org.as_deref() {
+                if org_kind(tx, org)?.is_none() {
+                    return Err(StoreError::NotFound(format!(
+                        "no organization {org}: add it first with `fernwart org add`"
+                    )));
+                }
+            }
             tx.execute(
                 "INSERT INTO users (name, role, org, password_hash, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![u.name, u.role.as_str(), u.org, u.password_hash, u.expires_at, now],
@@ -649,6 +704,85 @@ impl Backend for Sqlite {
         })
     }
 
+    fn org_add(
+        &self,
+        name: &str,
+        kind: OrgKind,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            if org_kind(tx, name)?.is_some() {
+                return Err(StoreError::Conflict(format!("organization {name} exists")));
+            }
+            tx.execute(
+                "INSERT INTO orgs (name, kind, created_at) VALUES (?1, ?2, ?3)",
+                params![name, kind.as_str(), now],
+            )?;
+            audit(tx, entry)
+        })
+    }
+
+    fn orgs(&self) -> Result<Vec<OrgRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT name, kind FROM orgs ORDER BY name")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, kind) = row?;
+                let kind: OrgKind = kind.parse().map_err(|e: String| StoreError::Invalid(e))?;
+                let sql = match kind {
+                    OrgKind::Provider => {
+                        "SELECT operator FROM contracts WHERE provider = ?1 ORDER BY operator"
+                    }
+                    OrgKind::Operator => {
+                        "SELECT provider FROM contracts WHERE operator = ?1 ORDER BY provider"
+                    }
+                };
+                let contracts = c
+                    .prepare_cached(sql)?
+                    .query_map([&name], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                out.push(OrgRecord { name, kind, contracts });
+            }
+            Ok(out)
+        })
+    }
+
+    fn contract_add(
+        &self,
+        provider: &str,
+        operator: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            match org_kind(tx, provider)? {
+                None => return Err(StoreError::NotFound(format!("no organization {provider}"))),
+                Some(OrgKind::Operator) => {
+                    return Err(StoreError::Invalid(format!("{provider} is an operator, not a provider")))
+                }
+                Some(OrgKind::Provider) => {}
+            }
+            match org_kind(tx, operator)? {
+                None => return Err(StoreError::NotFound(format!("no organization {operator}"))),
+                Some(OrgKind::Provider) => {
+                    return Err(StoreError::Invalid(format!("{operator} is a provider, not an operator")))
+                }
+                Some(OrgKind::Operator) => {}
+            }
+            let n = tx.execute(
+                "INSERT INTO contracts (provider, operator, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![provider, operator, now],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("{provider} services {operator} already")));
+            }
+            audit(tx, entry)
+        })
+    }
+
     fn machine_add(
         &self,
         name: &str,
@@ -662,6 +796,21 @@ impl Backend for Sqlite {
             if tx.query_row("SELECT 1 FROM machines WHERE name = ?1", [name], |_| Ok(())).optional()?.is_some() {
                 return Err(StoreError::Conflict(format!("machine {name} exists")));
             }
+            if let Some(org) = org {
+                match org_kind(tx, org)? {
+                    None => {
+                        return Err(StoreError::NotFound(format!(
+                            "no organization {org}: add it first with `fernwart org add`"
+                        )))
+                    }
+                    Some(OrgKind::Provider) => {
+                        return Err(StoreError::Invalid(format!(
+                            "{org} is a provider: machines belong to operators"
+                        )))
+                    }
+                    Some(OrgKind::Operator) => {}
+                }
+            }
             tx.execute("INSERT INTO machines (name, org, created_at) VALUES (?1, ?2, ?3)", params![name, org, now])?;
             let id = tx.last_insert_rowid();
             tx.execute(
@@ -673,12 +822,14 @@ impl Backend for Sqlite {
         })
     }
 
-    fn machines(&self) -> Result<Vec<MachineRecord>, StoreError> {
+    fn machines(&self, org: Option<&str>) -> Result<Vec<MachineRecord>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, name, org, targets, enrolled_at, revoked, last_seen FROM machines ORDER BY name",
-            )?;
-            let rows = stmt.query_map([], |r| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT m.id, m.name, m.org, m.targets, m.enrolled_at, m.revoked, m.last_seen FROM machines m \
+                 WHERE (?9 IS NULL OR {VISIBLE_TO_ORG}) ORDER BY m.name"
+            ))?;
+            let none: Option<i64> = None;
+            let rows = stmt.query_map(params![none, none, none, none, none, none, none, none, org], |r| {
                 let targets: String = r.get(3)?;
                 Ok(MachineRecord {
                     id: r.get(0)?,
@@ -849,16 +1000,26 @@ impl Backend for Sqlite {
             if tx.query_row("SELECT 1 FROM sessions WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some() {
                 return Err(StoreError::Conflict(format!("session {} exists", s.name)));
             }
-            let m: Option<(i64, String, i64)> = tx
-                .query_row("SELECT id, targets, revoked FROM machines WHERE name = ?1", [&s.machine], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
+            let m: Option<(i64, String, i64, Option<String>)> = tx
+                .query_row(
+                    "SELECT id, targets, revoked, org FROM machines WHERE name = ?1",
+                    [&s.machine],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
                 .optional()?;
-            let Some((machine_id, offered, revoked)) = m else {
+            let Some((machine_id, offered, revoked, machine_org)) = m else {
                 return Err(StoreError::NotFound(format!("no machine {}", s.machine)));
             };
             if revoked != 0 {
                 return Err(StoreError::Conflict(format!("machine {} is revoked", s.machine)));
+            }
+            if let (Some(op), Some(creator)) = (machine_org.as_deref(), s.creator_org.as_deref()) {
+                if !serves(tx, creator, op)? {
+                    return Err(StoreError::Forbidden(format!(
+                        "{creator} has no service contract with {op}, which owns machine {}",
+                        s.machine
+                    )));
+                }
             }
             let offered: Vec<TargetInfo> = serde_json::from_str(&offered).unwrap_or_default();
             for t in &s.targets {
@@ -873,19 +1034,32 @@ impl Backend for Sqlite {
             }
             let mut user_ids = Vec::new();
             for u in &s.users {
-                let row: Option<(i64, String, i64)> = tx
+                let row: Option<(i64, String, i64, Option<String>)> = tx
                     .query_row(
-                        "SELECT id, role, disabled FROM users WHERE name = ?1 COLLATE NOCASE",
+                        "SELECT id, role, disabled, org FROM users WHERE name = ?1 COLLATE NOCASE",
                         [u],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                     )
                     .optional()?;
+                // With a machine of an operator, only technicians of that operator or of a
+                // provider under contract with it.
+                if let (Some(op), Some((_, _, _, org))) = (machine_org.as_deref(), &row) {
+                    let allowed = match org.as_deref() {
+                        Some(org) => serves(tx, org, op)?,
+                        None => false,
+                    };
+                    if !allowed {
+                        return Err(StoreError::Invalid(format!(
+                            "user {u} is not with {op} nor with a provider under contract with it"
+                        )));
+                    }
+                }
                 match row {
-                    Some((_, _, disabled)) if disabled != 0 => {
+                    Some((_, _, disabled, _)) if disabled != 0 => {
                         return Err(StoreError::Invalid(format!("user {u} is disabled")))
                     }
-                    Some((id, r, _)) if r == Role::Technician.as_str() => user_ids.push(id),
-                    Some((_, r, _)) => {
+                    Some((id, r, _, _)) if r == Role::Technician.as_str() => user_ids.push(id),
+                    Some((_, r, _, _)) => {
                         return Err(StoreError::Invalid(format!(
                             "user {u} is {r}: only technicians work in sessions"
                         )))
@@ -931,14 +1105,19 @@ impl Backend for Sqlite {
         self.read(|c| session_by_id(c, id))
     }
 
-    fn sessions(&self, only_user: Option<i64>) -> Result<Vec<Session>, StoreError> {
-        self.read(|c| match only_user {
-            Some(u) => sessions_where(
-                c,
-                "WHERE s.id IN (SELECT session_id FROM session_users WHERE user_id = ?1) ORDER BY s.id",
-                [u],
-            ),
-            None => sessions_where(c, "ORDER BY s.id", []),
+    fn sessions(
+        &self,
+        only_user: Option<i64>,
+        org: Option<&str>,
+    ) -> Result<Vec<Session>, StoreError> {
+        self.read(|c| {
+            // ?1 the user (or none), ?9 the organization (or none); unused numbers are NULL.
+            let clause = format!(
+                "WHERE (?1 IS NULL OR s.id IN (SELECT session_id FROM session_users WHERE user_id = ?1)) \
+                 AND (?9 IS NULL OR {VISIBLE_TO_ORG}) ORDER BY s.id"
+            );
+            let none: Option<i64> = None;
+            sessions_where(c, &clause, params![only_user, none, none, none, none, none, none, none, org])
         })
     }
 

@@ -245,6 +245,7 @@ fn machine_with_session(b: &dyn Backend) -> (i64, i64) {
     });
     assert!(b.agent_online(m, &targets, true, NOW, &online).unwrap().is_empty());
     let s = NewSession {
+        creator_org: None,
         name: "s1".into(),
         machine: "m1".into(),
         targets: vec!["plc".into()],
@@ -338,6 +339,6 @@ fn revocation_is_final(b: &dyn Backend) {
         not_after: String::new(),
     });
     assert!(!b.enrol("enrolhash", &cert, NOW, &enrol).unwrap());
-    assert!(b.machines().unwrap()[0].revoked);
+    assert!(b.machines(None).unwrap()[0].revoked);
     assert!(b.machine_by_cert("fp").unwrap().is_none());
 }

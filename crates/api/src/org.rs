@@ -1,0 +1,73 @@
+//! Organizations and service contracts: `/v1/orgs`, `/v1/contracts`.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// What an organization is to fernwart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrgKind {
+    /// Owns machines; its approvers release sessions on them.
+    Operator,
+    /// A service provider or machine builder: employs technicians.
+    Provider,
+}
+
+impl OrgKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OrgKind::Operator => "operator",
+            OrgKind::Provider => "provider",
+        }
+    }
+}
+
+impl fmt::Display for OrgKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for OrgKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "operator" => Ok(OrgKind::Operator),
+            "provider" => Ok(OrgKind::Provider),
+            other => Err(format!("unknown organization kind {other:?}: operator or provider")),
+        }
+    }
+}
+
+/// `POST /v1/orgs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgAddRequest {
+    pub name: String,
+    pub kind: OrgKind,
+}
+
+/// One organization (`GET /v1/orgs`, and the answer to `POST /v1/orgs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgInfo {
+    pub name: String,
+    pub kind: OrgKind,
+    /// For a provider: the operators it may service; for an operator: its providers.
+    pub contracts: Vec<String>,
+}
+
+/// `POST /v1/contracts`: `provider` may service `operator`'s machines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractAddRequest {
+    pub provider: String,
+    pub operator: String,
+}
+
+/// The answer to `POST /v1/contracts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractInfo {
+    pub provider: String,
+    pub operator: String,
+}

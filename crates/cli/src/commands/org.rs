@@ -1,0 +1,40 @@
+//! `org add | list`, `contract add`: organizations and service contracts (admins).
+
+use fernwart_api::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo, OrgKind};
+
+use crate::{output, Context};
+
+pub async fn add(ctx: &Context, name: &str, kind: &str) -> anyhow::Result<()> {
+    let kind: OrgKind = kind.parse().map_err(anyhow::Error::msg)?;
+    let resp: OrgInfo =
+        ctx.post("/v1/orgs", &OrgAddRequest { name: name.to_owned(), kind }).await?;
+    if ctx.json {
+        output::print_json(&resp);
+    } else {
+        crate::out!("organization {} added ({})", resp.name, resp.kind);
+    }
+    Ok(())
+}
+
+pub async fn list(ctx: &Context) -> anyhow::Result<()> {
+    let orgs: Vec<OrgInfo> = ctx.get("/v1/orgs").await?;
+    if ctx.json {
+        output::print_json(&orgs);
+    } else {
+        for o in &orgs {
+            crate::out!("{:<24} {:<9} {}", o.name, o.kind, o.contracts.join(","));
+        }
+    }
+    Ok(())
+}
+
+pub async fn contract_add(ctx: &Context, provider: &str, operator: &str) -> anyhow::Result<()> {
+    let req = ContractAddRequest { provider: provider.to_owned(), operator: operator.to_owned() };
+    let resp: ContractInfo = ctx.post("/v1/contracts", &req).await?;
+    if ctx.json {
+        output::print_json(&resp);
+    } else {
+        crate::out!("{} may service the machines of {}", resp.provider, resp.operator);
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! `/v1/orgs` and `/v1/contracts`: operator and provider organizations, service contracts.
+
+use axum::{extract::State, Json};
+use fernwart_api::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo};
+
+use super::{ApiError, ApiResult, Authed, Body};
+use crate::{
+    audit::{Entry, Event},
+    authz::{Action, Object},
+    domain::names,
+    util, App,
+};
+
+pub async fn add(
+    State(app): State<App>,
+    a: Authed,
+    Body(req): Body<OrgAddRequest>,
+) -> ApiResult<Json<OrgInfo>> {
+    a.allow(&app, Action::OrgAdd, Object::Named(&req.name))?;
+    if !names::valid(&req.name) {
+        return Err(ApiError::bad("organization name: 1-64 letters, digits, - _ . @"));
+    }
+    let c = &a.caller;
+    let entry =
+        Entry::new(&c.name, &c.source, Event::OrgAdd { name: req.name.clone(), kind: req.kind });
+    let (name, kind) = (req.name.clone(), req.kind);
+    app.store.run(move |b| b.org_add(&name, kind, util::now(), &entry)).await?;
+    Ok(Json(OrgInfo { name: req.name, kind: req.kind, contracts: Vec::new() }))
+}
+
+pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<OrgInfo>>> {
+    a.allow(&app, Action::OrgList, Object::None)?;
+    let orgs = app.store.run(|b| b.orgs()).await?;
+    Ok(Json(
+        orgs.into_iter()
+            .map(|o| OrgInfo { name: o.name, kind: o.kind, contracts: o.contracts })
+            .collect(),
+    ))
+}
+
+pub async fn contract_add(
+    State(app): State<App>,
+    a: Authed,
+    Body(req): Body<ContractAddRequest>,
+) -> ApiResult<Json<ContractInfo>> {
+    let what = format!("{}/{}", req.provider, req.operator);
+    a.allow(&app, Action::ContractAdd, Object::Named(&what))?;
+    let c = &a.caller;
+    let entry = Entry::new(
+        &c.name,
+        &c.source,
+        Event::ContractAdd { provider: req.provider.clone(), operator: req.operator.clone() },
+    );
+    let (p, o) = (req.provider.clone(), req.operator.clone());
+    app.store.run(move |b| b.contract_add(&p, &o, util::now(), &entry)).await?;
+    Ok(Json(ContractInfo { provider: req.provider, operator: req.operator }))
+}
