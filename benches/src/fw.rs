@@ -98,7 +98,9 @@ impl Server {
         run.arg("run")
             .arg("--data")
             .arg(&data)
-            .env("FERNWART_SERVER_MAX_CONNECTIONS_PER_SOURCE", "6000");
+            .env("FERNWART_SERVER_MAX_CONNECTIONS_PER_SOURCE", "6000")
+            // The bench measures the path, not the release: its session needs no approver.
+            .env("FERNWART_SESSIONS_ALLOW_NO_APPROVAL", "true");
         let mut proc = Proc::spawn("fernwart-server", no_proxy(&mut run), &dir.join("server.log"))?;
         wait_listening(([127, 0, 0, 1], port).into(), &mut proc)?;
         let server = Self {

@@ -46,6 +46,9 @@ impl FromStr for OrgKind {
 pub struct OrgAddRequest {
     pub name: String,
     pub kind: OrgKind,
+    /// An operator allows sessions without an approver's release on its machines.
+    #[serde(default)]
+    pub allow_no_approval: bool,
 }
 
 /// One organization (`GET /v1/orgs`, and the answer to `POST /v1/orgs`).
@@ -55,6 +58,8 @@ pub struct OrgInfo {
     pub kind: OrgKind,
     /// For a provider: the operators it may service; for an operator: its providers.
     pub contracts: Vec<String>,
+    /// Sessions without approval allowed on its machines (operators).
+    pub allow_no_approval: bool,
 }
 
 /// `POST /v1/contracts`: `provider` may service `operator`'s machines.

@@ -160,6 +160,9 @@ enum OrgCmd {
         name: String,
         #[arg(long)]
         kind: String,
+        /// An operator allows sessions without an approver's release on its machines.
+        #[arg(long)]
+        allow_no_approval: bool,
     },
     List,
 }
@@ -286,8 +289,8 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--wait {wait:?}: {e}"))?;
             commands::connect::run(&ctx, &name, bind, wait).await
         }
-        Cmd::Org { cmd: OrgCmd::Add { name, kind } } => {
-            commands::org::add(&ctx, &name, &kind).await
+        Cmd::Org { cmd: OrgCmd::Add { name, kind, allow_no_approval } } => {
+            commands::org::add(&ctx, &name, &kind, allow_no_approval).await
         }
         Cmd::Org { cmd: OrgCmd::List } => commands::org::list(&ctx).await,
         Cmd::Contract { cmd: ContractCmd::Add { provider, operator } } => {

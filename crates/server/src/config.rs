@@ -125,7 +125,8 @@ impl Default for EnrolmentSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionSection {
-    /// Whether `session create --no-approval` is allowed.
+    /// Whether `session create --no-approval` is allowed on machines of no organization (an
+    /// operator allows it for its own machines with `org add --allow-no-approval`).
     pub allow_no_approval: bool,
     /// Time window when neither --until nor --duration is given.
     pub default_duration: String,
@@ -133,7 +134,7 @@ pub struct SessionSection {
 
 impl Default for SessionSection {
     fn default() -> Self {
-        Self { allow_no_approval: true, default_duration: "8h".into() }
+        Self { allow_no_approval: false, default_duration: "8h".into() }
     }
 }
 

@@ -120,6 +120,7 @@ fn seed(data: &Path) -> String {
     b.agent_online(mid, &targets, true, now, &e(Event::UserDisable { name: "m1".into() })).unwrap();
     let session = NewSession {
         creator_org: None,
+        no_approval_default: true,
         name: "s1".into(),
         machine: "m1".into(),
         targets: vec!["plc".into()],

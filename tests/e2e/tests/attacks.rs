@@ -387,7 +387,10 @@ fn revoked(w: &World, name: &str) -> Result<bool> {
 #[test]
 fn links_end_when_the_login_expires() -> Result<()> {
     let echo = Echo::start()?;
-    let mut w = World::boot()?;
+    let mut w = World::boot_with(Options {
+        server_env: vec![("FERNWART_SESSIONS_ALLOW_NO_APPROVAL".into(), "true".into())],
+        ..Options::default()
+    })?;
     w.start_agent("m1", &[("echo", echo.addr)])?;
     w.switch("m1", true)?;
     w.add_user("tech1", "technician")?;
@@ -420,7 +423,10 @@ fn links_end_when_the_login_expires() -> Result<()> {
 #[test]
 fn links_end_when_the_account_expires() -> Result<()> {
     let echo = Echo::start()?;
-    let mut w = World::boot()?;
+    let mut w = World::boot_with(Options {
+        server_env: vec![("FERNWART_SESSIONS_ALLOW_NO_APPROVAL".into(), "true".into())],
+        ..Options::default()
+    })?;
     w.start_agent("m1", &[("echo", echo.addr)])?;
     w.switch("m1", true)?;
     w.wait_switch("m1", true, T)?;

@@ -381,7 +381,15 @@ fn roles_limit_what_each_user_may_do() -> Result<()> {
         w.session("s1")?
     );
 
-    // a session without the approval rule opens at once
+    // sessions without approval are refused by default (issue 9 rule 3) ...
+    let out = w.create_session_raw("s2", "m1", &["echo"], &["tech1"], &["--no-approval"])?;
+    ensure!(!out.success(), "--no-approval was accepted by default");
+    // ... and open at once where the server allows them
+    w.stop_server()?;
+    w.opts.server_env.push(("FERNWART_SESSIONS_ALLOW_NO_APPROVAL".into(), "true".into()));
+    w.start_server()?;
+    w.wait_machine("m1", true, Duration::from_secs(30))?;
+    w.wait_switch("m1", true, T)?;
     let out = w.create_session_raw("s2", "m1", &["echo"], &["tech1"], &["--no-approval"])?;
     out.check()?;
     let mut conn = w.spawn_connect("s2", "tech1")?;

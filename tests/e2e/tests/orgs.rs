@@ -88,6 +88,36 @@ fn organizations_and_contracts_decide_who_works_where() -> Result<()> {
     let sessions_p = w.fw("sadm", &["session", "list", "--json"])?.json_list();
     ensure!(names(&sessions_p) == ["s1"], "the provider does not see its session: {sessions_p:?}");
 
+    // plant-a does not allow sessions without approval; an operator that does, gets them.
+    let free = w.fw_raw(
+        "sadm",
+        &[
+            "session",
+            "create",
+            "s2",
+            "--machine",
+            "m1",
+            "--target",
+            "echo",
+            "--user",
+            "tech-b",
+            "--duration",
+            "1h",
+            "--reason",
+            "T-2",
+            "--no-approval",
+        ],
+        None,
+    )?;
+    ensure!(!free.success(), "--no-approval was accepted on plant-a's machine");
+    w.fw("admin", &["org", "add", "plant-c", "--kind", "operator", "--allow-no-approval"])?;
+    let orgs = w.fw("admin", &["org", "list", "--json"])?.json_list();
+    ensure!(
+        orgs.iter().any(|o| o.get("name").and_then(Value::as_str) == Some("plant-c")
+            && o.get("allow_no_approval") == Some(&Value::Bool(true))),
+        "org list does not show plant-c allowing sessions without approval: {orgs:?}"
+    );
+
     // Only plant-a's approver releases it.
     let mut conn = w.spawn_connect("s1", "tech-b")?;
     w.wait_session_state("s1", "requested", Duration::from_secs(20))?;

@@ -4,10 +4,15 @@ use fernwart_api::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo, Org
 
 use crate::{output, Context};
 
-pub async fn add(ctx: &Context, name: &str, kind: &str) -> anyhow::Result<()> {
+pub async fn add(
+    ctx: &Context,
+    name: &str,
+    kind: &str,
+    allow_no_approval: bool,
+) -> anyhow::Result<()> {
     let kind: OrgKind = kind.parse().map_err(anyhow::Error::msg)?;
-    let resp: OrgInfo =
-        ctx.post("/v1/orgs", &OrgAddRequest { name: name.to_owned(), kind }).await?;
+    let req = OrgAddRequest { name: name.to_owned(), kind, allow_no_approval };
+    let resp: OrgInfo = ctx.post("/v1/orgs", &req).await?;
     if ctx.json {
         output::print_json(&resp);
     } else {

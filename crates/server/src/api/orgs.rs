@@ -23,9 +23,17 @@ pub async fn add(
     let c = &a.caller;
     let entry =
         Entry::new(&c.name, &c.source, Event::OrgAdd { name: req.name.clone(), kind: req.kind });
-    let (name, kind) = (req.name.clone(), req.kind);
-    app.store.run(move |b| b.org_add(&name, kind, util::now(), &entry)).await?;
-    Ok(Json(OrgInfo { name: req.name, kind: req.kind, contracts: Vec::new() }))
+    if req.allow_no_approval && req.kind != fernwart_api::OrgKind::Operator {
+        return Err(ApiError::bad("only an operator decides about approvals on its machines"));
+    }
+    let (name, kind, free) = (req.name.clone(), req.kind, req.allow_no_approval);
+    app.store.run(move |b| b.org_add(&name, kind, free, util::now(), &entry)).await?;
+    Ok(Json(OrgInfo {
+        name: req.name,
+        kind: req.kind,
+        contracts: Vec::new(),
+        allow_no_approval: req.allow_no_approval,
+    }))
 }
 
 pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<OrgInfo>>> {
@@ -33,7 +41,12 @@ pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<OrgIn
     let orgs = app.store.run(|b| b.orgs()).await?;
     Ok(Json(
         orgs.into_iter()
-            .map(|o| OrgInfo { name: o.name, kind: o.kind, contracts: o.contracts })
+            .map(|o| OrgInfo {
+                name: o.name,
+                kind: o.kind,
+                contracts: o.contracts,
+                allow_no_approval: o.allow_no_approval,
+            })
             .collect(),
     ))
 }

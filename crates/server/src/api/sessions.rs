@@ -63,11 +63,6 @@ pub async fn create(
     if let Some(bad) = req.targets.iter().chain(&req.users).find(|n| !names::valid(n)) {
         return Err(ApiError::bad(format!("{bad:?} is not a valid target or user name")));
     }
-    if !req.approval && !app.cfg.settings.sessions.allow_no_approval {
-        return Err(ApiError::forbidden(
-            "policy requires approval for every session (sessions.allow_no_approval = false)",
-        ));
-    }
     let now = util::now();
     let from = match &req.from {
         Some(f) => util::parse_rfc3339(f)
@@ -90,6 +85,7 @@ pub async fn create(
     let c = &a.caller;
     let new = NewSession {
         creator_org: c.org.clone(),
+        no_approval_default: app.cfg.settings.sessions.allow_no_approval,
         name: req.name.clone(),
         machine: req.machine.clone(),
         targets: req.targets.clone(),

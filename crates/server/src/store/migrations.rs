@@ -118,6 +118,8 @@ const MIGRATIONS: &[&str] = &[
         created_at BIGINT NOT NULL,
         PRIMARY KEY (provider, operator)
     );",
+    // 6: an operator may allow sessions without approval on its machines
+    "ALTER TABLE orgs ADD COLUMN allow_no_approval INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

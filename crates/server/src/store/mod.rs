@@ -98,6 +98,7 @@ pub struct OrgRecord {
     pub kind: fernwart_api::OrgKind,
     /// Its contracts' other sides: a provider's operators, an operator's providers.
     pub contracts: Vec<String>,
+    pub allow_no_approval: bool,
 }
 
 /// An API token as listed (never its secret).
@@ -152,6 +153,9 @@ pub struct NewSession {
     /// The organization of who prepares it: with a machine of an operator, it must be that
     /// operator or a provider under contract with it (none: the platform's own staff).
     pub creator_org: Option<String>,
+    /// Whether sessions without approval are allowed on machines of no organization
+    /// (`sessions.allow_no_approval`); an operator decides for its own machines.
+    pub no_approval_default: bool,
     pub name: String,
     pub machine: String,
     pub targets: Vec<String>,
@@ -285,6 +289,7 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         name: &str,
         kind: fernwart_api::OrgKind,
+        allow_no_approval: bool,
         now: UnixSecs,
         entry: &Entry,
     ) -> Result<(), StoreError>;

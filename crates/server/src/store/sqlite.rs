@@ -708,6 +708,7 @@ impl Backend for Sqlite {
         &self,
         name: &str,
         kind: OrgKind,
+        allow_no_approval: bool,
         now: UnixSecs,
         entry: &Entry,
     ) -> Result<(), StoreError> {
@@ -716,8 +717,8 @@ impl Backend for Sqlite {
                 return Err(StoreError::Conflict(format!("organization {name} exists")));
             }
             tx.execute(
-                "INSERT INTO orgs (name, kind, created_at) VALUES (?1, ?2, ?3)",
-                params![name, kind.as_str(), now],
+                "INSERT INTO orgs (name, kind, created_at, allow_no_approval) VALUES (?1, ?2, ?3, ?4)",
+                params![name, kind.as_str(), now, allow_no_approval],
             )?;
             audit(tx, entry)
         })
@@ -725,12 +726,14 @@ impl Backend for Sqlite {
 
     fn orgs(&self) -> Result<Vec<OrgRecord>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare("SELECT name, kind FROM orgs ORDER BY name")?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut stmt =
+                c.prepare("SELECT name, kind, allow_no_approval FROM orgs ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? != 0))
+            })?;
             let mut out = Vec::new();
             for row in rows {
-                let (name, kind) = row?;
+                let (name, kind, allow_no_approval) = row?;
                 let kind: OrgKind = kind.parse().map_err(|e: String| StoreError::Invalid(e))?;
                 let sql = match kind {
                     OrgKind::Provider => {
@@ -744,7 +747,7 @@ impl Backend for Sqlite {
                     .prepare_cached(sql)?
                     .query_map([&name], |r| r.get(0))?
                     .collect::<Result<Vec<String>, _>>()?;
-                out.push(OrgRecord { name, kind, contracts });
+                out.push(OrgRecord { name, kind, contracts, allow_no_approval });
             }
             Ok(out)
         })
@@ -1019,6 +1022,27 @@ impl Backend for Sqlite {
                         "{creator} has no service contract with {op}, which owns machine {}",
                         s.machine
                     )));
+                }
+            }
+            if !s.approval_required {
+                let allowed = match machine_org.as_deref() {
+                    Some(op) => tx
+                        .query_row(
+                            "SELECT allow_no_approval FROM orgs WHERE name = ?1 COLLATE NOCASE",
+                            [op],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .optional()?
+                        .is_some_and(|a| a != 0),
+                    None => s.no_approval_default,
+                };
+                if !allowed {
+                    return Err(StoreError::Forbidden(match machine_org.as_deref() {
+                        Some(op) => format!(
+                            "sessions on machines of {op} need an approver's release: {op} does not allow --no-approval"
+                        ),
+                        None => "sessions need an approver's release: --no-approval is off (server setting sessions.allow_no_approval)".to_owned(),
+                    }));
                 }
             }
             let offered: Vec<TargetInfo> = serde_json::from_str(&offered).unwrap_or_default();

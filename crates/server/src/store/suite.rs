@@ -246,6 +246,7 @@ fn machine_with_session(b: &dyn Backend) -> (i64, i64) {
     assert!(b.agent_online(m, &targets, true, NOW, &online).unwrap().is_empty());
     let s = NewSession {
         creator_org: None,
+        no_approval_default: true,
         name: "s1".into(),
         machine: "m1".into(),
         targets: vec!["plc".into()],
