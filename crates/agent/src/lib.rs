@@ -207,6 +207,7 @@ mod tests {
         Grant {
             session: session.into(),
             targets: vec!["plc".into()],
+            from: 0,
             until,
             users: vec!["tech".into()],
         }

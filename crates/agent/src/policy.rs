@@ -53,6 +53,9 @@ pub fn check(
     if !grant.targets.iter().any(|t| t == target) {
         return Err(format!("session {session} does not include target {target:?}"));
     }
+    if now < grant.from {
+        return Err(format!("session {session}'s time window has not begun"));
+    }
     if now >= grant.until {
         return Err(format!("session {session} is past its time window"));
     }
@@ -72,6 +75,7 @@ mod tests {
         g.insert(Grant {
             session: "s1".into(),
             targets: targets.iter().map(|s| s.to_string()).collect(),
+            from: 0,
             until,
             users: vec![],
         });
@@ -94,6 +98,22 @@ mod tests {
         assert!(check(&c, &grants(&["plc"], 100), true, "s1", "plc", 100)
             .unwrap_err()
             .contains("time window"));
+    }
+
+    #[test]
+    fn a_grant_is_good_only_from_its_start() {
+        let c = cfg();
+        let mut g = grants(&["plc"], 100);
+        if let Some(grant) = g.by_session.get_mut("s1") {
+            grant.from = 40;
+        }
+        assert!(check(&c, &g, true, "s1", "plc", 39).unwrap_err().contains("not begun"));
+        assert!(check(&c, &g, true, "s1", "plc", 40).is_ok());
+        // A grant without a start (an older server) is good from any time.
+        let old: Grant =
+            serde_json::from_str(r#"{"session":"s1","targets":["plc"],"until":100,"users":[]}"#)
+                .unwrap();
+        assert_eq!(old.from, 0);
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct OrgAddRequest {
     /// An operator allows sessions without an approver's release on its machines.
     #[serde(default)]
     pub allow_no_approval: bool,
+    /// An operator's longest session on its machines, e.g. "8h" (none: the server's limit).
+    #[serde(default)]
+    pub max_session: Option<String>,
 }
 
 /// One organization (`GET /v1/orgs`, and the answer to `POST /v1/orgs`).
@@ -60,6 +63,8 @@ pub struct OrgInfo {
     pub contracts: Vec<String>,
     /// Sessions without approval allowed on its machines (operators).
     pub allow_no_approval: bool,
+    /// The longest session on its machines, in seconds (operators; none: the server's limit).
+    pub max_session_secs: Option<i64>,
 }
 
 /// `POST /v1/contracts`: `provider` may service `operator`'s machines.

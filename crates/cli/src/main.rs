@@ -163,6 +163,9 @@ enum OrgCmd {
         /// An operator allows sessions without an approver's release on its machines.
         #[arg(long)]
         allow_no_approval: bool,
+        /// An operator's longest session on its machines, e.g. 8h.
+        #[arg(long)]
+        max_session: Option<String>,
     },
     List,
 }
@@ -289,8 +292,8 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--wait {wait:?}: {e}"))?;
             commands::connect::run(&ctx, &name, bind, wait).await
         }
-        Cmd::Org { cmd: OrgCmd::Add { name, kind, allow_no_approval } } => {
-            commands::org::add(&ctx, &name, &kind, allow_no_approval).await
+        Cmd::Org { cmd: OrgCmd::Add { name, kind, allow_no_approval, max_session } } => {
+            commands::org::add(&ctx, &name, &kind, allow_no_approval, max_session).await
         }
         Cmd::Org { cmd: OrgCmd::List } => commands::org::list(&ctx).await,
         Cmd::Contract { cmd: ContractCmd::Add { provider, operator } } => {

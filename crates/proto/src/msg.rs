@@ -25,6 +25,10 @@ pub struct TargetInfo {
 pub struct Grant {
     pub session: String,
     pub targets: Vec<String>,
+    /// Start of the session's time window, seconds since the Unix epoch (0: from any time,
+    /// as grants of servers before this field).
+    #[serde(default)]
+    pub from: i64,
     /// End of the session's time window, seconds since the Unix epoch.
     pub until: i64,
     /// Who the session is for, for the agent's own audit record.

@@ -19,7 +19,8 @@ fn names(list: &[Value]) -> Vec<String> {
 fn organizations_and_contracts_decide_who_works_where() -> Result<()> {
     let echo = Echo::start()?;
     let mut w = World::boot()?;
-    for (org, kind) in [("plant-a", "operator"), ("plant-b", "operator"), ("builder", "provider")] {
+    w.fw("admin", &["org", "add", "plant-a", "--kind", "operator", "--max-session", "2h"])?;
+    for (org, kind) in [("plant-b", "operator"), ("builder", "provider")] {
         w.fw("admin", &["org", "add", org, "--kind", kind])?;
     }
     let refused = w.fw_raw(
@@ -79,6 +80,29 @@ fn organizations_and_contracts_decide_who_works_where() -> Result<()> {
     );
     let ok = create(&w, "sadm", "s1", "tech-b")?;
     ensure!(ok.success(), "the contracted provider cannot prepare a session: {}", ok.stderr);
+
+    // plant-a's sessions last at most 2 h (issue 9 rule 7).
+    let long = w.fw_raw(
+        "sadm",
+        &[
+            "session",
+            "create",
+            "s3",
+            "--machine",
+            "m1",
+            "--target",
+            "echo",
+            "--user",
+            "tech-b",
+            "--duration",
+            "3h",
+            "--reason",
+            "T-3",
+        ],
+        None,
+    )?;
+    ensure!(!long.success(), "a 3 h session was accepted on plant-a's machine (at most 2 h)");
+    ensure!(long.stderr.contains("at most"), "unclear refusal: {}", long.stderr);
 
     // Lists: plant-b sees neither the machine nor the session.
     let machines_b = w.fw("op-b", &["machine", "list", "--json"])?.json_list();

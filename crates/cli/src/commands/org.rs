@@ -9,9 +9,10 @@ pub async fn add(
     name: &str,
     kind: &str,
     allow_no_approval: bool,
+    max_session: Option<String>,
 ) -> anyhow::Result<()> {
     let kind: OrgKind = kind.parse().map_err(anyhow::Error::msg)?;
-    let req = OrgAddRequest { name: name.to_owned(), kind, allow_no_approval };
+    let req = OrgAddRequest { name: name.to_owned(), kind, allow_no_approval, max_session };
     let resp: OrgInfo = ctx.post("/v1/orgs", &req).await?;
     if ctx.json {
         output::print_json(&resp);

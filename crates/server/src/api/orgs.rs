@@ -26,13 +26,26 @@ pub async fn add(
     if req.allow_no_approval && req.kind != fernwart_api::OrgKind::Operator {
         return Err(ApiError::bad("only an operator decides about approvals on its machines"));
     }
+    let max_session_secs = match &req.max_session {
+        Some(m) if req.kind == fernwart_api::OrgKind::Operator => Some(
+            humantime::parse_duration(m)
+                .map_err(|e| ApiError::bad(format!("--max-session {m:?}: {e}")))?
+                .as_secs()
+                .clamp(60, 366 * 24 * 3600) as i64,
+        ),
+        Some(_) => return Err(ApiError::bad("only an operator limits sessions on its machines")),
+        None => None,
+    };
     let (name, kind, free) = (req.name.clone(), req.kind, req.allow_no_approval);
-    app.store.run(move |b| b.org_add(&name, kind, free, util::now(), &entry)).await?;
+    app.store
+        .run(move |b| b.org_add(&name, kind, free, max_session_secs, util::now(), &entry))
+        .await?;
     Ok(Json(OrgInfo {
         name: req.name,
         kind: req.kind,
         contracts: Vec::new(),
         allow_no_approval: req.allow_no_approval,
+        max_session_secs,
     }))
 }
 
@@ -46,6 +59,7 @@ pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<OrgIn
                 kind: o.kind,
                 contracts: o.contracts,
                 allow_no_approval: o.allow_no_approval,
+                max_session_secs: o.max_session_secs,
             })
             .collect(),
     ))

@@ -58,6 +58,7 @@ pub fn grant_for(s: &Session) -> Grant {
     Grant {
         session: s.name.clone(),
         targets: s.targets.clone(),
+        from: s.from,
         until: s.until,
         users: s.user_names(),
     }

@@ -120,6 +120,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 6: an operator may allow sessions without approval on its machines
     "ALTER TABLE orgs ADD COLUMN allow_no_approval INTEGER NOT NULL DEFAULT 0;",
+    // 7: an operator's longest session on its machines
+    "ALTER TABLE orgs ADD COLUMN max_session_secs BIGINT;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -99,6 +99,7 @@ pub struct OrgRecord {
     /// Its contracts' other sides: a provider's operators, an operator's providers.
     pub contracts: Vec<String>,
     pub allow_no_approval: bool,
+    pub max_session_secs: Option<i64>,
 }
 
 /// An API token as listed (never its secret).
@@ -290,6 +291,7 @@ pub trait Backend: Send + Sync + 'static {
         name: &str,
         kind: fernwart_api::OrgKind,
         allow_no_approval: bool,
+        max_session_secs: Option<i64>,
         now: UnixSecs,
         entry: &Entry,
     ) -> Result<(), StoreError>;

@@ -709,6 +709,7 @@ impl Backend for Sqlite {
         name: &str,
         kind: OrgKind,
         allow_no_approval: bool,
+        max_session_secs: Option<i64>,
         now: UnixSecs,
         entry: &Entry,
     ) -> Result<(), StoreError> {
@@ -717,8 +718,9 @@ impl Backend for Sqlite {
                 return Err(StoreError::Conflict(format!("organization {name} exists")));
             }
             tx.execute(
-                "INSERT INTO orgs (name, kind, created_at, allow_no_approval) VALUES (?1, ?2, ?3, ?4)",
-                params![name, kind.as_str(), now, allow_no_approval],
+                "INSERT INTO orgs (name, kind, created_at, allow_no_approval, max_session_secs) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, kind.as_str(), now, allow_no_approval, max_session_secs],
             )?;
             audit(tx, entry)
         })
@@ -726,14 +728,20 @@ impl Backend for Sqlite {
 
     fn orgs(&self) -> Result<Vec<OrgRecord>, StoreError> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare("SELECT name, kind, allow_no_approval FROM orgs ORDER BY name")?;
+            let mut stmt = c.prepare(
+                "SELECT name, kind, allow_no_approval, max_session_secs FROM orgs ORDER BY name",
+            )?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? != 0))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)? != 0,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (name, kind, allow_no_approval) = row?;
+                let (name, kind, allow_no_approval, max_session_secs) = row?;
                 let kind: OrgKind = kind.parse().map_err(|e: String| StoreError::Invalid(e))?;
                 let sql = match kind {
                     OrgKind::Provider => {
@@ -747,7 +755,7 @@ impl Backend for Sqlite {
                     .prepare_cached(sql)?
                     .query_map([&name], |r| r.get(0))?
                     .collect::<Result<Vec<String>, _>>()?;
-                out.push(OrgRecord { name, kind, contracts, allow_no_approval });
+                out.push(OrgRecord { name, kind, contracts, allow_no_approval, max_session_secs });
             }
             Ok(out)
         })
@@ -1021,6 +1029,22 @@ impl Backend for Sqlite {
                     return Err(StoreError::Forbidden(format!(
                         "{creator} has no service contract with {op}, which owns machine {}",
                         s.machine
+                    )));
+                }
+            }
+            if let Some(op) = machine_org.as_deref() {
+                let max: Option<i64> = tx
+                    .query_row(
+                        "SELECT max_session_secs FROM orgs WHERE name = ?1 COLLATE NOCASE",
+                        [op],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .flatten();
+                if let Some(max) = max.filter(|m| s.until - s.from > *m) {
+                    return Err(StoreError::Invalid(format!(
+                        "sessions on machines of {op} may last at most {} min",
+                        max / 60
                     )));
                 }
             }
