@@ -148,7 +148,7 @@ impl Context {
         let client = self.client()?;
         let r = client.json(method, path, Some(&login.token), body).await;
         if let Err(e) = &r {
-            if e.status() == Some(401) {
+            if e.status() == Some(401) && !e.to_string().contains("fernwart login") {
                 bail!("{e} (run `fernwart login`)");
             }
         }

@@ -312,6 +312,7 @@ mod tests {
             api_token: None,
             org: None,
             serves: vec![],
+            last_used: None,
         }
     }
 

@@ -80,11 +80,19 @@ pub struct AuthSection {
     pub lockout_duration: String,
     /// Lifetime of a CLI login, e.g. "12h".
     pub token_ttl: String,
+    /// A login unused for this long ends, e.g. "1h" (a technician link in use keeps its login
+    /// alive).
+    pub idle_timeout: String,
 }
 
 impl Default for AuthSection {
     fn default() -> Self {
-        Self { lockout_threshold: 10, lockout_duration: "15m".into(), token_ttl: "12h".into() }
+        Self {
+            lockout_threshold: 10,
+            lockout_duration: "15m".into(),
+            token_ttl: "12h".into(),
+            idle_timeout: "1h".into(),
+        }
     }
 }
 
@@ -145,6 +153,7 @@ pub struct Config {
     pub request_timeout: Duration,
     pub lockout_duration: Duration,
     pub login_ttl: Duration,
+    pub login_idle: Duration,
     pub enrol_token_ttl: Duration,
     pub cert_ttl: Duration,
     pub default_session: Duration,
@@ -246,6 +255,7 @@ impl Config {
             request_timeout: dur("server.request_timeout", &settings.server.request_timeout)?,
             lockout_duration: dur("auth.lockout_duration", &settings.auth.lockout_duration)?,
             login_ttl: dur("auth.token_ttl", &settings.auth.token_ttl)?,
+            login_idle: dur("auth.idle_timeout", &settings.auth.idle_timeout)?,
             enrol_token_ttl: dur("enrolment.token_ttl", &settings.enrolment.token_ttl)?,
             cert_ttl: dur("enrolment.cert_ttl", &settings.enrolment.cert_ttl)?,
             default_session: dur("sessions.default_duration", &settings.sessions.default_duration)?,

@@ -509,3 +509,33 @@ fn disabling_a_user_revokes_their_api_tokens() -> Result<()> {
     ensure!(!as_token(&w)?.success(), "adm2's token still works after adm2 was disabled");
     Ok(())
 }
+
+/// Issue 9 rule 8: an unused login ends after `auth.idle_timeout`; one in use does not.
+#[test]
+fn idle_logins_end() -> Result<()> {
+    let mut w = World::boot_with(Options {
+        server_env: vec![("FERNWART_AUTH_IDLE_TIMEOUT".into(), "4s".into())],
+        ..Options::default()
+    })?;
+    w.add_user("aud1", "auditor")?;
+    w.login("aud1")?;
+    // In use: a call every second for 6 s keeps it.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        w.fw("aud1", &["session", "list"]).context("a login in use ended")?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Unused for longer than the timeout: it ends, and says so.
+    std::thread::sleep(Duration::from_secs(6));
+    let out = w.fw_raw("aud1", &["session", "list"], None)?;
+    ensure!(!out.success(), "an unused login still works after the idle timeout");
+    ensure!(out.stderr.contains("unused"), "unclear refusal: {}", out.stderr);
+    w.login("admin")?; // the admin's login went unused as well
+    let events = w.audit("admin")?;
+    ensure!(
+        fernwart_e2e::audit_has(&events, &["login ended"]),
+        "no auth.login_ended record; actions: {}",
+        audit_actions(&events)
+    );
+    Ok(())
+}

@@ -237,7 +237,30 @@ impl FromRequestParts<App> for Authed {
         let info = parts.extensions.get::<ConnInfo>();
         caller.source = source(info);
         // Expired logins and accounts, disabled users: refused for every action alike.
-        authz::authenticated(&caller, util::now())?;
+        let now = util::now();
+        authz::authenticated(&caller, now)?;
+        if let Some(last) = caller.last_used {
+            let idle = i64::try_from(app.cfg.login_idle.as_secs()).unwrap_or(i64::MAX);
+            if now - last >= idle {
+                let entry = crate::audit::Entry::new(
+                    &caller.name,
+                    &caller.source,
+                    crate::audit::Event::LoginEnded {
+                        user: caller.name.clone(),
+                        reason: format!("unused for {} min", (now - last) / 60),
+                    },
+                );
+                let hash = token_hash.clone();
+                app.store.run(move |b| b.logout(&hash, &entry)).await?;
+                return Err(ApiError::unauthorized("login unused too long: run `fernwart login`"));
+            }
+            // Written at most once a minute (or a third of the timeout): the idle clock needs
+            // no finer grain.
+            if now - last >= (idle / 3).clamp(1, 60) {
+                let hash = token_hash.clone();
+                app.store.run(move |b| b.login_used(&hash, now)).await?;
+            }
+        }
         // A full login (second factor) is someone known: the connection no longer counts
         // against its source (technicians behind one NAT address).
         if let (Some(info), fernwart_api::Scope::Full) = (info, caller.scope) {

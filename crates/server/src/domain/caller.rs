@@ -24,6 +24,8 @@ pub struct Caller {
     pub org: Option<String>,
     /// The operators whose machines the caller's organization services under contract.
     pub serves: Vec<String>,
+    /// When the login was last used (none: never since it was made, or an API token).
+    pub last_used: Option<UnixSecs>,
 }
 
 impl Caller {

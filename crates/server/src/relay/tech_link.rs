@@ -258,6 +258,13 @@ pub async fn serve(
             _ = link.cancelled() => break (Closing::Left, "technician silent too long".into()),
             _ = ping.tick() => {
                 nonce += 1;
+                // A link in use keeps its login from going idle (once a minute).
+                if nonce.is_multiple_of(4) {
+                    let (token, now) = (who.token_hash.clone(), util::now());
+                    if let Err(e) = app.store.run(move |b| b.login_used(&token, now)).await {
+                        tracing::warn!(error = %e, "cannot record the login's use");
+                    }
+                }
                 if write_frame(&mut control, &ServerToClient::Ping { nonce }).await.is_err() {
                     break (Closing::Left, "technician left".into());
                 }

@@ -122,6 +122,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE orgs ADD COLUMN allow_no_approval INTEGER NOT NULL DEFAULT 0;",
     // 7: an operator's longest session on its machines
     "ALTER TABLE orgs ADD COLUMN max_session_secs BIGINT;",
+    // 8: when a login was last used (idle logins end)
+    "ALTER TABLE auth_tokens ADD COLUMN last_used_at BIGINT;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -226,6 +226,8 @@ pub trait Backend: Send + Sync + 'static {
         until: UnixSecs,
         entry: &Entry,
     ) -> Result<(), StoreError>;
+    /// A login was used now (idle logins end).
+    fn login_used(&self, token_hash: &str, now: UnixSecs) -> Result<(), StoreError>;
     /// Ends one login (`fernwart logout`); false when it was not there.
     fn logout(&self, token_hash: &str, entry: &Entry) -> Result<bool, StoreError>;
     /// The user's current password hash, then up to `earlier` earlier ones, newest first.

@@ -209,7 +209,8 @@ fn session_by_id(c: &Connection, id: i64) -> Result<Option<Session>, StoreError>
 fn caller_row(c: &Connection, token_hash: &str) -> Result<Option<Caller>, StoreError> {
     let row = c
         .prepare_cached(
-            "SELECT u.id, u.name, u.role, t.scope, t.expires_at, u.disabled, u.expires_at, u.org FROM auth_tokens t \
+            "SELECT u.id, u.name, u.role, t.scope, t.expires_at, u.disabled, u.expires_at, u.org, \
+             COALESCE(t.last_used_at, t.created_at) FROM auth_tokens t \
              JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
         )?
         .query_row([token_hash], |r| {
@@ -225,6 +226,7 @@ fn caller_row(c: &Connection, token_hash: &str) -> Result<Option<Caller>, StoreE
                 api_token: None,
                 org: r.get(7)?,
                 serves: Vec::new(),
+                last_used: r.get(8)?,
             })
         })
         .optional()?;
@@ -251,6 +253,7 @@ fn caller_row(c: &Connection, token_hash: &str) -> Result<Option<Caller>, StoreE
             api_token: Some(id),
             org: r.get(4)?,
             serves,
+            last_used: None,
         })
     })
     .optional()?
@@ -450,6 +453,16 @@ impl Backend for Sqlite {
                 params![token_hash, user, scope.as_str(), now, until],
             )?;
             audit(tx, entry)
+        })
+    }
+
+    fn login_used(&self, token_hash: &str, now: UnixSecs) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE auth_tokens SET last_used_at = ?2 WHERE token_hash = ?1",
+                params![token_hash, now],
+            )?;
+            Ok(())
         })
     }
 
