@@ -89,15 +89,8 @@ pub async fn login(
         None
     };
     if let Some(reason) = failure {
-        let mut entries = vec![failed(reason, Some(n))];
-        if n == threshold {
-            tracing::warn!(user = %u.name, failures = n, "ALERT: account locked after repeated login failures");
-            entries.push(Entry::new(
-                "system",
-                &src,
-                Event::Lockout { user: u.name.clone(), failures: n, locked_for_secs: lock_secs },
-            ));
-        }
+        let entries =
+            counted_failure(failed(reason, Some(n)), &u.name, &src, n, threshold, lock_secs);
         app.store.run(move |b| b.login_failed(&entries)).await?;
         return Err(refuse(&app, &req.user).await);
     }
@@ -125,6 +118,28 @@ pub async fn login(
         scope,
         expires: util::rfc3339(until),
     }))
+}
+
+/// The records of a counted attempt that failed: the failure, and when it was the attempt
+/// that reached the threshold (and so locked the account at its claim), the lock as an alert.
+fn counted_failure(
+    failed: Entry,
+    user: &str,
+    source: &str,
+    n: i64,
+    threshold: i64,
+    lock_secs: i64,
+) -> Vec<Entry> {
+    let mut entries = vec![failed];
+    if n == threshold {
+        tracing::warn!(%user, failures = n, "ALERT: account locked after repeated login failures");
+        entries.push(Entry::new(
+            "system",
+            source,
+            Event::Lockout { user: user.to_owned(), failures: n, locked_for_secs: lock_secs },
+        ));
+    }
+    entries
 }
 
 pub async fn mfa_enroll(State(app): State<App>, a: Authed) -> ApiResult<Json<MfaEnrollResponse>> {
@@ -208,7 +223,7 @@ pub async fn passwd(
     };
     let (current, h) = (req.current.clone(), current_hash.clone());
     if !app.limits.hash(move || auth::verify_password(&current, &h)).await? {
-        let mut entries = vec![Entry::new(
+        let failed = Entry::new(
             &c.name,
             &c.source,
             Event::LoginFailed {
@@ -216,14 +231,8 @@ pub async fn passwd(
                 reason: LoginFailure::WrongPassword,
                 failures: Some(n),
             },
-        )];
-        if n == threshold {
-            entries.push(Entry::new(
-                "system",
-                &c.source,
-                Event::Lockout { user: c.name.clone(), failures: n, locked_for_secs: lock_secs },
-            ));
-        }
+        );
+        let entries = counted_failure(failed, &c.name, &c.source, n, threshold, lock_secs);
         app.store.run(move |b| b.login_failed(&entries)).await?;
         tokio::time::sleep(app.limits.login_failed(&c.name)).await;
         return Err(ApiError::bad("the current password is wrong (or the account is locked)"));
