@@ -14,6 +14,7 @@ mod role;
 mod session;
 mod token;
 mod user;
+mod window;
 
 pub use audit::{AuditQuery, AuditRecord};
 pub use auth::{
@@ -30,6 +31,7 @@ pub use role::{Role, UnknownRole};
 pub use session::{SessionCreateRequest, SessionInfo, SessionState, UnknownSessionState};
 pub use token::{TokenCreateRequest, TokenCreated, TokenInfo, TokenRevoked};
 pub use user::{UserAddRequest, UserAdded, UserDisabled, UserInfo};
+pub use window::{WindowAddRequest, WindowInfo, WindowRemoved};
 
 use serde::{Deserialize, Serialize};
 

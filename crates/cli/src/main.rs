@@ -81,6 +81,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ContractCmd,
     },
+    /// Recurring maintenance windows: an operator's approver pre-approves a provider on a
+    /// machine, e.g. weekdays 06:00-08:00 Europe/Berlin.
+    Window {
+        #[command(subcommand)]
+        cmd: WindowCmd,
+    },
     /// API tokens for automation (admin).
     Token {
         #[command(subcommand)]
@@ -179,6 +185,32 @@ enum ContractCmd {
         #[arg(long)]
         operator: String,
     },
+}
+
+#[derive(Subcommand)]
+enum WindowCmd {
+    /// Pre-approve a provider's technicians on a machine inside a recurring window: a session
+    /// wholly inside one occurrence needs no further release.
+    Add {
+        machine: String,
+        #[arg(long)]
+        provider: String,
+        /// e.g. mon-fri, sat,sun, weekdays, daily.
+        #[arg(long)]
+        days: String,
+        /// Opens at HH:MM (local time of --tz).
+        #[arg(long)]
+        from: String,
+        /// Closes at HH:MM (at or before --from: the next day).
+        #[arg(long)]
+        to: String,
+        /// IANA time zone, e.g. Europe/Berlin.
+        #[arg(long)]
+        tz: String,
+    },
+    List,
+    /// Remove a window (its id from `window list`).
+    Remove { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -299,6 +331,21 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Contract { cmd: ContractCmd::Add { provider, operator } } => {
             commands::org::contract_add(&ctx, &provider, &operator).await
         }
+        Cmd::Window { cmd } => match cmd {
+            WindowCmd::Add { machine, provider, days, from, to, tz } => {
+                let req = fernwart_api::WindowAddRequest {
+                    machine,
+                    provider,
+                    days,
+                    from,
+                    to,
+                    zone: tz,
+                };
+                commands::window::add(&ctx, &req).await
+            }
+            WindowCmd::List => commands::window::list(&ctx).await,
+            WindowCmd::Remove { id } => commands::window::remove(&ctx, id).await,
+        },
         Cmd::Token { cmd } => match cmd {
             TokenCmd::Create { role, org, expires } => {
                 commands::token::create(&ctx, &role, org.as_deref(), &expires).await

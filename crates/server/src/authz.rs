@@ -3,7 +3,7 @@
 //! read. Every API handler and every link asks it; the same reason reaches the CLI and the
 //! audit trail.
 
-use crate::domain::{session::Session, Caller, Role, Scope, UnixSecs};
+use crate::domain::{session::Session, window::Window, Caller, Role, Scope, UnixSecs};
 
 /// What a caller wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,10 +37,14 @@ pub enum Action {
     OrgAdd,
     OrgList,
     ContractAdd,
+    /// Pre-approve a provider on a machine inside a recurring maintenance window.
+    WindowAdd,
+    WindowList,
+    WindowRemove,
 }
 
 impl Action {
-    pub const ALL: [Action; 25] = [
+    pub const ALL: [Action; 28] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
         Action::PasswordChange,
@@ -66,6 +70,9 @@ impl Action {
         Action::OrgAdd,
         Action::OrgList,
         Action::ContractAdd,
+        Action::WindowAdd,
+        Action::WindowList,
+        Action::WindowRemove,
     ];
 
     /// The action's name in the audit trail.
@@ -96,6 +103,9 @@ impl Action {
             Action::OrgAdd => "org.add",
             Action::OrgList => "org.list",
             Action::ContractAdd => "contract.add",
+            Action::WindowAdd => "window.add",
+            Action::WindowList => "window.list",
+            Action::WindowRemove => "window.remove",
         }
     }
 
@@ -123,6 +133,9 @@ impl Action {
             Action::TokenCreate | Action::TokenList | Action::TokenRevoke => &[Admin],
             Action::OrgAdd | Action::ContractAdd => &[Admin],
             Action::OrgList => &[Admin, Auditor],
+            // A pre-approval is an approval given ahead: the operator's approvers give it.
+            Action::WindowAdd | Action::WindowRemove => &[Approver],
+            Action::WindowList => &[Admin, SessionAdmin, Approver, Auditor],
         }
     }
 
@@ -142,6 +155,8 @@ impl Action {
                 | Action::TokenRevoke
                 | Action::SessionApprove
                 | Action::SessionReject
+                | Action::WindowAdd
+                | Action::WindowRemove
                 | Action::SessionConnect
                 | Action::TunnelOpen
         )
@@ -156,6 +171,8 @@ pub enum Object<'a> {
     /// Something named: a user, machine or session to create, a user to disable.
     Named(&'a str),
     Session(&'a Session),
+    /// A machine, with the operator organization that owns it.
+    Machine { name: &'a str, org: Option<&'a str> },
 }
 
 impl Object<'_> {
@@ -165,6 +182,7 @@ impl Object<'_> {
             Object::None => "",
             Object::Named(n) => n,
             Object::Session(s) => &s.name,
+            Object::Machine { name, .. } => name,
         }
     }
 }
@@ -230,6 +248,16 @@ pub fn authenticated(caller: &Caller, now: UnixSecs) -> Result<(), Refusal> {
 }
 
 fn decide_object(caller: &Caller, action: Action, object: Object<'_>) -> Result<(), Refusal> {
+    if let Object::Machine { name, org } = object {
+        if !caller.sees_org(org) {
+            return Err(Refusal::new(Denial::Hidden, format!("no machine {name}")));
+        }
+        role_allows(caller, action)?;
+        if matches!(action, Action::WindowAdd | Action::WindowRemove) {
+            own_operator(caller, name, org)?;
+        }
+        return Ok(());
+    }
     let Object::Session(s) = object else {
         return role_allows(caller, action);
     };
@@ -245,18 +273,7 @@ fn decide_object(caller: &Caller, action: Action, object: Object<'_>) -> Result<
     match action {
         Action::SessionApprove | Action::SessionReject => {
             role_allows(caller, action)?;
-            // An approver releases only sessions on machines of their own organization.
-            if let Some(m) = s.machine_org.as_deref() {
-                if !caller.org.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(m)) {
-                    return Err(Refusal::new(
-                        Denial::Forbidden,
-                        format!(
-                            "machine {} belongs to {m}: only its own approvers decide",
-                            s.machine
-                        ),
-                    ));
-                }
-            }
+            own_operator(caller, &s.machine, s.machine_org.as_deref())?;
             // Four eyes: whoever prepared or works in a session never releases or refuses it.
             if own || s.created_by == caller.name {
                 let verb = if action == Action::SessionApprove { "approve" } else { "reject" };
@@ -280,6 +297,19 @@ fn decide_object(caller: &Caller, action: Action, object: Object<'_>) -> Result<
     }
 }
 
+/// An approver releases only on machines of their own organization (a machine of none: any).
+fn own_operator(caller: &Caller, machine: &str, org: Option<&str>) -> Result<(), Refusal> {
+    match org {
+        Some(m) if !caller.org.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(m)) => {
+            Err(Refusal::new(
+                Denial::Forbidden,
+                format!("machine {machine} belongs to {m}: only its own approvers decide"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn role_allows(caller: &Caller, action: Action) -> Result<(), Refusal> {
     let roles = action.roles();
     if roles.contains(&caller.role) {
@@ -290,6 +320,208 @@ fn role_allows(caller: &Caller, action: Action) -> Result<(), Refusal> {
         Denial::Forbidden,
         format!("role {} may not do this (needs {})", caller.role, needed.join(" or ")),
     ))
+}
+
+// ------------------------------------------------------------------ what lists show
+
+/// Which sessions a list shows the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionScope {
+    /// Only sessions this user works in (technicians).
+    pub only_user: Option<i64>,
+    /// Only sessions on machines this organization may see (its own, its contracted
+    /// operators'); none: all.
+    pub org: Option<String>,
+}
+
+pub fn session_scope(caller: &Caller) -> SessionScope {
+    SessionScope {
+        only_user: (caller.role == Role::Technician).then_some(caller.user_id),
+        org: caller.org.clone(),
+    }
+}
+
+/// Which machines a list shows the caller: those of organizations it may see (none: all).
+pub fn machine_scope(caller: &Caller) -> Option<String> {
+    caller.org.clone()
+}
+
+/// Whether the caller sees where targets are (address and port). Technicians see machine and
+/// target names only: the plant's network layout is none of their business.
+pub fn sees_addresses(caller: &Caller) -> bool {
+    caller.role != Role::Technician
+}
+
+/// Whether the caller sees a user, organization or record of organization `org` in a list:
+/// staff of no organization see all; others their own and the operators they serve.
+pub fn sees_org_listed(caller: &Caller, org: Option<&str>) -> bool {
+    match (caller.org.as_deref(), org) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(_), Some(o)) => caller.sees_org(Some(o)),
+    }
+}
+
+/// The roles an API token may have: never one that acts as a person (approvals, connects).
+pub fn token_role(role: Role) -> Result<(), Refusal> {
+    // Approvers and technicians exist to approve and to connect: both need a person.
+    if matches!(role, Role::Admin | Role::SessionAdmin | Role::Auditor) {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        Denial::Forbidden,
+        format!(
+            "an API token cannot have role {role}: approvals, connects and tunnels need a person (admin, session-admin or auditor)"
+        ),
+    ))
+}
+
+/// A window pre-approves only a provider under contract with the machine's operator.
+pub fn window_provider(
+    machine: &str,
+    machine_org: Option<&str>,
+    providers: &[String],
+    provider: &str,
+) -> Result<(), Refusal> {
+    match machine_org {
+        Some(op) if !providers.iter().any(|p| p.eq_ignore_ascii_case(provider)) => {
+            Err(Refusal::new(
+                Denial::Forbidden,
+                format!("{provider} has no service contract with {op}, which owns machine {machine}"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+// ------------------------------------------------------------------ preparing a session
+
+/// What the store knows, inside the transaction that prepares a session, for the rules of
+/// organizations, contracts and windows to decide on.
+#[derive(Debug, Clone, Default)]
+pub struct PrepareFacts {
+    pub machine: String,
+    /// The operator organization that owns the machine (none: no organization rules).
+    pub machine_org: Option<String>,
+    /// The providers under contract with that operator.
+    pub providers: Vec<String>,
+    /// Whether that operator allows sessions without approval on its machines.
+    pub operator_allows_no_approval: bool,
+    /// The longest session that operator allows, in seconds.
+    pub operator_max_session: Option<i64>,
+    /// The users to be put on the session, as found.
+    pub users: Vec<UserFacts>,
+    /// The machine's recurring maintenance windows.
+    pub windows: Vec<Window>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserFacts {
+    pub name: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub org: Option<String>,
+}
+
+/// What the session asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct PrepareAsk {
+    pub approval_required: bool,
+    pub from: UnixSecs,
+    pub until: UnixSecs,
+    /// `sessions.allow_no_approval`: for machines of no organization.
+    pub no_approval_default: bool,
+}
+
+/// Who releases a session that may be prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// An approver of the machine's operator, later.
+    Approver,
+    /// Nobody: the operator (or the server setting) allows sessions without approval.
+    NotNeeded,
+    /// The operator did ahead: the session lies inside this maintenance window for the
+    /// provider of all its technicians.
+    Window(Window),
+}
+
+impl PrepareFacts {
+    /// Whether `org` may work on the machine: it is its operator, or a provider under contract.
+    fn serves(&self, org: Option<&str>) -> bool {
+        match (&self.machine_org, org) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(op), Some(o)) => {
+                op.eq_ignore_ascii_case(o) || self.providers.iter().any(|p| p.eq_ignore_ascii_case(o))
+            }
+        }
+    }
+}
+
+/// Whether `caller` may prepare a session with `ask` on a machine with `facts`, and who must
+/// release it.
+pub fn prepare(caller: &Caller, ask: PrepareAsk, facts: &PrepareFacts) -> Result<Release, Refusal> {
+    let forbid = |why: String| Err(Refusal::new(Denial::Forbidden, why));
+    let op = facts.machine_org.as_deref();
+    // A session-admin prepares sessions only where a contract allows (staff of no
+    // organization anywhere).
+    if let (Some(op), Some(own)) = (op, caller.org.as_deref()) {
+        if !facts.serves(Some(own)) {
+            return forbid(format!(
+                "{own} has no service contract with {op}, which owns machine {}",
+                facts.machine
+            ));
+        }
+    }
+    for u in &facts.users {
+        if u.disabled {
+            return forbid(format!("user {} is disabled", u.name));
+        }
+        if u.role != Role::Technician {
+            return forbid(format!("user {} is {}: only technicians work in sessions", u.name, u.role));
+        }
+        // Only technicians of the operator or of a provider under contract with it.
+        if let Some(op) = op {
+            if !facts.serves(u.org.as_deref()) {
+                return forbid(format!(
+                    "user {} is not with {op} nor with a provider under contract with it",
+                    u.name
+                ));
+            }
+        }
+    }
+    if let (Some(op), Some(max)) = (op, facts.operator_max_session) {
+        if ask.until - ask.from > max {
+            return forbid(format!("sessions on machines of {op} may last at most {} min", max / 60));
+        }
+    }
+    if !ask.approval_required {
+        return match op {
+            Some(_) if facts.operator_allows_no_approval => Ok(Release::NotNeeded),
+            None if ask.no_approval_default => Ok(Release::NotNeeded),
+            Some(op) => forbid(format!(
+                "sessions on machines of {op} need an approver's release: {op} does not allow --no-approval"
+            )),
+            None => forbid(
+                "sessions need an approver's release: --no-approval is off (server setting sessions.allow_no_approval)"
+                    .to_owned(),
+            ),
+        };
+    }
+    Ok(pre_approval(ask, facts).map_or(Release::Approver, |w| Release::Window(w.clone())))
+}
+
+/// The maintenance window that pre-approves the session, if any: every technician on it is
+/// with the window's provider, and its whole time window lies inside one occurrence.
+fn pre_approval<'a>(ask: PrepareAsk, facts: &'a PrepareFacts) -> Option<&'a Window> {
+    if facts.users.is_empty() {
+        return None;
+    }
+    facts.windows.iter().find(|w| {
+        facts.serves(Some(&w.provider))
+            && facts.users.iter().all(|u| u.org.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(&w.provider)))
+            && w.covers(ask.from, ask.until)
+    })
 }
 
 #[cfg(test)]
@@ -371,6 +603,9 @@ mod tests {
             (OrgAdd,          [true,  false,  false, false,  false]),
             (OrgList,         [true,  false,  false, false,  true ]),
             (ContractAdd,     [true,  false,  false, false,  false]),
+            (WindowAdd,       [false, false,  false, true,   false]),
+            (WindowList,      [true,  true,   false, true,   true ]),
+            (WindowRemove,    [false, false,  false, true,   false]),
         ];
         assert_eq!(table.len(), Action::ALL.len());
         let s = session();
@@ -387,6 +622,7 @@ mod tests {
                     SessionShow | SessionApprove | SessionReject | SessionEnd | SessionRevoke
                     | SessionConnect | TunnelOpen => Object::Session(&s),
                     UserDisable => Object::Named("someone"),
+                    WindowAdd | WindowRemove => Object::Machine { name: "m1", org: None },
                     _ => Object::None,
                 };
                 let got = decide(&c, *action, object, NOW);
@@ -504,6 +740,233 @@ mod tests {
                 r.is_ok(),
                 matches!(action, Action::MfaEnroll | Action::MfaConfirm),
                 "{action:?}"
+            );
+        }
+    }
+
+    /// Where the caller's organization stands to the machine's operator `plant-a`.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Rel {
+        /// Staff of no organization.
+        Staff,
+        /// The operator itself.
+        Operator,
+        /// A provider under contract with it.
+        Provider,
+        /// Anyone else.
+        Stranger,
+    }
+
+    fn caller_in(role: Role, rel: Rel) -> Caller {
+        let mut c = caller(role, if role == Role::Technician { 10 } else { 20 }, "x");
+        match rel {
+            Rel::Staff => {}
+            Rel::Operator => c.org = Some("plant-a".into()),
+            Rel::Provider => {
+                c.org = Some("builder".into());
+                c.serves = vec!["PLANT-A".into()];
+            }
+            Rel::Stranger => {
+                c.org = Some("plant-b".into());
+                c.serves = vec!["plant-c".into()];
+            }
+        }
+        c
+    }
+
+    /// The role matrix again, on a machine of operator `plant-a`, for each organization
+    /// relation: `A` allowed, `F` forbidden, `H` hidden (answered as missing), `-` the role
+    /// may not do it anyway (forbidden).
+    #[test]
+    fn the_role_matrix_by_organization() {
+        use Action::*;
+        use Rel::*;
+        use Role::*;
+        let mut s = session();
+        s.machine_org = Some("plant-a".into());
+        let rels = [Staff, Operator, Provider, Stranger];
+        #[rustfmt::skip]
+        let table: &[(Role, Action, [char; 4])] = &[
+            //                                   staff operator provider stranger
+            (Approver,     SessionApprove,      ['F', 'A',     'F',     'H']),
+            (Approver,     SessionReject,       ['F', 'A',     'F',     'H']),
+            (Approver,     SessionShow,         ['A', 'A',     'A',     'H']),
+            (Approver,     SessionRevoke,       ['A', 'A',     'A',     'H']),
+            (Approver,     WindowAdd,           ['F', 'A',     'F',     'H']),
+            (Approver,     WindowRemove,        ['F', 'A',     'F',     'H']),
+            (SessionAdmin, SessionShow,         ['A', 'A',     'A',     'H']),
+            (SessionAdmin, SessionEnd,          ['A', 'A',     'A',     'H']),
+            (SessionAdmin, WindowAdd,           ['-', '-',     '-',     'H']),
+            (Technician,   SessionConnect,      ['A', 'A',     'A',     'H']),
+            (Technician,   TunnelOpen,          ['A', 'A',     'A',     'H']),
+            (Technician,   SessionEnd,          ['A', 'A',     'A',     'H']),
+            (Auditor,      SessionShow,         ['A', 'A',     'A',     'H']),
+            (Auditor,      SessionEnd,          ['-', '-',     '-',     'H']),
+            (Admin,        SessionRevoke,       ['A', 'A',     'A',     'H']),
+            (Admin,        SessionApprove,      ['-', '-',     '-',     'H']),
+        ];
+        for (role, action, want) in table {
+            for (rel, want) in rels.iter().zip(want) {
+                let c = caller_in(*role, *rel);
+                let object = match action {
+                    WindowAdd | WindowRemove => Object::Machine { name: "m1", org: Some("plant-a") },
+                    _ => Object::Session(&s),
+                };
+                let got = decide(&c, *action, object, NOW);
+                let got = match got {
+                    Ok(()) => 'A',
+                    Err(r) if r.denial == Denial::Hidden => 'H',
+                    Err(r) if r.reason.starts_with("role ") => '-',
+                    Err(_) => 'F',
+                };
+                assert_eq!(got, *want, "{role} {action:?} as {rel:?}");
+            }
+        }
+    }
+
+    fn facts() -> PrepareFacts {
+        PrepareFacts {
+            machine: "m1".into(),
+            machine_org: Some("plant-a".into()),
+            providers: vec!["builder".into()],
+            operator_allows_no_approval: false,
+            operator_max_session: Some(2 * 3600),
+            users: vec![UserFacts {
+                name: "tech1".into(),
+                role: Role::Technician,
+                disabled: false,
+                org: Some("builder".into()),
+            }],
+            windows: vec![],
+        }
+    }
+
+    fn ask(from: UnixSecs, until: UnixSecs) -> PrepareAsk {
+        PrepareAsk { approval_required: true, from, until, no_approval_default: false }
+    }
+
+    #[test]
+    fn who_prepares_what_by_organization() {
+        let f = facts();
+        let a = ask(NOW, NOW + 3600);
+        // Staff, the operator and the contracted provider prepare; others do not.
+        for rel in [Rel::Staff, Rel::Operator, Rel::Provider] {
+            let c = caller_in(Role::SessionAdmin, rel);
+            assert_eq!(prepare(&c, a, &f), Ok(Release::Approver), "{rel:?}");
+        }
+        let r = prepare(&caller_in(Role::SessionAdmin, Rel::Stranger), a, &f).unwrap_err();
+        assert!(r.reason.contains("no service contract"), "{r:?}");
+        // Only technicians of the operator or a contracted provider, enabled.
+        let staff = caller_in(Role::SessionAdmin, Rel::Staff);
+        for (org, role, disabled, word) in [
+            (Some("plant-b"), Role::Technician, false, "not with plant-a"),
+            (None, Role::Technician, false, "not with plant-a"),
+            (Some("builder"), Role::Approver, false, "only technicians"),
+            (Some("builder"), Role::Technician, true, "disabled"),
+        ] {
+            let mut f = facts();
+            f.users[0].org = org.map(str::to_owned);
+            f.users[0].role = role;
+            f.users[0].disabled = disabled;
+            let r = prepare(&staff, a, &f).unwrap_err();
+            assert!(r.reason.contains(word), "{org:?} {role}: {r:?}");
+        }
+        let mut f = facts();
+        f.users[0].org = Some("Plant-A".into());
+        assert_eq!(prepare(&staff, a, &f), Ok(Release::Approver));
+        // The operator's longest session.
+        let r = prepare(&staff, ask(NOW, NOW + 3 * 3600), &facts()).unwrap_err();
+        assert!(r.reason.contains("at most 120 min"), "{r:?}");
+        // Without approval only where allowed.
+        let free = PrepareAsk { approval_required: false, ..a };
+        assert!(prepare(&staff, free, &facts()).is_err());
+        let mut f = facts();
+        f.operator_allows_no_approval = true;
+        assert_eq!(prepare(&staff, free, &f), Ok(Release::NotNeeded));
+        let mut f = facts();
+        f.machine_org = None;
+        assert!(prepare(&staff, free, &f).is_err());
+        let on = PrepareAsk { no_approval_default: true, ..free };
+        assert_eq!(prepare(&staff, on, &f), Ok(Release::NotNeeded));
+    }
+
+    #[test]
+    fn a_maintenance_window_pre_approves_its_provider_inside_it() {
+        use crate::domain::window::{parse_time, Days, Window};
+        // Wednesday 2 December 2026, 06:00-08:00 Berlin = 05:00-07:00Z.
+        let open: UnixSecs = 1_796_187_600;
+        let w = Window {
+            id: 7,
+            machine_id: 1,
+            machine: "m1".into(),
+            provider: "builder".into(),
+            days: Days::parse("mon-fri").unwrap(),
+            start: parse_time("06:00").unwrap(),
+            end: parse_time("08:00").unwrap(),
+            zone: "Europe/Berlin".into(),
+            created_by: "op-a".into(),
+            created_at: 0,
+        };
+        let mut f = facts();
+        f.operator_max_session = None;
+        f.windows = vec![w.clone()];
+        let staff = caller_in(Role::SessionAdmin, Rel::Provider);
+        assert_eq!(prepare(&staff, ask(open, open + 7200), &f), Ok(Release::Window(w.clone())));
+        // A minute too long, or too early: an approver decides.
+        assert_eq!(prepare(&staff, ask(open, open + 7260), &f), Ok(Release::Approver));
+        assert_eq!(prepare(&staff, ask(open - 60, open + 60), &f), Ok(Release::Approver));
+        // A technician of another organization on it: an approver decides.
+        let mut mixed = f.clone();
+        mixed.users.push(UserFacts {
+            name: "tech-a".into(),
+            role: Role::Technician,
+            disabled: false,
+            org: Some("plant-a".into()),
+        });
+        assert_eq!(prepare(&staff, ask(open, open + 60), &mixed), Ok(Release::Approver));
+        // A window of a provider whose contract is gone pre-approves nothing.
+        let mut lapsed = f.clone();
+        lapsed.providers.clear();
+        lapsed.users[0].org = Some("plant-a".into());
+        lapsed.windows[0].provider = "plant-a".into();
+        assert_eq!(
+            prepare(&caller_in(Role::SessionAdmin, Rel::Operator), ask(open, open + 60), &lapsed),
+            Ok(Release::Window(lapsed.windows[0].clone()))
+        );
+        let mut lapsed = f.clone();
+        lapsed.providers.clear();
+        let r = prepare(&caller_in(Role::SessionAdmin, Rel::Staff), ask(open, open + 60), &lapsed);
+        assert!(r.is_err(), "{r:?}");
+        // The window also names who set it, for the record.
+        assert_eq!(w.describe(), "mon-fri 06:00-08:00 Europe/Berlin");
+    }
+
+    #[test]
+    fn windows_name_only_providers_under_contract() {
+        let providers = vec!["builder".to_owned()];
+        assert!(window_provider("m1", Some("plant-a"), &providers, "BUILDER").is_ok());
+        assert!(window_provider("m1", Some("plant-a"), &providers, "other").is_err());
+        assert!(window_provider("m1", None, &[], "anyone").is_ok());
+    }
+
+    #[test]
+    fn lists_and_addresses() {
+        let t = caller(Role::Technician, 10, "tech1");
+        assert_eq!(session_scope(&t).only_user, Some(10));
+        assert!(!sees_addresses(&t));
+        let a = caller_in(Role::Auditor, Rel::Provider);
+        assert_eq!(session_scope(&a), SessionScope { only_user: None, org: Some("builder".into()) });
+        assert!(sees_addresses(&a));
+        assert!(sees_org_listed(&a, Some("plant-a")));
+        assert!(sees_org_listed(&a, Some("builder")));
+        assert!(!sees_org_listed(&a, Some("plant-b")));
+        assert!(!sees_org_listed(&a, None));
+        assert!(sees_org_listed(&caller(Role::Auditor, 1, "staff"), None));
+        for role in Role::ALL {
+            assert_eq!(
+                token_role(role).is_ok(),
+                matches!(role, Role::Admin | Role::SessionAdmin | Role::Auditor),
+                "{role}"
             );
         }
     }

@@ -138,11 +138,18 @@ pub struct SessionSection {
     pub allow_no_approval: bool,
     /// Time window when neither --until nor --duration is given.
     pub default_duration: String,
+    /// A tunnel (one TCP connection) that carried nothing for this long is closed, e.g.
+    /// "30m"; "0s" lets idle tunnels stay.
+    pub tunnel_idle_timeout: String,
 }
 
 impl Default for SessionSection {
     fn default() -> Self {
-        Self { allow_no_approval: false, default_duration: "8h".into() }
+        Self {
+            allow_no_approval: false,
+            default_duration: "8h".into(),
+            tunnel_idle_timeout: "30m".into(),
+        }
     }
 }
 
@@ -157,6 +164,7 @@ pub struct Config {
     pub enrol_token_ttl: Duration,
     pub cert_ttl: Duration,
     pub default_session: Duration,
+    pub tunnel_idle: Duration,
 }
 
 pub const FILE_NAME: &str = "server.toml";
@@ -259,6 +267,7 @@ impl Config {
             enrol_token_ttl: dur("enrolment.token_ttl", &settings.enrolment.token_ttl)?,
             cert_ttl: dur("enrolment.cert_ttl", &settings.enrolment.cert_ttl)?,
             default_session: dur("sessions.default_duration", &settings.sessions.default_duration)?,
+            tunnel_idle: dur("sessions.tunnel_idle_timeout", &settings.sessions.tunnel_idle_timeout)?,
             settings,
         })
     }

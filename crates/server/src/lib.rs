@@ -161,7 +161,7 @@ impl App {
         let store = store::Store::open(data)?;
         let ca = ca::Ca::load(data)?;
         let audit = store::AuditQueue::start(store.clone());
-        let relay = relay::Relay::new(store.clone(), audit, shutdown.clone());
+        let relay = relay::Relay::new(store.clone(), audit, shutdown.clone(), cfg.tunnel_idle);
         let limits = api::Limits::new(&cfg);
         let app = App(Arc::new(AppInner {
             cfg,

@@ -4,7 +4,12 @@
 //! target's first byte). Bytes read from a socket are handed to the link without another
 //! copy, and bytes from one stream go to the next as they arrived.
 
-use std::{future::Future, io, time::Duration};
+use std::{
+    future::Future,
+    io,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -57,14 +62,57 @@ where
 }
 
 /// Forwards one stream into another as the bytes arrive, then ends the second's direction.
-pub async fn mux_to_mux(rd: &mut MuxReader, wr: &mut MuxWriter) -> io::Result<u64> {
+/// Each chunk counts as `activity`.
+pub async fn mux_to_mux(
+    rd: &mut MuxReader,
+    wr: &mut MuxWriter,
+    activity: &Activity,
+) -> io::Result<u64> {
     let mut total = 0u64;
     while let Some(chunk) = rd.chunk().await? {
         total += chunk.len() as u64;
+        activity.tick();
         wr.send_all(chunk).await?;
     }
     wr.finish()?;
     Ok(total)
+}
+
+/// How many chunks a tunnel carried, both ways: a watcher tells an idle tunnel from a busy
+/// one without a clock read per chunk.
+#[derive(Debug, Default)]
+pub struct Activity(AtomicU64);
+
+impl Activity {
+    pub fn tick(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once nothing moved for `timeout` (between `timeout` and 5/4 of it); never for
+    /// a zero `timeout` (idle tunnels allowed).
+    pub async fn idle(&self, timeout: Duration) {
+        if timeout.is_zero() {
+            return std::future::pending().await;
+        }
+        let step = (timeout / 4).max(Duration::from_millis(100));
+        let mut seen = self.count();
+        let mut since = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(step).await;
+            let now = tokio::time::Instant::now();
+            let count = self.count();
+            if count != seen {
+                seen = count;
+                since = now;
+            } else if now.duration_since(since) >= timeout {
+                return;
+            }
+        }
+    }
 }
 
 /// Why a pipelined tunnel stopped.
@@ -116,6 +164,33 @@ where
 mod tests {
     use tokio::io::AsyncReadExt;
 
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_tunnel_is_noticed_and_a_busy_one_is_not() {
+        use std::{sync::Arc, time::Duration};
+        let a = Arc::new(super::Activity::default());
+        let t0 = tokio::time::Instant::now();
+        a.idle(Duration::from_secs(8)).await;
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_secs(8) && waited <= Duration::from_secs(10), "{waited:?}");
+        // Ticks every second keep it busy for as long as they come.
+        let ticker = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                for _ in 0..30 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    a.tick();
+                }
+            })
+        };
+        let t0 = tokio::time::Instant::now();
+        a.idle(Duration::from_secs(8)).await;
+        assert!(t0.elapsed() >= Duration::from_secs(30 + 8), "{:?}", t0.elapsed());
+        ticker.await.unwrap();
+        // Zero: never idle.
+        let r = tokio::time::timeout(Duration::from_secs(3600), a.idle(Duration::ZERO)).await;
+        assert!(r.is_err());
+    }
+
     #[tokio::test]
     async fn socket_to_stream_to_stream_to_socket_keeps_every_byte_and_the_half_close() {
         use crate::mux::{Mode, Mux};
@@ -141,7 +216,7 @@ mod tests {
         let up = tokio::spawn(async move { super::socket_to_mux(b, &mut w1).await });
         let (mut r1_far, _w1_far) = one_in.recv().await.unwrap().into_split();
         let (_r2, mut w2) = two.open().await.unwrap().into_split();
-        let relay = tokio::spawn(async move { super::mux_to_mux(&mut r1_far, &mut w2).await });
+        let relay = tokio::spawn(async move { super::mux_to_mux(&mut r1_far, &mut w2, &super::Activity::default()).await });
         let (mut r2_far, _w2_far) = two_in.recv().await.unwrap().into_split();
         let down = tokio::spawn(async move { super::mux_to_socket(&mut r2_far, &mut c).await });
         let mut got = Vec::new();

@@ -9,6 +9,7 @@
 pub mod https;
 pub mod net;
 pub mod process;
+pub mod time;
 pub mod tinyproxy;
 pub mod totp;
 pub mod world;
@@ -18,4 +19,5 @@ pub use net::{
     wait_port, Echo, LOCALHOST,
 };
 pub use process::{Output, Proc};
+pub use time::{hhmm, rfc3339, rfc3339_in, unix_now};
 pub use world::{audit_actions, audit_has, default_password, Bins, Connect, Options, Proxy, World};

@@ -1,6 +1,6 @@
 //! TOTP codes (RFC 6238: SHA-1, 6 digits, 30 s steps) as an authenticator app makes them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use totp_rs::{Algorithm, Secret, TOTP};
@@ -9,7 +9,7 @@ pub const STEP: u64 = 30;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    u64::try_from(crate::time::unix_now()).unwrap_or(0)
 }
 
 /// The 30 s step `unix` falls in.

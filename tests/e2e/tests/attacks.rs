@@ -22,7 +22,7 @@ use fernwart_e2e::{
     https::{cli_token, login_body, tcp_from, Https, Outcome, Reply},
     open_tunnel, poll,
     process::{clip, run},
-    roundtrip, totp, tunnel_refuses, wait_closed, Echo, Options, Proc, World,
+    rfc3339, roundtrip, totp, tunnel_refuses, wait_closed, Echo, Options, Proc, World,
 };
 use serde_json::{json, Value};
 
@@ -434,7 +434,7 @@ fn links_end_when_the_account_expires() -> Result<()> {
     let ahead = 12;
     let expires = totp::unix_now() + ahead;
     let stdin = format!("{}\n", default_password("tech9"));
-    let when = rfc3339(expires);
+    let when = rfc3339(expires as i64);
     let args =
         ["user", "add", "tech9", "--role", "technician", "--expires", &when, "--password-stdin"];
     w.fw_in("admin", &args, &stdin)?;
@@ -886,36 +886,7 @@ fn show(name: &str) -> String {
     }
 }
 
-/// `unix` seconds as RFC 3339 UTC.
-fn rfc3339(unix: u64) -> String {
-    let days = i64::try_from(unix / 86_400).unwrap_or(0);
-    let secs = unix % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
 
-#[test]
-fn rfc3339_formats_utc() {
-    assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-    assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    assert!(rfc3339(now).starts_with("20"));
-}
 
 // ---------------------------------------------------------------- the connection hog
 

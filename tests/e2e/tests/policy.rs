@@ -14,7 +14,7 @@ use fernwart_e2e::{
     audit_actions,
     https::{cli_token, Https},
     process::Output,
-    totp, Options, World,
+    rfc3339_in, totp, Options, World,
 };
 use serde_json::Value;
 
@@ -466,27 +466,6 @@ fn api_tokens_are_scoped_listed_and_revocable() -> Result<()> {
     Ok(())
 }
 
-/// Now plus `secs`, as RFC 3339 (UTC).
-fn rfc3339_in(secs: i64) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-        + secs;
-    let days = t.div_euclid(86400);
-    let rem = t.rem_euclid(86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
 
 /// Issue 9 rule 6: disabling a user revokes the API tokens they created too.
 #[test]

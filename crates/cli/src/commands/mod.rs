@@ -6,3 +6,4 @@ pub mod connect;
 pub mod org;
 pub mod session;
 pub mod token;
+pub mod window;

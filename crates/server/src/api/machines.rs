@@ -12,7 +12,7 @@ use fernwart_api::{
 use super::{source, ApiError, ApiResult, Authed, Body, ConnInfo, LimitError};
 use crate::{
     audit::{Entry, Event},
-    authz::{Action, Object},
+    authz::{self, Action, Object},
     domain::names,
     events::Change,
     store::IssuedCert,
@@ -50,9 +50,8 @@ pub async fn add(
 
 pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<MachineInfo>>> {
     a.allow(&app, Action::MachineList, Object::None)?;
-    // Technicians see machine and target names, never the machines' internal addresses.
-    let hide_addresses = a.caller.role == crate::domain::Role::Technician;
-    let org = a.caller.org.clone();
+    let hide_addresses = !authz::sees_addresses(&a.caller);
+    let org = authz::machine_scope(&a.caller);
     let machines = app.store.run(move |b| b.machines(org.as_deref())).await?;
     Ok(Json(
         machines

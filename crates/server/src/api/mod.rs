@@ -31,6 +31,7 @@ mod serve;
 mod sessions;
 mod tokens;
 mod users;
+mod windows;
 
 pub use limits::{LimitError, Limits};
 pub use serve::{serve, source_key, ConnInfo};
@@ -59,6 +60,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/orgs", post(orgs::add).get(orgs::list))
         .route("/v1/contracts", post(orgs::contract_add))
+        .route("/v1/windows", post(windows::add).get(windows::list))
+        .route("/v1/windows/{id}/remove", post(windows::remove))
         .route("/v1/tokens/{id}/revoke", post(tokens::revoke))
         .route("/v1/agent/link", get(links::agent))
         .route("/v1/connect/{name}", get(links::connect))
@@ -107,6 +110,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => Self::not_found(m),
             StoreError::Invalid(m) => Self::bad(m),
             StoreError::Forbidden(m) => Self::forbidden(m),
+            StoreError::Refused(r) => r.into(),
             e => {
                 tracing::error!(error = ?e, "database error");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal database error")
@@ -195,24 +199,26 @@ impl Authed {
     /// A refusal is recorded in the audit trail (a login that is no longer valid is not: it
     /// did not get this far as anyone).
     pub fn allow(&self, app: &App, action: Action, object: Object<'_>) -> ApiResult<()> {
-        match authz::decide(&self.caller, action, object, util::now()) {
-            Ok(()) => Ok(()),
-            Err(r) => {
-                if r.denial != Denial::Unauthenticated {
-                    let c = &self.caller;
-                    app.relay.audit.record(crate::audit::Entry::new(
-                        &c.name,
-                        &c.source,
-                        crate::audit::Event::AccessRefused {
-                            action: action.as_str(),
-                            object: object.name().to_owned(),
-                            reason: r.reason.clone(),
-                        },
-                    ));
-                }
-                Err(r.into())
-            }
+        authz::decide(&self.caller, action, object, util::now())
+            .map_err(|r| self.refused(app, action, object.name(), r))
+    }
+
+    /// Records a refusal of the authorization rules (decided here or inside a store
+    /// transaction) and turns it into the answer.
+    pub fn refused(&self, app: &App, action: Action, object: &str, r: Refusal) -> ApiError {
+        if r.denial != Denial::Unauthenticated {
+            let c = &self.caller;
+            app.relay.audit.record(crate::audit::Entry::new(
+                &c.name,
+                &c.source,
+                crate::audit::Event::AccessRefused {
+                    action: action.as_str(),
+                    object: object.to_owned(),
+                    reason: r.reason.clone(),
+                },
+            ));
         }
+        r.into()
     }
 }
 

@@ -6,7 +6,7 @@ use fernwart_api::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo};
 use super::{ApiError, ApiResult, Authed, Body};
 use crate::{
     audit::{Entry, Event},
-    authz::{Action, Object},
+    authz::{self, Action, Object},
     domain::names,
     util, App,
 };
@@ -54,6 +54,7 @@ pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<OrgIn
     let orgs = app.store.run(|b| b.orgs()).await?;
     Ok(Json(
         orgs.into_iter()
+            .filter(|o| authz::sees_org_listed(&a.caller, Some(&o.name)))
             .map(|o| OrgInfo {
                 name: o.name,
                 kind: o.kind,

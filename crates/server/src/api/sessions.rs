@@ -9,10 +9,10 @@ use fernwart_api::{SessionCreateRequest, SessionInfo};
 use super::{ApiError, ApiResult, Authed, Body};
 use crate::{
     audit::{Entry, Event},
-    authz::{Action, Object},
-    domain::{names, session::Session, Role, SessionEvent},
+    authz::{self, Action, Object, PrepareAsk, PrepareFacts},
+    domain::{names, session::Session, SessionEvent},
     sessions,
-    store::NewSession,
+    store::{NewSession, StoreError},
     util, App,
 };
 
@@ -83,9 +83,8 @@ pub async fn create(
         return Err(ApiError::bad("the time window may be at most 366 days"));
     }
     let c = &a.caller;
+    let name = req.name.clone();
     let new = NewSession {
-        creator_org: c.org.clone(),
-        no_approval_default: app.cfg.settings.sessions.allow_no_approval,
         name: req.name.clone(),
         machine: req.machine.clone(),
         targets: req.targets.clone(),
@@ -114,15 +113,26 @@ pub async fn create(
             approval_required: req.approval,
         },
     );
-    let s = app.store.run(move |b| b.session_create(&new, &entry)).await?;
-    Ok(Json(info(&s)))
+    let ask = PrepareAsk {
+        approval_required: req.approval,
+        from,
+        until,
+        no_approval_default: app.cfg.settings.sessions.allow_no_approval,
+    };
+    let caller = c.clone();
+    let rule = move |facts: &PrepareFacts| authz::prepare(&caller, ask, facts);
+    match app.store.run(move |b| b.session_create(&new, &rule, &entry)).await {
+        Ok(s) => Ok(Json(info(&s))),
+        Err(StoreError::Refused(r)) => Err(a.refused(&app, Action::SessionCreate, &name, r)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<SessionInfo>>> {
     a.allow(&app, Action::SessionList, Object::None)?;
-    let only = (a.caller.role == Role::Technician).then_some(a.caller.user_id);
-    let org = a.caller.org.clone();
-    let list = app.store.run(move |b| b.sessions(only, org.as_deref())).await?;
+    let scope = authz::session_scope(&a.caller);
+    let list =
+        app.store.run(move |b| b.sessions(scope.only_user, scope.org.as_deref())).await?;
     Ok(Json(list.iter().map(info).collect()))
 }
 

@@ -8,12 +8,12 @@ use axum::{
     extract::{Path, State},
     Json,
 };
-use fernwart_api::{Role, TokenCreateRequest, TokenCreated, TokenInfo, TokenRevoked};
+use fernwart_api::{TokenCreateRequest, TokenCreated, TokenInfo, TokenRevoked};
 
 use super::{ApiError, ApiResult, Authed, Body};
 use crate::{
     audit::{Entry, Event},
-    authz::{Action, Object},
+    authz::{self, Action, Object},
     domain::names,
     store::token_name,
     util, App,
@@ -28,12 +28,7 @@ pub async fn create(
     Body(req): Body<TokenCreateRequest>,
 ) -> ApiResult<Json<TokenCreated>> {
     a.allow(&app, Action::TokenCreate, Object::None)?;
-    if !matches!(req.role, Role::Admin | Role::SessionAdmin | Role::Auditor) {
-        return Err(ApiError::bad(format!(
-            "an API token cannot have role {}: approvals, connects and tunnels need a person (admin, session-admin or auditor)",
-            req.role
-        )));
-    }
+    authz::token_role(req.role).map_err(|r| ApiError::bad(r.reason))?;
     if req.org.as_ref().is_some_and(|o| !names::valid(o)) {
         return Err(ApiError::bad("organization name: 1-64 letters, digits, - _ . @"));
     }

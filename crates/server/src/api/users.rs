@@ -10,7 +10,7 @@ use super::{ApiError, ApiResult, Authed, Body};
 use crate::{
     audit::{Entry, Event},
     auth,
-    authz::{Action, Object},
+    authz::{self, Action, Object},
     domain::names,
     events::Change,
     store::NewUser,
@@ -68,6 +68,7 @@ pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<UserI
     Ok(Json(
         users
             .into_iter()
+            .filter(|u| authz::sees_org_listed(&a.caller, u.org.as_deref()))
             .map(|u| UserInfo {
                 name: u.name,
                 role: u.role,

@@ -167,6 +167,29 @@ pub enum Event {
         from: SessionState,
         to: SessionState,
     },
+    /// A session prepared inside a maintenance window of its technicians' provider: released
+    /// by the operator's pre-approval.
+    SessionPreapproved {
+        session: String,
+        window: i64,
+        /// `mon-fri 06:00-08:00 Europe/Berlin`.
+        schedule: String,
+        provider: String,
+        /// The approver who set the window.
+        approved_by: String,
+    },
+    WindowAdd {
+        machine: String,
+        window: i64,
+        provider: String,
+        schedule: String,
+    },
+    WindowRemove {
+        machine: String,
+        window: i64,
+        provider: String,
+        schedule: String,
+    },
     ConnectRefused {
         session: String,
         reason: String,
@@ -235,6 +258,9 @@ impl Event {
             Event::Switch { .. } => "machine.switch",
             Event::SessionCreate { .. } => "session.create",
             Event::SessionChange { event, .. } => return format!("session.{}", event.verb()),
+            Event::SessionPreapproved { .. } => "session.preapproved",
+            Event::WindowAdd { .. } => "window.add",
+            Event::WindowRemove { .. } => "window.remove",
             Event::ConnectRefused { .. } => "session.connect_refused",
             Event::Connect { .. } => "session.connect",
             Event::Disconnect { .. } => "session.disconnect",
@@ -266,6 +292,7 @@ impl Event {
             Event::MachineAdd { name, .. }
             | Event::MachineRevoke { name, .. }
             | Event::MachineEnrol { name, .. } => name,
+            Event::WindowAdd { machine, .. } | Event::WindowRemove { machine, .. } => machine,
             Event::EnrolRefused { machine, .. } | Event::AgentRefused { machine, .. } => {
                 machine.as_deref().unwrap_or("")
             }
@@ -274,6 +301,7 @@ impl Event {
             | Event::Switch { machine, .. } => machine,
             Event::SessionCreate { name, .. } => name,
             Event::SessionChange { session, .. }
+            | Event::SessionPreapproved { session, .. }
             | Event::ConnectRefused { session, .. }
             | Event::Connect { session, .. }
             | Event::Disconnect { session, .. }
@@ -340,6 +368,14 @@ impl Event {
                 "reason": reason, "approval_required": approval_required,
             }),
             Event::SessionChange { from, to, .. } => json!({"from": from, "to": to}),
+            Event::SessionPreapproved { window, schedule, provider, approved_by, .. } => json!({
+                "window": window, "schedule": schedule, "provider": provider,
+                "approved_by": approved_by, "to": SessionState::Approved,
+            }),
+            Event::WindowAdd { window, provider, schedule, .. }
+            | Event::WindowRemove { window, provider, schedule, .. } => {
+                json!({"window": window, "provider": provider, "schedule": schedule})
+            }
             Event::ConnectRefused { reason, .. } => json!({"reason": reason}),
             Event::Connect { targets, .. } => json!({"targets": targets}),
             Event::Disconnect { reason, .. } => json!({"reason": reason}),

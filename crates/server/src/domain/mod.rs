@@ -3,6 +3,7 @@
 pub mod caller;
 pub mod names;
 pub mod session;
+pub mod window;
 
 pub use caller::{Caller, Scope};
 pub use fernwart_api::Role;

@@ -35,6 +35,8 @@ pub struct RelayInner {
     pub events: Events,
     pub audit: AuditQueue,
     pub shutdown: CancellationToken,
+    /// A tunnel that carried nothing for this long is closed (zero: never).
+    pub tunnel_idle: std::time::Duration,
 }
 
 impl std::ops::Deref for Relay {
@@ -46,10 +48,15 @@ impl std::ops::Deref for Relay {
 
 impl Relay {
     /// A relay whose hub subscribes to the changes published on the returned relay's `events`.
-    pub fn new(store: Store, audit: AuditQueue, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Store,
+        audit: AuditQueue,
+        shutdown: CancellationToken,
+        tunnel_idle: std::time::Duration,
+    ) -> Self {
         let hub = Arc::new(Hub::default());
         let events = Events::new(vec![hub.clone() as Arc<dyn Subscriber>]);
-        Self(Arc::new(RelayInner { hub, store, events, audit, shutdown }))
+        Self(Arc::new(RelayInner { hub, store, events, audit, shutdown, tunnel_idle }))
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use fernwart_proto::{OpenReply, OpenRequest, HANDSHAKE_TIMEOUT};
 use fernwart_transport::{
     frame_io::{read_frame_within, write_last_frame},
-    pipe::{self, mux_to_mux, Halt},
+    pipe::{self, mux_to_mux, Activity, Halt},
     write_frame, MuxStream,
 };
 use tokio_util::sync::CancellationToken;
@@ -54,7 +54,8 @@ pub async fn serve(
     // them only after its own checks. Its answer decides whether anything comes back.
     let (mut t_rd, mut t_wr) = stream.into_split();
     let (mut a_rd, mut a_wr) = agent_stream.into_split();
-    let up = mux_to_mux(&mut t_rd, &mut a_wr);
+    let activity = Activity::default();
+    let up = mux_to_mux(&mut t_rd, &mut a_wr, &activity);
     let down = async {
         let reason = match read_frame_within::<OpenReply, _>(&mut a_rd, HANDSHAKE_TIMEOUT).await {
             Ok(r) if r.ok => None,
@@ -75,7 +76,7 @@ pub async fn serve(
             &who.source,
             Event::TunnelOpen { session: session.clone(), target: target.clone() },
         ));
-        mux_to_mux(&mut a_rd, &mut t_wr).await.map_err(Halt::Io)
+        mux_to_mux(&mut a_rd, &mut t_wr, &activity).await.map_err(Halt::Io)
     };
     let outcome = tokio::select! {
         r = pipe::both(up, down) => match r {
@@ -91,6 +92,9 @@ pub async fn serve(
         _ = guards.link.cancelled() => "technician link closed".to_owned(),
         _ = switch.cancelled() => "key switch off or agent gone".to_owned(),
         _ = tokio::time::sleep(left) => "time window closed or login expired".to_owned(),
+        _ = activity.idle(app.tunnel_idle) => {
+            format!("idle for {} (sessions.tunnel_idle_timeout)", humantime::format_duration(app.tunnel_idle))
+        }
     };
     let secs = started.elapsed().as_secs();
     tracing::info!(session = %session, %target, %user, %outcome, secs, "tunnel closed");

@@ -124,6 +124,19 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE orgs ADD COLUMN max_session_secs BIGINT;",
     // 8: when a login was last used (idle logins end)
     "ALTER TABLE auth_tokens ADD COLUMN last_used_at BIGINT;",
+    // 9: recurring maintenance windows: an operator pre-approves a provider on a machine
+    "CREATE TABLE maintenance_windows (
+        id INTEGER PRIMARY KEY,
+        machine_id BIGINT NOT NULL REFERENCES machines(id),
+        provider TEXT NOT NULL COLLATE NOCASE,
+        days INTEGER NOT NULL,
+        start_min INTEGER NOT NULL,
+        end_min INTEGER NOT NULL,
+        zone TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX maintenance_windows_machine ON maintenance_windows (machine_id);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -16,7 +16,12 @@ use fernwart_api::AuditRecord;
 
 use crate::{
     audit::Entry,
-    domain::{session::Session, Caller, Role, SessionState, UnixSecs},
+    authz::{PrepareFacts, Refusal, Release},
+    domain::{
+        session::Session,
+        window::{Days, Window},
+        Caller, Role, SessionState, UnixSecs,
+    },
 };
 
 mod migrations;
@@ -52,6 +57,9 @@ pub enum StoreError {
     /// The rules of organizations and contracts do not allow it.
     #[error("{0}")]
     Forbidden(String),
+    /// The authorization rules refused it (decided inside the transaction).
+    #[error("{0}")]
+    Refused(crate::authz::Refusal),
     #[error("the database worker stopped")]
     Worker,
 }
@@ -151,12 +159,6 @@ pub struct IssuedCert {
 
 #[derive(Debug, Clone)]
 pub struct NewSession {
-    /// The organization of who prepares it: with a machine of an operator, it must be that
-    /// operator or a provider under contract with it (none: the platform's own staff).
-    pub creator_org: Option<String>,
-    /// Whether sessions without approval are allowed on machines of no organization
-    /// (`sessions.allow_no_approval`); an operator decides for its own machines.
-    pub no_approval_default: bool,
     pub name: String,
     pub machine: String,
     pub targets: Vec<String>,
@@ -165,6 +167,30 @@ pub struct NewSession {
     pub approval_required: bool,
     pub from: UnixSecs,
     pub until: UnixSecs,
+    pub created_by: String,
+    pub created_at: UnixSecs,
+}
+
+/// The authorization rule that decides, inside the transaction, whether a session may be
+/// prepared and who releases it.
+pub type PrepareRule<'a> = dyn Fn(&PrepareFacts) -> Result<Release, Refusal> + 'a;
+
+#[derive(Debug, Clone)]
+pub struct MachineOwner {
+    pub id: i64,
+    pub org: Option<String>,
+    /// The providers under contract with `org`.
+    pub providers: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewWindow {
+    pub machine_id: i64,
+    pub provider: String,
+    pub days: Days,
+    pub start: u16,
+    pub end: u16,
+    pub zone: String,
     pub created_by: String,
     pub created_at: UnixSecs,
 }
@@ -307,6 +333,19 @@ pub trait Backend: Send + Sync + 'static {
         entry: &Entry,
     ) -> Result<(), StoreError>;
 
+    // ------------------------------------------------------------ maintenance windows
+    /// A machine's id and organization, and the providers under contract with that
+    /// organization.
+    fn machine_owner(&self, name: &str) -> Result<Option<MachineOwner>, StoreError>;
+    /// Adds a recurring window (the provider must be a provider organization: Invalid).
+    fn window_add(&self, w: &NewWindow, entry: &dyn Fn(i64) -> Entry) -> Result<Window, StoreError>;
+    /// Windows, of machines the organization may see (none: all), by machine and id.
+    fn windows(&self, org: Option<&str>) -> Result<Vec<Window>, StoreError>;
+    /// A window and the organization of its machine.
+    fn window_by_id(&self, id: i64) -> Result<Option<(Window, Option<String>)>, StoreError>;
+    /// Removes a window; false if it was gone already.
+    fn window_remove(&self, id: i64, entry: &Entry) -> Result<bool, StoreError>;
+
     // ------------------------------------------------------------ machines
     fn machine_add(
         &self,
@@ -354,7 +393,16 @@ pub trait Backend: Send + Sync + 'static {
     fn agent_offline(&self, machine: i64, now: UnixSecs, entry: &Entry) -> Result<(), StoreError>;
 
     // ------------------------------------------------------------ sessions
-    fn session_create(&self, s: &NewSession, entry: &Entry) -> Result<Session, StoreError>;
+    /// Prepares a session in one transaction: gathers the facts of organizations, contracts
+    /// and maintenance windows, asks `rule` (the authorization module's `prepare`) and writes
+    /// what it decided: a session waiting for its release, or one released already by a
+    /// window (with its own record).
+    fn session_create(
+        &self,
+        s: &NewSession,
+        rule: &PrepareRule<'_>,
+        entry: &Entry,
+    ) -> Result<Session, StoreError>;
     fn session_by_name(&self, name: &str) -> Result<Option<Session>, StoreError>;
     fn session_by_id(&self, id: i64) -> Result<Option<Session>, StoreError>;
     /// All sessions, or those of one user; with `org`, only those on machines the

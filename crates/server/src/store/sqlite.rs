@@ -11,11 +11,17 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
     migrations, ApiTokenRecord, Applied, Attempt, Backend, EnrolToken, IssuedCert, LoginSubject,
-    MachineRecord, NewSession, NewUser, OrgRecord, StoreError, UserRecord,
+    MachineOwner, MachineRecord, NewSession, NewUser, NewWindow, OrgRecord, PrepareRule,
+    StoreError, UserRecord,
 };
 use crate::{
     audit::{Entry, Event},
-    domain::{session::Session, Caller, Role, SessionEvent, SessionState, UnixSecs},
+    authz::{PrepareFacts, Release, UserFacts},
+    domain::{
+        session::Session,
+        window::{Days, Window},
+        Caller, Role, SessionEvent, SessionState, UnixSecs,
+    },
     util,
 };
 
@@ -192,6 +198,57 @@ fn session_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Sessio
     })
 }
 
+const WINDOW: &str = "SELECT w.id, w.machine_id, m.name, w.provider, w.days, w.start_min, w.end_min, \
+     w.zone, w.created_by, w.created_at, m.org FROM maintenance_windows w JOIN machines m ON m.id = w.machine_id";
+
+/// Windows with the organization of their machine.
+fn windows_with_org(
+    c: &Connection,
+    clause: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<(Window, Option<String>)>, StoreError> {
+    let mut stmt = c.prepare_cached(&format!("{WINDOW} {clause}"))?;
+    let rows = stmt.query_map(args, |r| {
+        let days: u8 = r.get(4)?;
+        let days = Days::from_bits(days).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Integer, "days".into())
+        })?;
+        Ok((
+            Window {
+                id: r.get(0)?,
+                machine_id: r.get(1)?,
+                machine: r.get(2)?,
+                provider: r.get(3)?,
+                days,
+                start: r.get(5)?,
+                end: r.get(6)?,
+                zone: r.get(7)?,
+                created_by: r.get(8)?,
+                created_at: r.get(9)?,
+            },
+            r.get(10)?,
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn windows_where(
+    c: &Connection,
+    clause: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<Window>, StoreError> {
+    Ok(windows_with_org(c, clause, args)?.into_iter().map(|(w, _)| w).collect())
+}
+
+/// The providers under contract with `operator`.
+fn providers_of(c: &Connection, operator: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT provider FROM contracts WHERE operator = ?1 COLLATE NOCASE ORDER BY provider",
+    )?;
+    let rows = stmt.query_map([operator], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 fn sessions_where(
     c: &Connection,
     clause: &str,
@@ -280,20 +337,6 @@ fn org_kind(c: &Connection, name: &str) -> Result<Option<OrgKind>, StoreError> {
         .query_row([name], |r| r.get(0))
         .optional()?;
     kind.map(|k| k.parse().map_err(StoreError::Invalid)).transpose()
-}
-
-/// Whether `org` may work on `operator`'s machines: it is the operator, or a provider under
-/// contract with it.
-fn serves(c: &Connection, org: &str, operator: &str) -> Result<bool, StoreError> {
-    if org.eq_ignore_ascii_case(operator) {
-        return Ok(true);
-    }
-    Ok(c.prepare_cached(
-        "SELECT 1 FROM contracts WHERE provider = ?1 COLLATE NOCASE AND operator = ?2 COLLATE NOCASE",
-    )?
-    .query_row([org, operator], |_| Ok(()))
-    .optional()?
-    .is_some())
 }
 
 /// Moves one session by compare-and-set, with its record.
@@ -1019,7 +1062,12 @@ impl Backend for Sqlite {
         })
     }
 
-    fn session_create(&self, s: &NewSession, entry: &Entry) -> Result<Session, StoreError> {
+    fn session_create(
+        &self,
+        s: &NewSession,
+        rule: &PrepareRule<'_>,
+        entry: &Entry,
+    ) -> Result<Session, StoreError> {
         self.tx(|tx| {
             if tx.query_row("SELECT 1 FROM sessions WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some() {
                 return Err(StoreError::Conflict(format!("session {} exists", s.name)));
@@ -1037,51 +1085,6 @@ impl Backend for Sqlite {
             if revoked != 0 {
                 return Err(StoreError::Conflict(format!("machine {} is revoked", s.machine)));
             }
-            if let (Some(op), Some(creator)) = (machine_org.as_deref(), s.creator_org.as_deref()) {
-                if !serves(tx, creator, op)? {
-                    return Err(StoreError::Forbidden(format!(
-                        "{creator} has no service contract with {op}, which owns machine {}",
-                        s.machine
-                    )));
-                }
-            }
-            if let Some(op) = machine_org.as_deref() {
-                let max: Option<i64> = tx
-                    .query_row(
-                        "SELECT max_session_secs FROM orgs WHERE name = ?1 COLLATE NOCASE",
-                        [op],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-                    .flatten();
-                if let Some(max) = max.filter(|m| s.until - s.from > *m) {
-                    return Err(StoreError::Invalid(format!(
-                        "sessions on machines of {op} may last at most {} min",
-                        max / 60
-                    )));
-                }
-            }
-            if !s.approval_required {
-                let allowed = match machine_org.as_deref() {
-                    Some(op) => tx
-                        .query_row(
-                            "SELECT allow_no_approval FROM orgs WHERE name = ?1 COLLATE NOCASE",
-                            [op],
-                            |r| r.get::<_, i64>(0),
-                        )
-                        .optional()?
-                        .is_some_and(|a| a != 0),
-                    None => s.no_approval_default,
-                };
-                if !allowed {
-                    return Err(StoreError::Forbidden(match machine_org.as_deref() {
-                        Some(op) => format!(
-                            "sessions on machines of {op} need an approver's release: {op} does not allow --no-approval"
-                        ),
-                        None => "sessions need an approver's release: --no-approval is off (server setting sessions.allow_no_approval)".to_owned(),
-                    }));
-                }
-            }
             let offered: Vec<TargetInfo> = serde_json::from_str(&offered).unwrap_or_default();
             for t in &s.targets {
                 if !offered.iter().any(|o| &o.name == t) {
@@ -1093,41 +1096,43 @@ impl Backend for Sqlite {
                     )));
                 }
             }
-            let mut user_ids = Vec::new();
-            for u in &s.users {
-                let row: Option<(i64, String, i64, Option<String>)> = tx
+            let mut facts = PrepareFacts {
+                machine: s.machine.clone(),
+                machine_org: machine_org.clone(),
+                windows: windows_where(tx, "WHERE w.machine_id = ?1", [machine_id])?,
+                ..PrepareFacts::default()
+            };
+            if let Some(op) = machine_org.as_deref() {
+                facts.providers = providers_of(tx, op)?;
+                let rules: Option<(i64, Option<i64>)> = tx
                     .query_row(
-                        "SELECT id, role, disabled, org FROM users WHERE name = ?1 COLLATE NOCASE",
-                        [u],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                        "SELECT allow_no_approval, max_session_secs FROM orgs WHERE name = ?1 COLLATE NOCASE",
+                        [op],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
-                // With a machine of an operator, only technicians of that operator or of a
-                // provider under contract with it.
-                if let (Some(op), Some((_, _, _, org))) = (machine_org.as_deref(), &row) {
-                    let allowed = match org.as_deref() {
-                        Some(org) => serves(tx, org, op)?,
-                        None => false,
-                    };
-                    if !allowed {
-                        return Err(StoreError::Invalid(format!(
-                            "user {u} is not with {op} nor with a provider under contract with it"
-                        )));
-                    }
-                }
-                match row {
-                    Some((_, _, disabled, _)) if disabled != 0 => {
-                        return Err(StoreError::Invalid(format!("user {u} is disabled")))
-                    }
-                    Some((id, r, _, _)) if r == Role::Technician.as_str() => user_ids.push(id),
-                    Some((_, r, _, _)) => {
-                        return Err(StoreError::Invalid(format!(
-                            "user {u} is {r}: only technicians work in sessions"
-                        )))
-                    }
-                    None => return Err(StoreError::NotFound(format!("no user {u}"))),
+                if let Some((free, max)) = rules {
+                    facts.operator_allows_no_approval = free != 0;
+                    facts.operator_max_session = max;
                 }
             }
+            let mut user_ids = Vec::new();
+            for u in &s.users {
+                let row: Option<(i64, String, String, i64, Option<String>)> = tx
+                    .query_row(
+                        "SELECT id, name, role, disabled, org FROM users WHERE name = ?1 COLLATE NOCASE",
+                        [u],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                    )
+                    .optional()?;
+                let Some((id, name, role, disabled, org)) = row else {
+                    return Err(StoreError::NotFound(format!("no user {u}")));
+                };
+                let role = role.parse::<Role>().map_err(|_| StoreError::Invalid(format!("user {name} has an unknown role")))?;
+                facts.users.push(UserFacts { name, role, disabled: disabled != 0, org });
+                user_ids.push(id);
+            }
+            let release = rule(&facts).map_err(StoreError::Refused)?;
             let mut targets = s.targets.clone();
             targets.sort();
             targets.dedup();
@@ -1154,7 +1159,103 @@ impl Backend for Sqlite {
                 tx.execute("INSERT INTO session_users (session_id, user_id) VALUES (?1, ?2)", params![sid, uid])?;
             }
             audit(tx, entry)?;
+            if let Release::Window(w) = &release {
+                // Released by the operator ahead of time: approved now, by the window's setter.
+                let by = format!("{} (window {})", w.created_by, w.id);
+                tx.execute(
+                    "UPDATE sessions SET state = ?2, decided_by = ?3 WHERE id = ?1",
+                    params![sid, SessionState::Approved.as_str(), by],
+                )?;
+                audit(
+                    tx,
+                    &Entry::new(
+                        &s.created_by,
+                        &entry.source,
+                        Event::SessionPreapproved {
+                            session: s.name.clone(),
+                            window: w.id,
+                            schedule: w.describe(),
+                            provider: w.provider.clone(),
+                            approved_by: w.created_by.clone(),
+                        },
+                    ),
+                )?;
+            }
             session_by_id(tx, sid)?.ok_or_else(|| StoreError::NotFound("session vanished".into()))
+        })
+    }
+
+    fn machine_owner(&self, name: &str) -> Result<Option<MachineOwner>, StoreError> {
+        self.read(|c| {
+            let m: Option<(i64, Option<String>)> = c
+                .query_row("SELECT id, org FROM machines WHERE name = ?1", [name], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let Some((id, org)) = m else { return Ok(None) };
+            let providers = match org.as_deref() {
+                Some(op) => providers_of(c, op)?,
+                None => Vec::new(),
+            };
+            Ok(Some(MachineOwner { id, org, providers }))
+        })
+    }
+
+    fn window_add(&self, w: &NewWindow, entry: &dyn Fn(i64) -> Entry) -> Result<Window, StoreError> {
+        self.tx(|tx| {
+            match org_kind(tx, &w.provider)? {
+                None => return Err(StoreError::NotFound(format!("no organization {}", w.provider))),
+                Some(OrgKind::Provider) => {}
+                Some(_) => {
+                    return Err(StoreError::Invalid(format!(
+                        "{} is an operator: windows pre-approve service providers",
+                        w.provider
+                    )))
+                }
+            }
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM maintenance_windows WHERE machine_id = ?1",
+                [w.machine_id],
+                |r| r.get(0),
+            )?;
+            if count >= 64 {
+                return Err(StoreError::Invalid("a machine has at most 64 maintenance windows".into()));
+            }
+            tx.execute(
+                "INSERT INTO maintenance_windows (machine_id, provider, days, start_min, end_min, zone, created_by, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![w.machine_id, w.provider, w.days.bits(), w.start, w.end, w.zone, w.created_by, w.created_at],
+            )?;
+            let id = tx.last_insert_rowid();
+            audit(tx, &entry(id))?;
+            windows_where(tx, "WHERE w.id = ?1", [id])?
+                .pop()
+                .ok_or_else(|| StoreError::NotFound("window vanished".into()))
+        })
+    }
+
+    fn windows(&self, org: Option<&str>) -> Result<Vec<Window>, StoreError> {
+        self.read(|c| {
+            let none: Option<i64> = None;
+            windows_where(
+                c,
+                &format!("WHERE (?9 IS NULL OR {VISIBLE_TO_ORG}) ORDER BY m.name, w.id"),
+                params![none, none, none, none, none, none, none, none, org],
+            )
+        })
+    }
+
+    fn window_by_id(&self, id: i64) -> Result<Option<(Window, Option<String>)>, StoreError> {
+        self.read(|c| Ok(windows_with_org(c, "WHERE w.id = ?1", [id])?.pop()))
+    }
+
+    fn window_remove(&self, id: i64, entry: &Entry) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute("DELETE FROM maintenance_windows WHERE id = ?1", [id])?;
+            if n == 1 {
+                audit(tx, entry)?;
+            }
+            Ok(n == 1)
         })
     }
 

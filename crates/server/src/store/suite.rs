@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use fernwart_api::{Scope, TargetInfo, TargetProtocol};
 
-use super::{Attempt, Backend, IssuedCert, NewSession, NewUser, StoreError};
+use super::{Attempt, Backend, IssuedCert, NewSession, NewUser, NewWindow, StoreError};
 use crate::{
     audit::{Entry, Event, LoginFailure},
-    domain::{Role, SessionEvent, SessionState},
+    authz::{self, PrepareAsk, PrepareFacts, Refusal, Release},
+    domain::{window::Days, Caller, Role, Scope as CallerScope, SessionEvent, SessionState},
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -27,6 +28,109 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     revocation_is_final(fresh().as_ref());
     passwords_change_by_compare_and_set(fresh().as_ref());
     api_tokens_act_under_their_own_name(fresh().as_ref());
+    a_window_releases_a_session_in_its_transaction(fresh().as_ref());
+}
+
+/// The rule of staff of no organization preparing a session that needs an approval.
+fn staff_rule(facts: &PrepareFacts) -> Result<Release, Refusal> {
+    let caller = Caller {
+        user_id: 1,
+        name: "admin".into(),
+        role: Role::Admin,
+        scope: CallerScope::Full,
+        login_expires: NOW + 60,
+        account_expires: None,
+        disabled: false,
+        source: "local".into(),
+        api_token: None,
+        org: None,
+        serves: vec![],
+        last_used: None,
+    };
+    let ask = PrepareAsk {
+        approval_required: true,
+        from: NOW,
+        until: NOW + 3600,
+        no_approval_default: false,
+    };
+    authz::prepare(&caller, ask, facts)
+}
+
+fn a_window_releases_a_session_in_its_transaction(b: &dyn Backend) {
+    let (m, _) = machine_with_session(b);
+    let e = entry(Event::OrgAdd { name: "builder".into(), kind: fernwart_api::OrgKind::Provider });
+    b.org_add("builder", fernwart_api::OrgKind::Provider, false, None, NOW, &e).unwrap();
+    let new = NewWindow {
+        machine_id: m,
+        provider: "builder".into(),
+        days: Days::parse("daily").unwrap(),
+        start: 0,
+        end: 0,
+        zone: "UTC".into(),
+        created_by: "op1".into(),
+        created_at: NOW,
+    };
+    let added = |id| {
+        entry(Event::WindowAdd {
+            machine: "m1".into(),
+            window: id,
+            provider: "builder".into(),
+            schedule: String::new(),
+        })
+    };
+    let w = b.window_add(&new, &added).unwrap();
+    assert_eq!((w.machine.as_str(), w.provider.as_str()), ("m1", "builder"));
+    assert_eq!(b.windows(None).unwrap(), vec![w.clone()]);
+    let mut operator = new.clone();
+    operator.provider = "nobody".into();
+    assert!(matches!(b.window_add(&operator, &added), Err(StoreError::NotFound(_))));
+    // The rule sees the machine's windows and releases the session through one.
+    let s = NewSession {
+        name: "s9".into(),
+        machine: "m1".into(),
+        targets: vec!["plc".into()],
+        users: vec!["tech1".into()],
+        reason: "T-9".into(),
+        approval_required: true,
+        from: NOW,
+        until: NOW + 60,
+        created_by: "sadmin".into(),
+        created_at: NOW,
+    };
+    let by_window = |facts: &PrepareFacts| {
+        assert_eq!(facts.windows.len(), 1);
+        Ok(Release::Window(facts.windows[0].clone()))
+    };
+    let created = entry(Event::SessionCreate {
+        name: "s9".into(),
+        machine: "m1".into(),
+        targets: vec![],
+        users: vec![],
+        from: String::new(),
+        until: String::new(),
+        reason: String::new(),
+        approval_required: true,
+    });
+    let session = b.session_create(&s, &by_window, &created).unwrap();
+    assert_eq!(session.state, SessionState::Approved);
+    assert_eq!(session.decided_by, Some(format!("op1 (window {})", w.id)));
+    assert!(actions(b).iter().any(|a| a == "session.preapproved"));
+    // Removed, it no longer reaches the rule.
+    let removed = entry(Event::WindowRemove {
+        machine: "m1".into(),
+        window: w.id,
+        provider: "builder".into(),
+        schedule: String::new(),
+    });
+    assert!(b.window_remove(w.id, &removed).unwrap());
+    assert!(!b.window_remove(w.id, &removed).unwrap());
+    let mut again = s.clone();
+    again.name = "s10".into();
+    let none = |facts: &PrepareFacts| {
+        assert!(facts.windows.is_empty());
+        Ok(Release::Approver)
+    };
+    assert_eq!(b.session_create(&again, &none, &created).unwrap().state, SessionState::Prepared);
 }
 
 fn api_tokens_act_under_their_own_name(b: &dyn Backend) {
@@ -245,8 +349,6 @@ fn machine_with_session(b: &dyn Backend) -> (i64, i64) {
     });
     assert!(b.agent_online(m, &targets, true, NOW, &online).unwrap().is_empty());
     let s = NewSession {
-        creator_org: None,
-        no_approval_default: true,
         name: "s1".into(),
         machine: "m1".into(),
         targets: vec!["plc".into()],
@@ -268,20 +370,20 @@ fn machine_with_session(b: &dyn Backend) -> (i64, i64) {
         reason: String::new(),
         approval_required: true,
     });
-    let session = b.session_create(&s, &created).unwrap();
+    let session = b.session_create(&s, &staff_rule, &created).unwrap();
     assert_eq!(session.users, vec![(tech, "tech1".to_owned())]);
     assert_eq!(session.state, SessionState::Prepared);
     let mut unknown = s.clone();
     unknown.name = "s2".into();
     unknown.targets = vec!["hmi".into()];
-    assert!(matches!(b.session_create(&unknown, &created), Err(StoreError::Invalid(_))));
-    assert!(matches!(b.session_create(&s, &created), Err(StoreError::Conflict(_))));
+    assert!(matches!(b.session_create(&unknown, &staff_rule, &created), Err(StoreError::Invalid(_))));
+    assert!(matches!(b.session_create(&s, &staff_rule, &created), Err(StoreError::Conflict(_))));
     add_user(b, "op1", Role::Approver);
     let mut approver = s.clone();
     approver.name = "s3".into();
     approver.users = vec!["op1".into()];
     assert!(
-        matches!(b.session_create(&approver, &created), Err(StoreError::Invalid(m)) if m.contains("only technicians"))
+        matches!(b.session_create(&approver, &staff_rule, &created), Err(StoreError::Refused(r)) if r.reason.contains("only technicians"))
     );
     (m, session.id)
 }
