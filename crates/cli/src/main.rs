@@ -210,7 +210,9 @@ enum WindowCmd {
     },
     List,
     /// Remove a window (its id from `window list`).
-    Remove { id: i64 },
+    Remove {
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -333,14 +335,8 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Window { cmd } => match cmd {
             WindowCmd::Add { machine, provider, days, from, to, tz } => {
-                let req = fernwart_api::WindowAddRequest {
-                    machine,
-                    provider,
-                    days,
-                    from,
-                    to,
-                    zone: tz,
-                };
+                let req =
+                    fernwart_api::WindowAddRequest { machine, provider, days, from, to, zone: tz };
                 commands::window::add(&ctx, &req).await
             }
             WindowCmd::List => commands::window::list(&ctx).await,

@@ -172,7 +172,10 @@ pub enum Object<'a> {
     Named(&'a str),
     Session(&'a Session),
     /// A machine, with the operator organization that owns it.
-    Machine { name: &'a str, org: Option<&'a str> },
+    Machine {
+        name: &'a str,
+        org: Option<&'a str>,
+    },
 }
 
 impl Object<'_> {
@@ -387,7 +390,9 @@ pub fn window_provider(
         Some(op) if !providers.iter().any(|p| p.eq_ignore_ascii_case(provider)) => {
             Err(Refusal::new(
                 Denial::Forbidden,
-                format!("{provider} has no service contract with {op}, which owns machine {machine}"),
+                format!(
+                    "{provider} has no service contract with {op}, which owns machine {machine}"
+                ),
             ))
         }
         _ => Ok(()),
@@ -452,7 +457,8 @@ impl PrepareFacts {
             (None, _) => true,
             (Some(_), None) => false,
             (Some(op), Some(o)) => {
-                op.eq_ignore_ascii_case(o) || self.providers.iter().any(|p| p.eq_ignore_ascii_case(o))
+                op.eq_ignore_ascii_case(o)
+                    || self.providers.iter().any(|p| p.eq_ignore_ascii_case(o))
             }
         }
     }
@@ -478,7 +484,10 @@ pub fn prepare(caller: &Caller, ask: PrepareAsk, facts: &PrepareFacts) -> Result
             return forbid(format!("user {} is disabled", u.name));
         }
         if u.role != Role::Technician {
-            return forbid(format!("user {} is {}: only technicians work in sessions", u.name, u.role));
+            return forbid(format!(
+                "user {} is {}: only technicians work in sessions",
+                u.name, u.role
+            ));
         }
         // Only technicians of the operator or of a provider under contract with it.
         if let Some(op) = op {
@@ -492,7 +501,10 @@ pub fn prepare(caller: &Caller, ask: PrepareAsk, facts: &PrepareFacts) -> Result
     }
     if let (Some(op), Some(max)) = (op, facts.operator_max_session) {
         if ask.until - ask.from > max {
-            return forbid(format!("sessions on machines of {op} may last at most {} min", max / 60));
+            return forbid(format!(
+                "sessions on machines of {op} may last at most {} min",
+                max / 60
+            ));
         }
     }
     if !ask.approval_required {
@@ -513,13 +525,16 @@ pub fn prepare(caller: &Caller, ask: PrepareAsk, facts: &PrepareFacts) -> Result
 
 /// The maintenance window that pre-approves the session, if any: every technician on it is
 /// with the window's provider, and its whole time window lies inside one occurrence.
-fn pre_approval<'a>(ask: PrepareAsk, facts: &'a PrepareFacts) -> Option<&'a Window> {
+fn pre_approval(ask: PrepareAsk, facts: &PrepareFacts) -> Option<&Window> {
     if facts.users.is_empty() {
         return None;
     }
     facts.windows.iter().find(|w| {
         facts.serves(Some(&w.provider))
-            && facts.users.iter().all(|u| u.org.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(&w.provider)))
+            && facts
+                .users
+                .iter()
+                .all(|u| u.org.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(&w.provider)))
             && w.covers(ask.from, ask.until)
     })
 }
@@ -809,7 +824,9 @@ mod tests {
             for (rel, want) in rels.iter().zip(want) {
                 let c = caller_in(*role, *rel);
                 let object = match action {
-                    WindowAdd | WindowRemove => Object::Machine { name: "m1", org: Some("plant-a") },
+                    WindowAdd | WindowRemove => {
+                        Object::Machine { name: "m1", org: Some("plant-a") }
+                    }
                     _ => Object::Session(&s),
                 };
                 let got = decide(&c, *action, object, NOW);
@@ -955,7 +972,10 @@ mod tests {
         assert_eq!(session_scope(&t).only_user, Some(10));
         assert!(!sees_addresses(&t));
         let a = caller_in(Role::Auditor, Rel::Provider);
-        assert_eq!(session_scope(&a), SessionScope { only_user: None, org: Some("builder".into()) });
+        assert_eq!(
+            session_scope(&a),
+            SessionScope { only_user: None, org: Some("builder".into()) }
+        );
         assert!(sees_addresses(&a));
         assert!(sees_org_listed(&a, Some("plant-a")));
         assert!(sees_org_listed(&a, Some("builder")));

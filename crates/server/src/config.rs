@@ -267,7 +267,10 @@ impl Config {
             enrol_token_ttl: dur("enrolment.token_ttl", &settings.enrolment.token_ttl)?,
             cert_ttl: dur("enrolment.cert_ttl", &settings.enrolment.cert_ttl)?,
             default_session: dur("sessions.default_duration", &settings.sessions.default_duration)?,
-            tunnel_idle: dur("sessions.tunnel_idle_timeout", &settings.sessions.tunnel_idle_timeout)?,
+            tunnel_idle: dur(
+                "sessions.tunnel_idle_timeout",
+                &settings.sessions.tunnel_idle_timeout,
+            )?,
             settings,
         })
     }

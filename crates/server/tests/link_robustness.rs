@@ -119,8 +119,6 @@ fn seed(data: &Path) -> String {
     }];
     b.agent_online(mid, &targets, true, now, &e(Event::UserDisable { name: "m1".into() })).unwrap();
     let session = NewSession {
-        creator_org: None,
-        no_approval_default: true,
         name: "s1".into(),
         machine: "m1".into(),
         targets: vec!["plc".into()],
@@ -132,7 +130,10 @@ fn seed(data: &Path) -> String {
         created_by: "admin".into(),
         created_at: now,
     };
-    b.session_create(&session, &e(Event::UserDisable { name: "s1".into() })).unwrap();
+    // Sessions without approval allowed, as with `sessions.allow_no_approval`.
+    let rule =
+        |_: &fernwart_server::authz::PrepareFacts| Ok(fernwart_server::authz::Release::NotNeeded);
+    b.session_create(&session, &rule, &e(Event::UserDisable { name: "s1".into() })).unwrap();
     token
 }
 

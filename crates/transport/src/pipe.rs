@@ -171,7 +171,10 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         a.idle(Duration::from_secs(8)).await;
         let waited = t0.elapsed();
-        assert!(waited >= Duration::from_secs(8) && waited <= Duration::from_secs(10), "{waited:?}");
+        assert!(
+            waited >= Duration::from_secs(8) && waited <= Duration::from_secs(10),
+            "{waited:?}"
+        );
         // Ticks every second keep it busy for as long as they come.
         let ticker = {
             let a = a.clone();
@@ -216,7 +219,9 @@ mod tests {
         let up = tokio::spawn(async move { super::socket_to_mux(b, &mut w1).await });
         let (mut r1_far, _w1_far) = one_in.recv().await.unwrap().into_split();
         let (_r2, mut w2) = two.open().await.unwrap().into_split();
-        let relay = tokio::spawn(async move { super::mux_to_mux(&mut r1_far, &mut w2, &super::Activity::default()).await });
+        let relay = tokio::spawn(async move {
+            super::mux_to_mux(&mut r1_far, &mut w2, &super::Activity::default()).await
+        });
         let (mut r2_far, _w2_far) = two_in.recv().await.unwrap().into_split();
         let down = tokio::spawn(async move { super::mux_to_socket(&mut r2_far, &mut c).await });
         let mut got = Vec::new();

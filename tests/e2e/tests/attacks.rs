@@ -886,8 +886,6 @@ fn show(name: &str) -> String {
     }
 }
 
-
-
 // ---------------------------------------------------------------- the connection hog
 
 /// Threads that keep connections from `source` open: idle ones (TCP only, no ClientHello)

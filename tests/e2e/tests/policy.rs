@@ -466,7 +466,6 @@ fn api_tokens_are_scoped_listed_and_revocable() -> Result<()> {
     Ok(())
 }
 
-
 /// Issue 9 rule 6: disabling a user revokes the API tokens they created too.
 #[test]
 fn disabling_a_user_revokes_their_api_tokens() -> Result<()> {

@@ -71,8 +71,19 @@ fn a_maintenance_window_pre_approves_its_provider() -> Result<()> {
         w.fw_raw(
             who,
             &[
-                "window", "add", "m1", "--provider", provider, "--days", "daily", "--from", &from,
-                "--to", &to, "--tz", tz,
+                "window",
+                "add",
+                "m1",
+                "--provider",
+                provider,
+                "--days",
+                "daily",
+                "--from",
+                &from,
+                "--to",
+                &to,
+                "--tz",
+                tz,
             ],
             None,
         )
@@ -93,8 +104,19 @@ fn a_maintenance_window_pre_approves_its_provider() -> Result<()> {
     let bad_days = w.fw_raw(
         "op-a",
         &[
-            "window", "add", "m1", "--provider", "builder", "--days", "fri-mon", "--from", "06:00",
-            "--to", "08:00", "--tz", "UTC",
+            "window",
+            "add",
+            "m1",
+            "--provider",
+            "builder",
+            "--days",
+            "fri-mon",
+            "--from",
+            "06:00",
+            "--to",
+            "08:00",
+            "--tz",
+            "UTC",
         ],
         None,
     )?;
@@ -102,8 +124,19 @@ fn a_maintenance_window_pre_approves_its_provider() -> Result<()> {
     let added = w.fw_json(
         "op-a",
         &[
-            "window", "add", "m1", "--provider", "builder", "--days", "daily", "--from", &from,
-            "--to", &to, "--tz", "UTC",
+            "window",
+            "add",
+            "m1",
+            "--provider",
+            "builder",
+            "--days",
+            "daily",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--tz",
+            "UTC",
         ],
     )?;
     let id = added.get("id").and_then(Value::as_i64).context("window add --json has no id")?;

@@ -131,8 +131,7 @@ pub async fn create(
 pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<SessionInfo>>> {
     a.allow(&app, Action::SessionList, Object::None)?;
     let scope = authz::session_scope(&a.caller);
-    let list =
-        app.store.run(move |b| b.sessions(scope.only_user, scope.org.as_deref())).await?;
+    let list = app.store.run(move |b| b.sessions(scope.only_user, scope.org.as_deref())).await?;
     Ok(Json(list.iter().map(info).collect()))
 }
 

@@ -29,7 +29,10 @@ impl Days {
     /// `mon-fri`, `sat,sun`, `mon,wed-fri`, `weekdays`, `daily`.
     pub fn parse(text: &str) -> Result<Days, String> {
         let bad = || {
-            format!("days {text:?}: give e.g. mon-fri, sat,sun, weekdays or daily (days: {})", DAY_NAMES.join(" "))
+            format!(
+                "days {text:?}: give e.g. mon-fri, sat,sun, weekdays or daily (days: {})",
+                DAY_NAMES.join(" ")
+            )
         };
         let day = |d: &str| {
             DAY_NAMES.iter().position(|n| n.eq_ignore_ascii_case(d.trim())).ok_or_else(bad)
@@ -156,7 +159,8 @@ impl Window {
     /// The occurrence open at `now` or the next to open (within eight days).
     pub fn next_occurrence(&self, now: UnixSecs) -> Option<(UnixSecs, UnixSecs)> {
         let tz = TimeZone::get(&self.zone).ok()?;
-        let mut day = Timestamp::from_second(now).ok()?.to_zoned(tz.clone()).date().yesterday().ok()?;
+        let mut day =
+            Timestamp::from_second(now).ok()?.to_zoned(tz.clone()).date().yesterday().ok()?;
         for _ in 0..9 {
             if let Some((open, close)) = self.occurrence_on(day, &tz) {
                 if close > now {
@@ -174,7 +178,8 @@ impl Window {
             return None;
         }
         let at = |d: civil::Date, minutes: u16| -> Option<UnixSecs> {
-            let (d, minutes) = if minutes == 24 * 60 { (d.tomorrow().ok()?, 0) } else { (d, minutes) };
+            let (d, minutes) =
+                if minutes == 24 * 60 { (d.tomorrow().ok()?, 0) } else { (d, minutes) };
             let dt = d.at((minutes / 60) as i8, (minutes % 60) as i8, 0, 0);
             // A wall time skipped or repeated by a daylight-saving change resolves as the
             // usual ("compatible") way: later in a gap, earlier in a fold.

@@ -338,7 +338,8 @@ pub trait Backend: Send + Sync + 'static {
     /// organization.
     fn machine_owner(&self, name: &str) -> Result<Option<MachineOwner>, StoreError>;
     /// Adds a recurring window (the provider must be a provider organization: Invalid).
-    fn window_add(&self, w: &NewWindow, entry: &dyn Fn(i64) -> Entry) -> Result<Window, StoreError>;
+    fn window_add(&self, w: &NewWindow, entry: &dyn Fn(i64) -> Entry)
+        -> Result<Window, StoreError>;
     /// Windows, of machines the organization may see (none: all), by machine and id.
     fn windows(&self, org: Option<&str>) -> Result<Vec<Window>, StoreError>;
     /// A window and the organization of its machine.

@@ -211,7 +211,11 @@ fn windows_with_org(
     let rows = stmt.query_map(args, |r| {
         let days: u8 = r.get(4)?;
         let days = Days::from_bits(days).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Integer, "days".into())
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Integer,
+                "days".into(),
+            )
         })?;
         Ok((
             Window {
@@ -1201,7 +1205,11 @@ impl Backend for Sqlite {
         })
     }
 
-    fn window_add(&self, w: &NewWindow, entry: &dyn Fn(i64) -> Entry) -> Result<Window, StoreError> {
+    fn window_add(
+        &self,
+        w: &NewWindow,
+        entry: &dyn Fn(i64) -> Entry,
+    ) -> Result<Window, StoreError> {
         self.tx(|tx| {
             match org_kind(tx, &w.provider)? {
                 None => return Err(StoreError::NotFound(format!("no organization {}", w.provider))),

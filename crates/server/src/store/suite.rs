@@ -376,7 +376,10 @@ fn machine_with_session(b: &dyn Backend) -> (i64, i64) {
     let mut unknown = s.clone();
     unknown.name = "s2".into();
     unknown.targets = vec!["hmi".into()];
-    assert!(matches!(b.session_create(&unknown, &staff_rule, &created), Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        b.session_create(&unknown, &staff_rule, &created),
+        Err(StoreError::Invalid(_))
+    ));
     assert!(matches!(b.session_create(&s, &staff_rule, &created), Err(StoreError::Conflict(_))));
     add_user(b, "op1", Role::Approver);
     let mut approver = s.clone();
