@@ -9,9 +9,56 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditQuery {
     /// Only records from this time on (RFC 3339).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// Only records before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Only records of this user (the actor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only records of this organization's users or about its machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// An action (`session.approve`) or a family of them (`session`, `auth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only records after this id (the next page starts after the last id of this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    /// At most this many records (default and maximum 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
+
+/// `GET /v1/audit/export`: the chain as stored, with what is needed to verify it elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditExport {
+    /// `fernwart-audit-export-v1`.
+    pub format: String,
+    /// The server's Ed25519 public key (hex) that signs the checkpoints; compare it with
+    /// `fernwart-server audit key` on the server before trusting the export.
+    pub server_key: String,
+    /// The place of the first record and the hash it links to.
+    pub first_seq: u64,
+    pub first_prev: String,
+    pub records: Vec<fernwart_proto::chain::Linked>,
+    pub checkpoints: Vec<ExportCheckpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportCheckpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub time: String,
+    pub signature: String,
+}
+
+pub const EXPORT_FORMAT: &str = "fernwart-audit-export-v1";
 
 /// One record of the audit trail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

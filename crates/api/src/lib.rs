@@ -16,7 +16,7 @@ mod token;
 mod user;
 mod window;
 
-pub use audit::{AuditQuery, AuditRecord};
+pub use audit::{AuditExport, AuditQuery, AuditRecord, ExportCheckpoint, EXPORT_FORMAT};
 pub use auth::{
     CodeRequest, LoginRequest, LoginResponse, LogoutResponse, MfaConfirmResponse,
     MfaEnrollResponse, PasswdRequest, PasswdResponse, Scope,

@@ -234,9 +234,17 @@ enum TokenCmd {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    List {
+    /// Records you may see (auditors: their organization's; technicians: their own), oldest
+    /// first; every filter narrows.
+    List(commands::audit::ListArgs),
+    /// Write the whole chain with its signed checkpoints and the server's key to FILE (admins,
+    /// auditors of no organization); check it with `fernwart-server audit verify --export FILE`.
+    Export {
         #[arg(long)]
-        since: Option<String>,
+        out: std::path::PathBuf,
+        /// Only records after this id.
+        #[arg(long)]
+        after: Option<i64>,
     },
 }
 
@@ -349,8 +357,9 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             TokenCmd::List => commands::token::list(&ctx).await,
             TokenCmd::Revoke { id } => commands::token::revoke(&ctx, &id).await,
         },
-        Cmd::Audit { cmd: AuditCmd::List { since } } => {
-            commands::admin::audit_list(&ctx, since.as_deref()).await
+        Cmd::Audit { cmd: AuditCmd::List(args) } => commands::audit::list(&ctx, args).await,
+        Cmd::Audit { cmd: AuditCmd::Export { out, after } } => {
+            commands::audit::export(&ctx, &out, after).await
         }
     }
 }

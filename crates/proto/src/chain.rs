@@ -225,8 +225,7 @@ mod tests {
     #[test]
     fn an_untouched_chain_verifies() {
         let c = chain(10);
-        let v = verify(&c, 1, GENESIS, &[(5, c[4].hash.clone()), (10, c[9].hash.clone())])
-            .unwrap();
+        let v = verify(&c, 1, GENESIS, &[(5, c[4].hash.clone()), (10, c[9].hash.clone())]).unwrap();
         assert_eq!((v.records, v.signed_up_to), (10, 10));
         assert_eq!(v.last_hash.as_deref(), Some(c[9].hash.as_str()));
         assert_eq!(check(&[]).unwrap().records, 0);

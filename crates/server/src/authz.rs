@@ -31,6 +31,8 @@ pub enum Action {
     /// Open one tunnel on a technician link.
     TunnelOpen,
     AuditList,
+    /// Export the whole chain with its checkpoints.
+    AuditExport,
     TokenCreate,
     TokenList,
     TokenRevoke,
@@ -44,7 +46,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 28] = [
+    pub const ALL: [Action; 29] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
         Action::PasswordChange,
@@ -64,6 +66,7 @@ impl Action {
         Action::SessionConnect,
         Action::TunnelOpen,
         Action::AuditList,
+        Action::AuditExport,
         Action::TokenCreate,
         Action::TokenList,
         Action::TokenRevoke,
@@ -97,6 +100,7 @@ impl Action {
             Action::SessionConnect => "session.connect",
             Action::TunnelOpen => "tunnel.open",
             Action::AuditList => "audit.list",
+            Action::AuditExport => "audit.export",
             Action::TokenCreate => "token.create",
             Action::TokenList => "token.list",
             Action::TokenRevoke => "token.revoke",
@@ -129,7 +133,9 @@ impl Action {
             Action::SessionEnd => &[Admin, SessionAdmin, Approver, Technician],
             Action::SessionRevoke => &[Admin, Approver],
             Action::SessionConnect | Action::TunnelOpen => &[Technician],
-            Action::AuditList => &[Admin, Auditor],
+            // Technicians see their own records (what they did, what was refused to them).
+            Action::AuditList => &[Admin, Auditor, Technician],
+            Action::AuditExport => &[Admin, Auditor],
             Action::TokenCreate | Action::TokenList | Action::TokenRevoke => &[Admin],
             Action::OrgAdd | Action::ContractAdd => &[Admin],
             Action::OrgList => &[Admin, Auditor],
@@ -251,6 +257,18 @@ pub fn authenticated(caller: &Caller, now: UnixSecs) -> Result<(), Refusal> {
 }
 
 fn decide_object(caller: &Caller, action: Action, object: Object<'_>) -> Result<(), Refusal> {
+    if action == Action::AuditExport {
+        role_allows(caller, action)?;
+        // An export is the whole chain (a part could not be verified): staff of no
+        // organization only.
+        if let Some(org) = &caller.org {
+            return Err(Refusal::new(
+                Denial::Forbidden,
+                format!("an export holds the whole trail, of every organization: you are with {org}; `fernwart audit list` shows yours"),
+            ));
+        }
+        return Ok(());
+    }
     if let Object::Machine { name, org } = object {
         if !caller.sees_org(org) {
             return Err(Refusal::new(Denial::Hidden, format!("no machine {name}")));
@@ -342,6 +360,14 @@ pub fn session_scope(caller: &Caller) -> SessionScope {
         only_user: (caller.role == Role::Technician).then_some(caller.user_id),
         org: caller.org.clone(),
     }
+}
+
+/// Which audit records the caller sees: (only its own, only its organization's).
+pub fn audit_scope(caller: &Caller) -> (Option<String>, Option<String>) {
+    if caller.role == Role::Technician {
+        return (Some(caller.name.clone()), None);
+    }
+    (None, caller.org.clone())
 }
 
 /// Which machines a list shows the caller: those of organizations it may see (none: all).
@@ -611,7 +637,8 @@ mod tests {
             (SessionRevoke,   [true,  false,  false, true,   false]),
             (SessionConnect,  [false, false,  true,  false,  false]),
             (TunnelOpen,      [false, false,  true,  false,  false]),
-            (AuditList,       [true,  false,  false, false,  true ]),
+            (AuditList,       [true,  false,  true,  false,  true ]),
+            (AuditExport,     [true,  false,  false, false,  true ]),
             (TokenCreate,     [true,  false,  false, false,  false]),
             (TokenList,       [true,  false,  false, false,  false]),
             (TokenRevoke,     [true,  false,  false, false,  false]),
@@ -970,6 +997,19 @@ mod tests {
     fn lists_and_addresses() {
         let t = caller(Role::Technician, 10, "tech1");
         assert_eq!(session_scope(&t).only_user, Some(10));
+        assert_eq!(audit_scope(&t), (Some("tech1".into()), None));
+        assert_eq!(
+            audit_scope(&caller_in(Role::Auditor, Rel::Operator)),
+            (None, Some("plant-a".into()))
+        );
+        assert_eq!(audit_scope(&caller(Role::Auditor, 1, "staff")), (None, None));
+        let r = decide(
+            &caller_in(Role::Auditor, Rel::Operator),
+            Action::AuditExport,
+            Object::None,
+            NOW,
+        );
+        assert!(r.unwrap_err().reason.contains("whole trail"));
         assert!(!sees_addresses(&t));
         let a = caller_in(Role::Auditor, Rel::Provider);
         assert_eq!(

@@ -41,6 +41,8 @@ pub struct AppInner {
     pub relay: relay::Relay,
     pub limits: api::Limits,
     pub dummy_hash: String,
+    /// Signs checkpoints of the audit chain.
+    pub audit_key: Arc<audit::signing::SigningKey>,
     pub shutdown: CancellationToken,
 }
 
@@ -61,6 +63,8 @@ pub enum ServerError {
     Ca(#[from] ca::CaError),
     #[error("TLS setup")]
     Tls(#[from] tls::TlsSetupError),
+    #[error("audit signing key")]
+    AuditKey(#[from] audit::signing::KeyError),
     #[error("{0}")]
     Init(String),
     #[error("cannot listen on {addr}")]
@@ -160,6 +164,7 @@ impl App {
     pub fn open(data: &Path, cfg: Config, shutdown: CancellationToken) -> Result<App, ServerError> {
         let store = store::Store::open(data)?;
         let ca = ca::Ca::load(data)?;
+        let audit_key = Arc::new(audit::signing::SigningKey::load_or_create(data)?);
         let audit = store::AuditQueue::start(store.clone());
         let relay = relay::Relay::new(store.clone(), audit, shutdown.clone(), cfg.tunnel_idle);
         let limits = api::Limits::new(&cfg);
@@ -170,10 +175,41 @@ impl App {
             relay,
             limits,
             dummy_hash: auth::dummy_hash(),
+            audit_key,
             shutdown,
         }));
+        tokio::spawn(checkpointer(app.clone()));
         tokio::spawn(expiry_sweeper(app.clone()));
         Ok(app)
+    }
+}
+
+/// How often the end of the audit chain is signed (when it grew).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+
+/// Signs the audit chain's end every [`CHECKPOINT_EVERY`] and once more at shutdown.
+async fn checkpointer(app: App) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    loop {
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            _ = app.shutdown.cancelled() => true,
+        };
+        checkpoint(&app).await;
+        if stop {
+            return;
+        }
+    }
+}
+
+pub async fn checkpoint(app: &App) {
+    let key = app.audit_key.clone();
+    let signed = app
+        .store
+        .run(move |b| b.audit_checkpoint(&|msg: &[u8]| key.sign(msg), util::now_ms()))
+        .await;
+    if let Err(e) = signed {
+        tracing::error!(error = %e, "cannot sign an audit checkpoint");
     }
 }
 
@@ -208,7 +244,9 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let tls = tls::server_config(data)?;
     let app = App::open(data, cfg, shutdown.clone())?;
-    api::serve(app, listener, tls).await;
+    api::serve(app.clone(), listener, tls).await;
+    // The last records of a clean stop are signed too.
+    checkpoint(&app).await;
     Ok(())
 }
 

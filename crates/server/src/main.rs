@@ -39,8 +39,21 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Check the audit trail: fails until the tamper-evident chain arrives in a later release.
+    /// Check the audit chain offline: every record's hash and link, and the signed
+    /// checkpoints. Names the first record changed, removed, inserted or moved; exits 1 then.
     Verify {
+        /// The server's data directory.
+        #[arg(long, required_unless_present = "export", conflicts_with = "export")]
+        data: Option<PathBuf>,
+        /// An export written by `fernwart audit export`.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// With --export: the server key to trust (from `fernwart-server audit key`).
+        #[arg(long, requires = "export")]
+        key: Option<String>,
+    },
+    /// Print the public key that signs the audit checkpoints (to check exports against).
+    Key {
         #[arg(long)]
         data: PathBuf,
     },
@@ -108,14 +121,21 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Cmd::Audit { cmd: AuditCmd::Verify { data } } => {
-            // A check that cannot check must not pass: fail until the chain exists. The store
-            // is not opened, so that a mistyped --data cannot create or migrate a database.
-            anyhow::bail!(
-                "audit verify: the tamper-evident hash chain is not implemented yet in this \
-                 release; the records in {} cannot be verified",
-                data.display()
-            )
+        Cmd::Audit { cmd: AuditCmd::Verify { data, export, key } } => {
+            use fernwart_server::audit::verify;
+            let report = match (data, export) {
+                (Some(dir), _) => verify::verify_data(&dir)?,
+                (None, Some(file)) => verify::verify_export(&file, key.as_deref())?,
+                (None, None) => anyhow::bail!("give --data DIR or --export FILE"),
+            };
+            println!("{report}");
+            Ok(())
+        }
+        Cmd::Audit { cmd: AuditCmd::Key { data } } => {
+            let path = data.join(fernwart_server::audit::signing::KEY_FILE);
+            let key = fernwart_server::audit::signing::SigningKey::load(&path)?;
+            println!("{}", key.public_hex());
+            Ok(())
         }
     }
 }

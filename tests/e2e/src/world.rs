@@ -388,6 +388,14 @@ impl World {
         proc.stop().ok_or_else(|| anyhow!("the server did not stop"))
     }
 
+    /// Kills the server at once (SIGKILL, as a power cut would) and waits for it to go.
+    pub fn kill_server(&mut self) -> Result<()> {
+        let mut proc = self.server.take().ok_or_else(|| anyhow!("no server runs"))?;
+        proc.signal("KILL");
+        proc.wait_exit(Duration::from_secs(10)).ok_or_else(|| anyhow!("the server did not die"))?;
+        Ok(())
+    }
+
     /// The server process, while it runs.
     pub fn server(&mut self) -> Option<&mut Proc> {
         self.server.as_mut()

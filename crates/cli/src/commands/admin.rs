@@ -1,8 +1,8 @@
 //! `user …`, `machine …`, `audit list`.
 
 use fernwart_api::{
-    AuditQuery, AuditRecord, Empty, MachineAddRequest, MachineAdded, MachineInfo, MachineRevoked,
-    Role, UserAddRequest, UserAdded, UserDisabled, UserInfo,
+    Empty, MachineAddRequest, MachineAdded, MachineInfo, MachineRevoked, Role, UserAddRequest,
+    UserAdded, UserDisabled, UserInfo,
 };
 use zeroize::Zeroize as _;
 
@@ -100,31 +100,6 @@ pub async fn machine_revoke(ctx: &Context, name: &str) -> anyhow::Result<()> {
         output::print_json(&resp)
     } else {
         crate::out!("machine {name} revoked; its link is closed")
-    }
-    Ok(())
-}
-
-pub async fn audit_list(ctx: &Context, since: Option<&str>) -> anyhow::Result<()> {
-    let query = AuditQuery { since: since.map(str::to_owned) };
-    let path = match &query.since {
-        Some(s) => format!("/v1/audit?since={}", enc(s)),
-        None => "/v1/audit".to_owned(),
-    };
-    let events: Vec<AuditRecord> = ctx.get(&path).await?;
-    if ctx.json {
-        output::print_json_lines(&events);
-    } else {
-        for e in &events {
-            crate::out!(
-                "{} {:<12} {:<24} {:<16} {} {}",
-                e.time,
-                e.actor,
-                e.action,
-                e.target,
-                e.source,
-                e.details
-            );
-        }
     }
     Ok(())
 }

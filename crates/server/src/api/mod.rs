@@ -57,6 +57,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/sessions/{name}", get(sessions::show))
         .route("/v1/sessions/{name}/{action}", post(sessions::action))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/export", get(audit::export))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/orgs", post(orgs::add).get(orgs::list))
         .route("/v1/contracts", post(orgs::contract_add))

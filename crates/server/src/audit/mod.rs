@@ -2,6 +2,9 @@
 //! takes an [`Entry`] with every write); link and tunnel events go through a batching writer.
 //! The hash chain and the SIEM sinks build on these records later.
 
+pub mod signing;
+pub mod verify;
+
 use serde_json::{json, Value};
 
 use crate::domain::{Role, SessionEvent, SessionState};
@@ -309,6 +312,41 @@ impl Event {
             | Event::TunnelClose { session, .. }
             | Event::TunnelRefused { session, .. } => session,
             Event::AccessRefused { object, .. } => object,
+        }
+    }
+
+    /// The machine the event concerns, if it names one (for filters and organizations).
+    pub fn machine(&self) -> Option<&str> {
+        match self {
+            Event::MachineAdd { name, .. }
+            | Event::MachineRevoke { name }
+            | Event::MachineEnrol { name, .. } => Some(name),
+            Event::EnrolRefused { machine, .. } | Event::AgentRefused { machine, .. } => {
+                machine.as_deref()
+            }
+            Event::AgentConnect { machine, .. }
+            | Event::AgentDisconnect { machine, .. }
+            | Event::Switch { machine, .. }
+            | Event::SessionCreate { machine, .. }
+            | Event::WindowAdd { machine, .. }
+            | Event::WindowRemove { machine, .. } => Some(machine),
+            _ => None,
+        }
+    }
+
+    /// The session the event concerns, if any.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            Event::SessionCreate { name, .. } => Some(name),
+            Event::SessionChange { session, .. }
+            | Event::SessionPreapproved { session, .. }
+            | Event::ConnectRefused { session, .. }
+            | Event::Connect { session, .. }
+            | Event::Disconnect { session, .. }
+            | Event::TunnelOpen { session, .. }
+            | Event::TunnelClose { session, .. }
+            | Event::TunnelRefused { session, .. } => Some(session),
+            _ => None,
         }
     }
 

@@ -137,6 +137,28 @@ const MIGRATIONS: &[&str] = &[
         created_at BIGINT NOT NULL
     );
     CREATE INDEX maintenance_windows_machine ON maintenance_windows (machine_id);",
+    // 10: the audit chain (each record's place, its hash and its predecessor's; `seq` moves with
+    // a record's contents, `id` is where it is stored), what a record concerns (for filters and organizations), the signed checkpoints,
+    // and where each SIEM sink has got to
+    "ALTER TABLE audit ADD COLUMN seq BIGINT;
+    UPDATE audit SET seq = id;
+    ALTER TABLE audit ADD COLUMN prev TEXT;
+    ALTER TABLE audit ADD COLUMN hash TEXT;
+    ALTER TABLE audit ADD COLUMN actor_org TEXT;
+    ALTER TABLE audit ADD COLUMN machine TEXT;
+    ALTER TABLE audit ADD COLUMN session TEXT;
+    ALTER TABLE audit ADD COLUMN machine_org TEXT;
+    CREATE INDEX audit_time ON audit (time_ms);
+    CREATE TABLE audit_checkpoints (
+        seq BIGINT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        signature TEXT NOT NULL
+    );
+    CREATE TABLE delivery_cursors (
+        sink TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -13,6 +13,7 @@
 use std::{path::Path, sync::Arc};
 
 use fernwart_api::AuditRecord;
+use fernwart_proto::chain;
 
 use crate::{
     audit::Entry,
@@ -171,6 +172,37 @@ pub struct NewSession {
     pub created_at: UnixSecs,
 }
 
+/// What `audit list` asks for; every `None` matches all.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only records after this place (pagination).
+    pub after: i64,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub actor: Option<String>,
+    /// Records of this organization's users or about its machines.
+    pub org: Option<String>,
+    pub machine: Option<String>,
+    pub session: Option<String>,
+    /// An action (`session.approve`) or its family (`session`).
+    pub kind: Option<String>,
+    /// What the caller may see at all: only its own records ...
+    pub only_actor: Option<String>,
+    /// ... or only its organization's.
+    pub only_org: Option<String>,
+    pub limit: i64,
+}
+
+/// A signed checkpoint of the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub time_ms: i64,
+    /// The server's Ed25519 signature over `chain::checkpoint_message(seq, hash)`, hex.
+    pub signature: String,
+}
+
 /// The authorization rule that decides, inside the transaction, whether a session may be
 /// prepared and who releases it.
 pub type PrepareRule<'a> = dyn Fn(&PrepareFacts) -> Result<Release, Refusal> + 'a;
@@ -217,7 +249,23 @@ pub trait Backend: Send + Sync + 'static {
     // ------------------------------------------------------------ audit
     /// Appends records on their own (events of links and tunnels, refusals).
     fn record(&self, entries: &[Entry]) -> Result<(), StoreError>;
-    fn audit_list(&self, since_ms: i64) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Records matching every filter given, in chain order, at most `limit`.
+    fn audit_list(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The chain's records after place `after`, at most `limit`, as stored (for verification,
+    /// export and delivery).
+    fn audit_chain(&self, after: u64, limit: usize) -> Result<Vec<chain::Linked>, StoreError>;
+    fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+    /// Signs the chain's current end with `sign` if no checkpoint covers it yet; returns the
+    /// place it signed.
+    fn audit_checkpoint(
+        &self,
+        sign: &dyn Fn(&[u8]) -> String,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError>;
+    /// The last place a delivery sink (syslog, file) has delivered; 0 for none.
+    fn delivery_cursor(&self, sink: &str) -> Result<u64, StoreError>;
+    /// Moves a sink's cursor forward to `seq` (never back).
+    fn delivery_advance(&self, sink: &str, seq: u64) -> Result<(), StoreError>;
 
     // ------------------------------------------------------------ logins
     /// The user a login names, matched without regard to case.

@@ -7,12 +7,13 @@
 use std::{path::Path, sync::Mutex, time::Duration};
 
 use fernwart_api::{AuditRecord, OrgKind, Scope, TargetInfo};
+use fernwart_proto::chain;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
-    migrations, ApiTokenRecord, Applied, Attempt, Backend, EnrolToken, IssuedCert, LoginSubject,
-    MachineOwner, MachineRecord, NewSession, NewUser, NewWindow, OrgRecord, PrepareRule,
-    StoreError, UserRecord,
+    migrations, ApiTokenRecord, Applied, Attempt, AuditFilter, Backend, Checkpoint, EnrolToken,
+    IssuedCert, LoginSubject, MachineOwner, MachineRecord, NewSession, NewUser, NewWindow,
+    OrgRecord, PrepareRule, StoreError, UserRecord,
 };
 use crate::{
     audit::{Entry, Event},
@@ -58,6 +59,11 @@ impl Sqlite {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(Duration::from_secs(5))?;
         migrations::migrate(&mut conn)?;
+        {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            chain_backfill(&tx)?;
+            tx.commit()?;
+        }
         Ok(Self { conn: Mutex::new(conn), reader: None })
     }
 
@@ -113,19 +119,148 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Appends `entry` to the audit chain, in the caller's transaction: its place is the last
+/// record's plus one, its `prev` the last record's hash (the write lock serializes appends).
 fn audit(c: &Connection, entry: &Entry) -> Result<(), StoreError> {
+    let last = last_link(c)?;
+    let body = chain::Body {
+        time_ms: util::now_ms(),
+        actor: entry.actor.clone(),
+        action: entry.event.action(),
+        target: entry.event.target().to_owned(),
+        source: entry.source.clone(),
+        details: entry.event.details().to_string(),
+    };
+    let linked = chain::link(last.as_ref().map(|(seq, h)| (*seq, h.as_str())), body);
+    // What the record concerns, for filters and organizations (not part of the hash: derived
+    // from the names it holds and the organizations at the time).
+    let actor_org: Option<String> = c
+        .prepare_cached("SELECT org FROM users WHERE name = ?1 COLLATE NOCASE")?
+        .query_row([&entry.actor], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let session = entry.event.session();
+    let machine: Option<String> = match (entry.event.machine(), session) {
+        (Some(m), _) => Some(m.to_owned()),
+        (None, Some(s)) => c
+            .prepare_cached(
+                "SELECT m.name FROM sessions s JOIN machines m ON m.id = s.machine_id WHERE s.name = ?1",
+            )?
+            .query_row([s], |r| r.get(0))
+            .optional()?,
+        (None, None) => None,
+    };
+    let machine_org: Option<String> = match &machine {
+        Some(m) => c
+            .prepare_cached("SELECT org FROM machines WHERE name = ?1")?
+            .query_row([m], |r| r.get(0))
+            .optional()?
+            .flatten(),
+        None => None,
+    };
+    let b = &linked.body;
     c.prepare_cached(
-        "INSERT INTO audit (time_ms, actor, action, target, source, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO audit (id, seq, time_ms, actor, action, target, source, details, prev, hash, actor_org, machine, session, machine_org) \
+         VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
-        util::now_ms(),
-        entry.actor,
-        entry.event.action(),
-        entry.event.target(),
-        entry.source,
-        entry.event.details().to_string()
+        seq_sql(linked.seq)?,
+        b.time_ms,
+        b.actor,
+        b.action,
+        b.target,
+        b.source,
+        b.details,
+        linked.prev,
+        linked.hash,
+        actor_org,
+        machine,
+        session,
+        machine_org
     ])?;
     Ok(())
+}
+
+/// The place and hash of the chain's last record.
+fn last_link(c: &Connection) -> Result<Option<(u64, String)>, StoreError> {
+    let row: Option<(i64, Option<String>)> = c
+        .prepare_cached("SELECT COALESCE(seq, id), hash FROM audit ORDER BY id DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.map(|(id, hash)| (u64::try_from(id).unwrap_or(0), hash.unwrap_or_default())))
+}
+
+fn seq_sql(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::Invalid("the audit chain is full".into()))
+}
+
+/// Links records written before the chain existed (schema 10), once, in place order.
+fn chain_backfill(c: &Connection) -> Result<(), StoreError> {
+    let unlinked: i64 =
+        c.query_row("SELECT COUNT(*) FROM audit WHERE hash IS NULL", [], |r| r.get(0))?;
+    if unlinked == 0 {
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    {
+        let mut stmt = c.prepare(
+            "SELECT id, time_ms, actor, action, target, source, details FROM audit ORDER BY id",
+        )?;
+        let mut q = stmt.query([])?;
+        while let Some(r) = q.next()? {
+            let id: i64 = r.get(0)?;
+            rows.push((
+                id,
+                chain::Body {
+                    time_ms: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    source: r.get(5)?,
+                    details: r.get(6)?,
+                },
+            ));
+        }
+    }
+    let mut prev = chain::GENESIS.to_owned();
+    for (id, body) in rows {
+        let h = chain::hash(&prev, u64::try_from(id).unwrap_or(0), &body);
+        c.execute("UPDATE audit SET prev = ?2, hash = ?3 WHERE id = ?1", params![id, prev, h])?;
+        prev = h;
+    }
+    Ok(())
+}
+
+const AUDIT_RECORD: &str =
+    "SELECT id, time_ms, actor, action, target, source, details, prev, hash, COALESCE(seq, id) FROM audit";
+
+fn linked_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<chain::Linked> {
+    let seq: i64 = r.get(9)?;
+    Ok(chain::Linked {
+        seq: u64::try_from(seq).unwrap_or(0),
+        body: chain::Body {
+            time_ms: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            target: r.get(4)?,
+            source: r.get(5)?,
+            details: r.get(6)?,
+        },
+        prev: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+        hash: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+    })
+}
+
+fn record_of(l: chain::Linked) -> AuditRecord {
+    AuditRecord {
+        id: i64::try_from(l.seq).unwrap_or(i64::MAX),
+        time: util::rfc3339_ms(l.body.time_ms),
+        actor: l.body.actor,
+        action: l.body.action,
+        target: l.body.target,
+        source: l.body.source,
+        details: serde_json::from_str(&l.body.details).unwrap_or(serde_json::Value::Null),
+    }
 }
 
 fn role(raw: String) -> rusqlite::Result<Role> {
@@ -382,25 +517,105 @@ impl Backend for Sqlite {
         self.tx(|tx| entries.iter().try_for_each(|e| audit(tx, e)))
     }
 
-    fn audit_list(&self, since_ms: i64) -> Result<Vec<AuditRecord>, StoreError> {
+    fn audit_list(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, time_ms, actor, action, target, source, details FROM audit \
-                 WHERE time_ms >= ?1 ORDER BY id",
+            // Every filter is a parameter; an absent one is NULL and matches all.
+            let mut stmt = c.prepare_cached(&format!(
+                "{AUDIT_RECORD} WHERE id > ?1 \
+                 AND (?2 IS NULL OR time_ms >= ?2) AND (?3 IS NULL OR time_ms < ?3) \
+                 AND (?4 IS NULL OR actor = ?4 COLLATE NOCASE) \
+                 AND (?5 IS NULL OR actor_org = ?5 COLLATE NOCASE OR machine_org = ?5 COLLATE NOCASE) \
+                 AND (?6 IS NULL OR machine = ?6) AND (?7 IS NULL OR session = ?7) \
+                 AND (?8 IS NULL OR action = ?8 OR action LIKE ?8 || '.%') \
+                 AND (?9 IS NULL OR actor = ?9 COLLATE NOCASE) \
+                 AND (?10 IS NULL OR actor_org = ?10 COLLATE NOCASE OR machine_org = ?10 COLLATE NOCASE) \
+                 ORDER BY id LIMIT ?11"
+            ))?;
+            let rows = stmt.query_map(
+                params![
+                    f.after,
+                    f.since_ms,
+                    f.until_ms,
+                    f.actor,
+                    f.org,
+                    f.machine,
+                    f.session,
+                    f.kind,
+                    f.only_actor,
+                    f.only_org,
+                    f.limit
+                ],
+                linked_row,
             )?;
-            let rows = stmt.query_map(params![since_ms], |r| {
-                let details: String = r.get(6)?;
-                Ok(AuditRecord {
-                    id: r.get(0)?,
-                    time: util::rfc3339_ms(r.get(1)?),
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    source: r.get(5)?,
-                    details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+            Ok(rows.map(|r| r.map(record_of)).collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn audit_chain(&self, after: u64, limit: usize) -> Result<Vec<chain::Linked>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached(&format!("{AUDIT_RECORD} WHERE id > ?1 ORDER BY id LIMIT ?2"))?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![seq_sql(after)?, limit], linked_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, hash, time_ms, signature FROM audit_checkpoints ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Checkpoint {
+                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    hash: r.get(1)?,
+                    time_ms: r.get(2)?,
+                    signature: r.get(3)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn audit_checkpoint(
+        &self,
+        sign: &dyn Fn(&[u8]) -> String,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.tx(|tx| {
+            let Some((seq, hash)) = last_link(tx)? else { return Ok(None) };
+            let signed: Option<i64> =
+                tx.query_row("SELECT MAX(seq) FROM audit_checkpoints", [], |r| r.get(0))?;
+            if signed.is_some_and(|s| s >= seq_sql(seq).unwrap_or(i64::MAX)) {
+                return Ok(None);
+            }
+            let signature = sign(&chain::checkpoint_message(seq, &hash));
+            tx.execute(
+                "INSERT INTO audit_checkpoints (seq, hash, time_ms, signature) VALUES (?1, ?2, ?3, ?4)",
+                params![seq_sql(seq)?, hash, now_ms, signature],
+            )?;
+            Ok(Some(seq))
+        })
+    }
+
+    fn delivery_cursor(&self, sink: &str) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let seq: Option<i64> = c
+                .query_row("SELECT seq FROM delivery_cursors WHERE sink = ?1", [sink], |r| r.get(0))
+                .optional()?;
+            Ok(seq.map_or(0, |s| u64::try_from(s).unwrap_or(0)))
+        })
+    }
+
+    fn delivery_advance(&self, sink: &str, seq: u64) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO delivery_cursors (sink, seq) VALUES (?1, ?2) \
+                 ON CONFLICT (sink) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                params![sink, seq_sql(seq)?],
+            )?;
+            Ok(())
         })
     }
 
