@@ -1,4 +1,5 @@
-//! The operator's `DIR/agent.toml`: targets and the key switch source. Never written by us.
+//! The operator's `DIR/agent.toml`: targets, the key switch source and the bounds of the
+//! audit trail. Never written by us.
 
 use std::{
     net::SocketAddr,
@@ -7,6 +8,8 @@ use std::{
 
 use fernwart_proto::{TargetInfo, TargetProtocol};
 use serde::Deserialize;
+
+use crate::audit::Settings as AuditSettings;
 
 pub const FILE_NAME: &str = "agent.toml";
 
@@ -19,6 +22,16 @@ struct Raw {
     proxy: Option<String>,
     #[serde(default, rename = "target")]
     targets: Vec<RawTarget>,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+/// `[audit]`: how large the agent's own audit trail may grow.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    max_file_bytes: Option<u64>,
+    keep_files: Option<usize>,
 }
 
 fn default_switch() -> String {
@@ -60,6 +73,7 @@ pub struct AgentConfig {
     pub switch: SwitchSource,
     pub proxy: Option<String>,
     pub targets: Vec<Target>,
+    pub audit: AuditSettings,
 }
 
 impl AgentConfig {
@@ -105,7 +119,12 @@ impl AgentConfig {
             }
             targets.push(Target { name: t.name, address: t.address, protocol });
         }
-        Ok(Self { switch, proxy: raw.proxy, targets })
+        let defaults = AuditSettings::default();
+        let audit = AuditSettings::validated(
+            raw.audit.max_file_bytes.unwrap_or(defaults.max_file_bytes),
+            raw.audit.keep_files.unwrap_or(defaults.keep_files),
+        )?;
+        Ok(Self { switch, proxy: raw.proxy, targets, audit })
     }
 
     pub fn target(&self, name: &str) -> Option<&Target> {
@@ -168,6 +187,23 @@ mod tests {
         let c = AgentConfig::parse("switch = \"local\"\n[[target]]\nname = \"plc\"\naddress = \"192.168.0.10:102\"\nprotocol = \"tcp\"\n").unwrap();
         assert_eq!(c.switch, SwitchSource::Local);
         assert_eq!(c.targets[0].address, "192.168.0.10:102");
+        assert_eq!(c.audit, AuditSettings::default());
+    }
+
+    #[test]
+    fn audit_bounds() {
+        let c = AgentConfig::parse("[audit]\nmax_file_bytes = 65536\nkeep_files = 3\n").unwrap();
+        assert_eq!(c.audit, AuditSettings { max_file_bytes: 65536, keep_files: 3 });
+        let c = AgentConfig::parse("[audit]\nkeep_files = 2\n").unwrap();
+        assert_eq!(c.audit.max_file_bytes, AuditSettings::default().max_file_bytes);
+        for bad in [
+            "[audit]\nmax_file_bytes = 10\n",
+            "[audit]\nkeep_files = 0\n",
+            "[audit]\nkeep_files = -1\n",
+            "[audit]\nmax_bytes = 65536\n",
+        ] {
+            assert!(AgentConfig::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -5,16 +5,16 @@
 
 use std::{
     collections::HashMap,
-    io::Write,
     path::PathBuf,
     sync::{Arc, Mutex},
 };
 
-use fernwart_proto::Grant;
+use fernwart_proto::{chain::Body, Grant};
 use fernwart_transport::ProxyConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub mod audit;
 pub mod config;
 pub mod forward;
 pub mod identity;
@@ -23,8 +23,6 @@ pub mod policy;
 pub mod switch;
 
 pub use config::AgentConfig;
-
-pub const AUDIT_FILE: &str = "audit.jsonl";
 
 #[derive(Clone)]
 pub struct Agent(Arc<AgentInner>);
@@ -38,7 +36,8 @@ pub struct AgentInner {
     pub grants: Mutex<policy::Grants>,
     grant_tokens: Mutex<HashMap<String, CancellationToken>>,
     switch_token: Mutex<CancellationToken>,
-    audit_file: Mutex<Option<std::fs::File>>,
+    /// The machine's own tamper-evident record (see [`audit`]).
+    pub audit_log: audit::AuditLog,
 }
 
 impl std::ops::Deref for Agent {
@@ -67,8 +66,10 @@ impl Agent {
         proxy: ProxyConfig,
     ) -> Self {
         let on = switch::read(&dir, &cfg.switch);
-        let audit_file =
-            std::fs::OpenOptions::new().create(true).append(true).open(dir.join(AUDIT_FILE)).ok();
+        let audit_log = audit::AuditLog::new(&dir, identity.machine.clone(), cfg.audit);
+        if let Err(e) = audit_log.open() {
+            tracing::error!(error = %fernwart_transport::error_chain(&e), "cannot open the agent's audit trail; trying again at each record");
+        }
         Agent(Arc::new(AgentInner {
             switch: watch::channel(on).0,
             dir,
@@ -78,17 +79,43 @@ impl Agent {
             grants: Mutex::new(policy::Grants::default()),
             grant_tokens: Mutex::new(HashMap::new()),
             switch_token: Mutex::new(CancellationToken::new()),
-            audit_file: Mutex::new(audit_file),
+            audit_log,
         }))
     }
 
-    /// The machine-side record of what happened here (the operator's copy).
-    pub fn audit(&self, action: &str, details: serde_json::Value) {
-        tracing::info!(%action, %details, "audit");
-        let line = serde_json::json!({"time": now(), "machine": self.identity.machine, "action": action, "details": details});
-        if let Some(f) = lock(&self.audit_file).as_mut() {
-            // One write per line, so that a crash leaves no half-written record.
-            let _ = f.write_all(format!("{line}\n").as_bytes());
+    /// The machine-side record of what happened here (the operator's copy) about `session`
+    /// ("" for none), by the technicians of its grant if the agent holds it, else "agent".
+    pub fn audit(&self, action: &str, session: &str, details: serde_json::Value) {
+        let actor = lock(&self.grants).get(session).map(|g| g.users.join(","));
+        self.audit_as(actor.as_deref(), action, session, details);
+    }
+
+    /// [`Agent::audit`] by `actor` (the technicians, comma-separated; `None`: "agent"). The
+    /// record is on disk when this returns; a failure is logged and counted
+    /// ([`audit::AuditLog::failures`]), and recorded in the trail once writing works again.
+    pub fn audit_as(
+        &self,
+        actor: Option<&str>,
+        action: &str,
+        session: &str,
+        details: serde_json::Value,
+    ) {
+        tracing::info!(%action, %session, %details, "audit");
+        let body = Body {
+            time_ms: audit::now_ms(),
+            actor: actor.filter(|a| !a.is_empty()).unwrap_or("agent").to_owned(),
+            action: action.to_owned(),
+            target: session.to_owned(),
+            source: self.identity.machine.clone(),
+            details: details.to_string(),
+        };
+        if let Err(e) = self.audit_log.append(body) {
+            tracing::error!(
+                error = %fernwart_transport::error_chain(&e),
+                %action,
+                failures = self.audit_log.failures(),
+                "cannot write the agent's audit record"
+            );
         }
     }
 
@@ -106,7 +133,15 @@ impl Agent {
             t.cancel();
         }
         drop(t);
-        self.audit("switch", serde_json::json!({"switch": if on { "on" } else { "off" }}));
+        let word = if on { "on" } else { "off" };
+        let source = match &self.cfg.switch {
+            config::SwitchSource::Local => "local".to_owned(),
+            config::SwitchSource::File(p) => format!("file:{}", p.display()),
+            config::SwitchSource::Gpio { chip, line, .. } => {
+                format!("gpio:{}:{line}", chip.display())
+            }
+        };
+        self.audit_as(None, "switch", "", serde_json::json!({"switch": word, "source": source}));
     }
 
     pub fn grant_token(&self, session: &str) -> CancellationToken {
@@ -122,10 +157,10 @@ impl Agent {
             let held = lock(&self.grants);
             let fresh: Vec<&Grant> =
                 grants.iter().filter(|g| held.get(&g.session) != Some(*g)).collect();
-            let dropped: Vec<String> = held
+            let dropped: Vec<(String, String)> = held
                 .sessions()
                 .filter(|s| !keep.iter().any(|k| k == s))
-                .map(str::to_owned)
+                .map(|s| (s.to_owned(), held.get(s).map(|g| g.users.join(",")).unwrap_or_default()))
                 .collect();
             (fresh, dropped)
         };
@@ -133,9 +168,11 @@ impl Agent {
             self.audit_grant(grant);
         }
         dropped.sort();
-        for session in dropped {
-            self.audit(
+        for (session, users) in dropped {
+            self.audit_as(
+                Some(&users),
                 "revoke",
+                &session,
                 serde_json::json!({"session": session, "reason": "not in the server's welcome"}),
             );
         }
@@ -155,15 +192,26 @@ impl Agent {
     }
 
     fn audit_grant(&self, grant: &Grant) {
-        self.audit("grant", serde_json::json!({"session": grant.session, "targets": grant.targets, "until": grant.until, "users": grant.users}));
+        self.audit_as(
+            Some(&grant.users.join(",")),
+            "grant",
+            &grant.session,
+            serde_json::json!({"session": grant.session, "targets": grant.targets, "from": grant.from, "until": grant.until, "users": grant.users}),
+        );
     }
 
     pub fn revoke(&self, session: &str) {
-        lock(&self.grants).remove(session);
+        let removed = lock(&self.grants).remove(session);
         if let Some(t) = lock(&self.grant_tokens).remove(session) {
             t.cancel();
         }
-        self.audit("revoke", serde_json::json!({"session": session}));
+        let users = removed.map(|g| g.users.join(","));
+        self.audit_as(
+            users.as_deref(),
+            "revoke",
+            session,
+            serde_json::json!({"session": session, "reason": "revoked by the server"}),
+        );
     }
 }
 
@@ -175,6 +223,12 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
         agent.switch.clone(),
     ));
     let mut rx = agent.switch.subscribe();
+    agent.audit_as(
+        None,
+        "agent.start",
+        "",
+        serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "server": agent.identity.server}),
+    );
     let a = agent.clone();
     let reactor = tokio::spawn(async move {
         let initial = *rx.borrow_and_update();
@@ -184,9 +238,10 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
             a.on_switch(on);
         }
     });
-    link::run(agent, shutdown).await;
+    link::run(agent.clone(), shutdown).await;
     watcher.abort();
     reactor.abort();
+    agent.audit_as(None, "agent.stop", "", serde_json::json!({}));
 }
 
 #[cfg(test)]
@@ -213,19 +268,14 @@ mod tests {
         }
     }
 
-    /// `(action, session)` of each record in the agent's audit file.
+    /// `(action, session)` of each record in the agent's audit trail, which verifies.
     fn records(dir: &std::path::Path) -> Vec<(String, String)> {
-        std::fs::read_to_string(dir.join(AUDIT_FILE))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["action"] != "switch")
-            .map(|v| {
-                (
-                    v["action"].as_str().unwrap().to_owned(),
-                    v["details"]["session"].as_str().unwrap().to_owned(),
-                )
-            })
+        audit::verify(dir).unwrap();
+        let (all, warnings) = audit::list(dir, &audit::Filter::default()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        all.into_iter()
+            .filter(|r| r.body.action != "switch")
+            .map(|r| (r.body.action, r.body.target))
             .collect()
     }
 
@@ -238,12 +288,14 @@ mod tests {
 
         let rec = records(dir.path());
         assert_eq!(rec, [("grant".into(), "s1".into()), ("grant".into(), "s2".into())]);
-        let line = std::fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap();
-        let first: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
-        assert_eq!(first["machine"], "m1");
-        assert_eq!(first["details"]["users"], serde_json::json!(["tech"]));
-        assert_eq!(first["details"]["targets"], serde_json::json!(["plc"]));
-        assert_eq!(first["details"]["until"], 100);
+        let (all, _) = audit::list(dir.path(), &audit::Filter::default()).unwrap();
+        let first = &all[0].body;
+        assert_eq!((first.source.as_str(), first.actor.as_str()), ("m1", "tech"));
+        let details: serde_json::Value = serde_json::from_str(&first.details).unwrap();
+        assert_eq!(details["session"], "s1");
+        assert_eq!(details["users"], serde_json::json!(["tech"]));
+        assert_eq!(details["targets"], serde_json::json!(["plc"]));
+        assert_eq!(details["until"], 100);
     }
 
     #[test]
@@ -273,5 +325,37 @@ mod tests {
         a.add_grant(grant("s1", 100));
 
         assert_eq!(records(dir.path()), [("grant".to_owned(), "s1".to_owned())]);
+    }
+
+    #[test]
+    fn a_revoke_names_the_technicians_of_the_grant_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(dir.path());
+        a.add_grant(grant("s1", 100));
+
+        a.revoke("s1");
+        a.audit("tunnel.refused", "s1", serde_json::json!({"reason": "no grant"}));
+
+        let (all, _) = audit::list(dir.path(), &audit::Filter::default()).unwrap();
+        let by: Vec<(&str, &str)> =
+            all.iter().map(|r| (r.body.action.as_str(), r.body.actor.as_str())).collect();
+        assert_eq!(by, [("grant", "tech"), ("revoke", "tech"), ("tunnel.refused", "agent")]);
+    }
+
+    #[test]
+    fn an_unwritable_trail_is_counted_and_does_not_stop_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(audit::DIR_NAME), "in the way").unwrap();
+        let a = agent(dir.path());
+
+        a.add_grant(grant("s1", 100));
+
+        assert!(lock(&a.grants).get("s1").is_some());
+        assert_eq!(a.audit_log.failures(), 1);
+        std::fs::remove_file(dir.path().join(audit::DIR_NAME)).unwrap();
+        a.add_grant(grant("s2", 100));
+        let (all, _) = audit::list(dir.path(), &audit::Filter::default()).unwrap();
+        let actions: Vec<&str> = all.iter().map(|r| r.body.action.as_str()).collect();
+        assert_eq!(actions, ["audit.failed", "grant"]);
     }
 }

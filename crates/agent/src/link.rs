@@ -24,7 +24,10 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         };
         match result {
-            Ok(reason) => tracing::warn!(%reason, "link to server closed"),
+            Ok(reason) => {
+                tracing::warn!(%reason, "link to server closed");
+                agent.audit("link.down", "", serde_json::json!({"reason": reason}));
+            }
             Err(e) => tracing::warn!(error = %e, "cannot connect to server"),
         }
         if started.elapsed() > Duration::from_secs(60) {
@@ -79,6 +82,11 @@ async fn connect_once(agent: &Agent) -> Result<String, String> {
     {
         ServerToAgent::Welcome { machine, grants, .. } => {
             tracing::info!(%machine, grants = grants.len(), "connected to server");
+            agent.audit(
+                "link.up",
+                "",
+                serde_json::json!({"server": agent.identity.server, "grants": grants.len()}),
+            );
             agent.set_grants(grants);
         }
         ServerToAgent::Refused { reason } => {

@@ -2,7 +2,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fernwart_agent::{identity, switch, Agent, AgentConfig};
+use fernwart_agent::{audit, identity, switch, Agent, AgentConfig};
 use fernwart_transport::ProxyConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +51,37 @@ enum Cmd {
         data: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+    /// The machine's own audit trail in DIR/audit: read on the gateway, no server needed.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check every record's hash and link across all files; exit 1 naming the first break.
+    Verify {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Print the records, oldest first (one line each, or one JSON object each with --json).
+    List {
+        #[arg(long)]
+        data: PathBuf,
+        /// One JSON object per line, each record as stored.
+        #[arg(long)]
+        json: bool,
+        /// Only records at or after this time (RFC 3339, e.g. 2025-01-31T08:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records about this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only the last N records (after the other filters).
+        #[arg(long)]
+        limit: Option<usize>,
     },
 }
 
@@ -139,6 +170,28 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
                 println!("key switch {word}");
             } else {
                 println!("key switch {word} (agent not running; applies when it starts)");
+            }
+            Ok(())
+        }
+        Cmd::Audit { cmd: AuditCmd::Verify { data } } => {
+            let report = audit::verify(&data)?;
+            println!("{report}");
+            Ok(())
+        }
+        Cmd::Audit { cmd: AuditCmd::List { data, json, since, session, limit } } => {
+            let since_ms =
+                since.as_deref().map(audit::parse_since).transpose().map_err(anyhow::Error::msg)?;
+            let filter = audit::Filter { since_ms, session, limit };
+            let (records, warnings) = audit::list(&data, &filter)?;
+            for w in warnings {
+                eprintln!("fernwart-agent: warning: {w}");
+            }
+            for r in &records {
+                if json {
+                    println!("{}", serde_json::to_string(r)?);
+                } else {
+                    println!("{}", audit::human_line(r));
+                }
             }
             Ok(())
         }

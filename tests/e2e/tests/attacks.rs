@@ -708,13 +708,15 @@ fn the_agent_audits_grants_from_the_welcome() -> Result<()> {
         T,
         Duration::from_millis(100),
         || {
-            for entry in std::fs::read_dir(&dir)? {
-                let path = entry?.path();
-                let is_audit = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.to_ascii_lowercase().contains("audit"));
-                if is_audit && path.is_file() {
+            // The agent's trail: DIR/audit/*.jsonl (DIR/audit.jsonl before the hash chain).
+            let mut files = vec![dir.join("audit.jsonl")];
+            if let Ok(entries) = std::fs::read_dir(dir.join("audit")) {
+                for entry in entries {
+                    files.push(entry?.path());
+                }
+            }
+            for path in files {
+                if path.is_file() {
                     let text = std::fs::read_to_string(&path).unwrap_or_default();
                     if text.contains(session) {
                         return Ok(Some(path));
@@ -725,8 +727,9 @@ fn the_agent_audits_grants_from_the_welcome() -> Result<()> {
         },
     );
     let path = found.with_context(|| {
-        let text = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
-        format!("agent audit.jsonl: {}", clip(&text))
+        let text =
+            std::fs::read_to_string(dir.join("audit").join("current.jsonl")).unwrap_or_default();
+        format!("agent audit/current.jsonl: {}", clip(&text))
     })?;
     eprintln!("the welcome's grant is in {}", path.display());
     Ok(())
