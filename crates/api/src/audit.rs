@@ -69,6 +69,9 @@ pub struct AuditRecord {
     pub time: String,
     /// Who did it: a user, a machine, `system` or `unknown`.
     pub actor: String,
+    /// The actor's organization, when it is a user of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
     /// What happened, e.g. `session.create`, `auth.login_failed`.
     pub action: String,
     /// What it happened to (may be empty).

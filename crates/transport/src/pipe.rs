@@ -62,16 +62,19 @@ where
 }
 
 /// Forwards one stream into another as the bytes arrive, then ends the second's direction.
-/// Each chunk counts as `activity`.
+/// Each chunk counts as `activity`; `carried` counts its bytes as they pass (so a tunnel cut
+/// midway still knows them).
 pub async fn mux_to_mux(
     rd: &mut MuxReader,
     wr: &mut MuxWriter,
     activity: &Activity,
+    carried: &AtomicU64,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     while let Some(chunk) = rd.chunk().await? {
         total += chunk.len() as u64;
         activity.tick();
+        carried.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         wr.send_all(chunk).await?;
     }
     wr.finish()?;
@@ -220,7 +223,13 @@ mod tests {
         let (mut r1_far, _w1_far) = one_in.recv().await.unwrap().into_split();
         let (_r2, mut w2) = two.open().await.unwrap().into_split();
         let relay = tokio::spawn(async move {
-            super::mux_to_mux(&mut r1_far, &mut w2, &super::Activity::default()).await
+            super::mux_to_mux(
+                &mut r1_far,
+                &mut w2,
+                &super::Activity::default(),
+                &std::sync::atomic::AtomicU64::new(0),
+            )
+            .await
         });
         let (mut r2_far, _w2_far) = two_in.recv().await.unwrap().into_split();
         let down = tokio::spawn(async move { super::mux_to_socket(&mut r2_far, &mut c).await });

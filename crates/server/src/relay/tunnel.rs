@@ -1,6 +1,9 @@
 //! One technician TCP connection: checked at the server, opened at the agent, then relayed.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use fernwart_proto::{OpenReply, OpenRequest, HANDSHAKE_TIMEOUT};
 use fernwart_transport::{
@@ -55,7 +58,8 @@ pub async fn serve(
     let (mut t_rd, mut t_wr) = stream.into_split();
     let (mut a_rd, mut a_wr) = agent_stream.into_split();
     let activity = Activity::default();
-    let up = mux_to_mux(&mut t_rd, &mut a_wr, &activity);
+    let (bytes_up, bytes_down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let up = mux_to_mux(&mut t_rd, &mut a_wr, &activity, &bytes_up);
     let down = async {
         let reason = match read_frame_within::<OpenReply, _>(&mut a_rd, HANDSHAKE_TIMEOUT).await {
             Ok(r) if r.ok => None,
@@ -76,7 +80,7 @@ pub async fn serve(
             &who.source,
             Event::TunnelOpen { session: session.clone(), target: target.clone() },
         ));
-        mux_to_mux(&mut a_rd, &mut t_wr, &activity).await.map_err(Halt::Io)
+        mux_to_mux(&mut a_rd, &mut t_wr, &activity, &bytes_down).await.map_err(Halt::Io)
     };
     let outcome = tokio::select! {
         r = pipe::both(up, down) => match r {
@@ -96,12 +100,21 @@ pub async fn serve(
             format!("idle for {} (sessions.tunnel_idle_timeout)", humantime::format_duration(app.tunnel_idle))
         }
     };
-    let secs = started.elapsed().as_secs();
+    let took = started.elapsed();
+    let secs = took.as_secs();
     tracing::info!(session = %session, %target, %user, %outcome, secs, "tunnel closed");
     app.audit.record(Entry::new(
         &user,
         &who.source,
-        Event::TunnelClose { session, target, outcome, seconds: secs },
+        Event::TunnelClose {
+            session,
+            target,
+            outcome,
+            seconds: secs,
+            bytes_up: bytes_up.load(Ordering::Relaxed),
+            bytes_down: bytes_down.load(Ordering::Relaxed),
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        },
     ));
 }
 

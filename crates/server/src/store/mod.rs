@@ -262,6 +262,10 @@ pub trait Backend: Send + Sync + 'static {
         sign: &dyn Fn(&[u8]) -> String,
         now_ms: i64,
     ) -> Result<Option<u64>, StoreError>;
+    /// The sessions released now (approved or active): (session, machine).
+    fn released_sessions(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Each enrolled machine not revoked, with the end of its certificate.
+    fn machine_cert_ends(&self) -> Result<Vec<(String, UnixSecs)>, StoreError>;
     /// The last place a delivery sink (syslog, file) has delivered; 0 for none.
     fn delivery_cursor(&self, sink: &str) -> Result<u64, StoreError>;
     /// Moves a sink's cursor forward to `seq` (never back).

@@ -251,8 +251,17 @@ fn linked_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<chain::Linked> {
     })
 }
 
+/// As [`AUDIT_RECORD`], with the actor's organization last.
+const AUDIT_LISTED: &str = "SELECT id, time_ms, actor, action, target, source, details, prev, hash, COALESCE(seq, id), actor_org FROM audit";
+
+fn listed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    let org: Option<String> = r.get(10)?;
+    Ok(AuditRecord { org, ..record_of(linked_row(r)?) })
+}
+
 fn record_of(l: chain::Linked) -> AuditRecord {
     AuditRecord {
+        org: None,
         id: i64::try_from(l.seq).unwrap_or(i64::MAX),
         time: util::rfc3339_ms(l.body.time_ms),
         actor: l.body.actor,
@@ -521,7 +530,7 @@ impl Backend for Sqlite {
         self.read(|c| {
             // Every filter is a parameter; an absent one is NULL and matches all.
             let mut stmt = c.prepare_cached(&format!(
-                "{AUDIT_RECORD} WHERE id > ?1 \
+                "{AUDIT_LISTED} WHERE id > ?1 \
                  AND (?2 IS NULL OR time_ms >= ?2) AND (?3 IS NULL OR time_ms < ?3) \
                  AND (?4 IS NULL OR actor = ?4 COLLATE NOCASE) \
                  AND (?5 IS NULL OR actor_org = ?5 COLLATE NOCASE OR machine_org = ?5 COLLATE NOCASE) \
@@ -545,9 +554,9 @@ impl Backend for Sqlite {
                     f.only_org,
                     f.limit
                 ],
-                linked_row,
+                listed_row,
             )?;
-            Ok(rows.map(|r| r.map(record_of)).collect::<Result<Vec<_>, _>>()?)
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -596,6 +605,28 @@ impl Backend for Sqlite {
                 params![seq_sql(seq)?, hash, now_ms, signature],
             )?;
             Ok(Some(seq))
+        })
+    }
+
+    fn released_sessions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT s.name, m.name FROM sessions s JOIN machines m ON m.id = s.machine_id \
+                 WHERE s.state IN ({}) ORDER BY s.name",
+                states(|st| matches!(st, SessionState::Approved | SessionState::Active))
+            ))?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn machine_cert_ends(&self) -> Result<Vec<(String, UnixSecs)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name, cert_not_after FROM machines WHERE revoked = 0 AND cert_not_after IS NOT NULL ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
