@@ -1,6 +1,12 @@
 //! `DIR/server.toml`, with `FERNWART_<SECTION>_<KEY>` environment overrides.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +34,8 @@ pub struct Settings {
     pub enrolment: EnrolmentSection,
     #[serde(default)]
     pub sessions: SessionSection,
+    #[serde(default)]
+    pub audit: AuditSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,6 +161,107 @@ impl Default for SessionSection {
     }
 }
 
+/// Copies of the audit trail kept elsewhere (docs/server.md, "SIEM export"). Paths are relative
+/// to the data directory; an empty value turns that copy off.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// RFC 5424 syslog receiver: `tcp://HOST:PORT` (octet counting, RFC 6587) or
+    /// `tls://HOST:PORT` (RFC 5425).
+    pub syslog: String,
+    /// PEM file with the CA certificate(s) the `tls://` receiver's certificate chains to;
+    /// empty: the system's root certificates.
+    pub syslog_ca: String,
+    /// File the trail is appended to as JSON lines, one record per line.
+    pub jsonl: String,
+}
+
+/// Where the audit trail is copied to, validated.
+#[derive(Debug, Clone, Default)]
+pub struct AuditExport {
+    pub syslog: Option<SyslogTarget>,
+    /// The JSON lines file (absolute after [`Config::load`]).
+    pub jsonl: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogTransport {
+    /// Plain TCP, octet-counted frames (RFC 6587 3.4.1).
+    Tcp,
+    /// TLS, octet-counted frames (RFC 5425).
+    Tls,
+}
+
+/// A syslog receiver, from `tcp://HOST:PORT` or `tls://HOST:PORT`.
+#[derive(Debug, Clone)]
+pub struct SyslogTarget {
+    pub transport: SyslogTransport,
+    /// A DNS name or an IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// `tls://`: the CA file (absolute after [`Config::load`]); `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `tls://`: the trust anchors, read by [`Config::load`] (`None` after [`Config::parse`]:
+    /// read when the exporter starts).
+    pub roots: Option<Arc<rustls::RootCertStore>>,
+}
+
+impl SyslogTarget {
+    /// Port when the URL gives none: 514 for TCP (the customary one), 6514 for TLS (RFC 5425).
+    pub const DEFAULT_TCP_PORT: u16 = 514;
+    pub const DEFAULT_TLS_PORT: u16 = 6514;
+
+    /// Parses `tcp://HOST[:PORT]` or `tls://HOST[:PORT]`; the error says what is wrong.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        const USE: &str = "use tcp://HOST:PORT (RFC 6587) or tls://HOST:PORT (RFC 5425)";
+        let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e}); {USE}"))?;
+        let (transport, default_port) = match url.scheme() {
+            "tcp" => (SyslogTransport::Tcp, Self::DEFAULT_TCP_PORT),
+            "tls" => (SyslogTransport::Tls, Self::DEFAULT_TLS_PORT),
+            other => return Err(format!("{other}:// is not supported; {USE}")),
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("a user or password does not belong in it; {USE}"));
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("only a host and a port belong in it; {USE}"));
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => {
+                if !d.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
+                    return Err(format!("{d:?} is not a host name"));
+                }
+                d.to_owned()
+            }
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            _ => return Err(format!("no host; {USE}")),
+        };
+        let port = url.port().unwrap_or(default_port);
+        if port == 0 {
+            return Err("port 0 cannot be connected to".into());
+        }
+        if transport == SyslogTransport::Tls {
+            rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("{host:?} cannot be checked in a certificate: {e}"))?;
+        }
+        Ok(Self { transport, host, port, ca_file: None, roots: None })
+    }
+
+    /// The URL again, for messages.
+    pub fn url(&self) -> String {
+        let scheme = match self.transport {
+            SyslogTransport::Tcp => "tcp",
+            SyslogTransport::Tls => "tls",
+        };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// Settings after validation, durations parsed.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -165,6 +274,7 @@ pub struct Config {
     pub cert_ttl: Duration,
     pub default_session: Duration,
     pub tunnel_idle: Duration,
+    pub audit: AuditExport,
 }
 
 pub const FILE_NAME: &str = "server.toml";
@@ -178,22 +288,33 @@ impl Config {
         let path = dir.join(FILE_NAME);
         let text = std::fs::read_to_string(&path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Self::parse(&text, env)
+        Self::parse_in(&text, env, Some(dir))
             .map_err(|message| ConfigError::Invalid { path: path.display().to_string(), message })
     }
 
     /// Parses settings, then applies `env`: a `FERNWART_<SECTION>_<KEY>` whose section is one of
     /// the server's must name a setting it knows (a misspelt override cannot go unnoticed);
     /// other `FERNWART_*` variables (the CLI's, the agent's, [`CLIENT_ENV`]) are left alone.
+    ///
+    /// Files the settings name are not looked at (see [`Config::load`]).
     pub fn parse(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, String> {
+        Self::parse_in(text, env, None)
+    }
+
+    /// [`Config::parse`]; with `dir`, relative paths are taken relative to it and the files
+    /// the settings name are opened (a CA that cannot be read stops the server at start, not
+    /// at the first record).
+    fn parse_in(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        dir: Option<&Path>,
+    ) -> Result<Self, String> {
         let mut value: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        if let Some(audit) = value.get("audit") {
-            let key = audit.as_table().and_then(|t| t.keys().next()).map_or("", String::as_str);
-            return Err(audit_refused(key, None));
-        }
+        // Which setting came from which variable, for messages.
+        let mut from_env = BTreeMap::new();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix("FERNWART_") else { continue };
             if CLIENT_ENV.contains(&name.as_str()) {
@@ -201,9 +322,6 @@ impl Config {
             }
             let rest = rest.to_ascii_lowercase();
             let (section, key) = rest.split_once('_').unwrap_or((&rest, ""));
-            if section == "audit" {
-                return Err(audit_refused(key, Some(&name)));
-            }
             // Not one of the server's sections: a variable of the CLI, the agent or a script
             // in the same shell (DESIGN §6), left alone.
             let Some(keys) = section_keys(section) else {
@@ -225,13 +343,15 @@ impl Config {
             if let toml::Value::Table(t) = table {
                 t.insert(key.to_owned(), parsed);
             }
+            from_env.insert(format!("{section}.{key}"), name);
         }
         let settings: Settings =
             toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| e.to_string())?;
-        Self::validate(settings)
+        let audit = audit_export(&settings.audit, &from_env, dir)?;
+        Self::validate(settings, audit)
     }
 
-    fn validate(settings: Settings) -> Result<Self, String> {
+    fn validate(settings: Settings, audit: AuditExport) -> Result<Self, String> {
         let dur = |what: &str, s: &str| {
             humantime::parse_duration(s).map_err(|e| format!("{what} = {s:?}: {e}"))
         };
@@ -272,8 +392,86 @@ impl Config {
                 &settings.sessions.tunnel_idle_timeout,
             )?,
             settings,
+            audit,
         })
     }
+}
+
+/// Validates the `[audit]` section; with `dir`, resolves its paths and opens its files.
+fn audit_export(
+    section: &AuditSection,
+    from_env: &BTreeMap<String, String>,
+    dir: Option<&Path>,
+) -> Result<AuditExport, String> {
+    // `audit.syslog = "udp://x" (FERNWART_AUDIT_SYSLOG)`: the setting, its value and where it
+    // came from.
+    let name = |key: &str, value: &str| {
+        let setting = format!("audit.{key}");
+        match from_env.get(&setting) {
+            Some(var) => format!("{setting} = {value:?} ({var})"),
+            None => format!("{setting} = {value:?}"),
+        }
+    };
+    let path = |value: &str| match dir {
+        Some(dir) => dir.join(value),
+        None => PathBuf::from(value),
+    };
+    let mut export = AuditExport::default();
+    if !section.syslog.is_empty() {
+        let mut target = SyslogTarget::parse(&section.syslog)
+            .map_err(|e| format!("{}: {e}", name("syslog", &section.syslog)))?;
+        if !section.syslog_ca.is_empty() {
+            if target.transport != SyslogTransport::Tls {
+                return Err(format!(
+                    "{}: a CA is only used with a tls:// receiver, audit.syslog is {}",
+                    name("syslog_ca", &section.syslog_ca),
+                    target.url()
+                ));
+            }
+            target.ca_file = Some(path(&section.syslog_ca));
+        }
+        if target.transport == SyslogTransport::Tls && dir.is_some() {
+            let roots = fernwart_transport::tls::roots(target.ca_file.as_deref()).map_err(|e| {
+                format!("{}: {}", name("syslog_ca", &section.syslog_ca), error_chain(&e))
+            })?;
+            target.roots = Some(Arc::new(roots));
+        }
+        export.syslog = Some(target);
+    } else if !section.syslog_ca.is_empty() {
+        return Err(format!("{}: audit.syslog is not set", name("syslog_ca", &section.syslog_ca)));
+    }
+    if !section.jsonl.is_empty() {
+        let file = path(&section.jsonl);
+        if dir.is_some() {
+            open_jsonl(&file).map_err(|e| {
+                format!("{}: cannot open {}: {e}", name("jsonl", &section.jsonl), file.display())
+            })?;
+        }
+        export.jsonl = Some(file);
+    }
+    Ok(export)
+}
+
+/// Opens the JSON lines copy of the audit trail for appending, created readable by the owner
+/// alone.
+pub fn open_jsonl(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// An error and its causes on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// `FERNWART_*` variables of the CLI, the agent, the tests and scripts: they may be set where the
@@ -296,19 +494,9 @@ fn section_keys(section: &str) -> Option<&'static [&'static str]> {
         "password" => known_keys::<PasswordSection>(),
         "enrolment" => known_keys::<EnrolmentSection>(),
         "sessions" => known_keys::<SessionSection>(),
+        "audit" => known_keys::<AuditSection>(),
         _ => return None,
     })
-}
-
-/// Why an `[audit]` setting (planned for a later release) is refused, from the file or `env`.
-fn audit_refused(key: &str, env: Option<&str>) -> String {
-    let setting = if key.is_empty() { "audit".to_owned() } else { format!("audit.{key}") };
-    let source = env.map(|name| format!(" ({name})")).unwrap_or_default();
-    let what = match key {
-        "syslog" => "audit export to syslog",
-        _ => "the [audit] section",
-    };
-    format!("{setting}{source}: {what} is not implemented yet in this release")
 }
 
 /// The field names serde accepts for `T`, taken from its derived `Deserialize` (so a field added
@@ -381,30 +569,142 @@ mod tests {
     }
 
     #[test]
-    fn audit_syslog_env_is_refused_as_not_implemented() {
-        let err =
-            Config::parse(BASE, env(&[("FERNWART_AUDIT_SYSLOG", "tcp://host:514")])).unwrap_err();
+    fn audit_syslog_urls_parse() {
+        let t = SyslogTarget::parse("tcp://127.0.0.1:1514").unwrap();
         assert_eq!(
-            err,
-            "audit.syslog (FERNWART_AUDIT_SYSLOG): audit export to syslog is not implemented yet \
-             in this release"
+            (t.transport, t.host.as_str(), t.port),
+            (SyslogTransport::Tcp, "127.0.0.1", 1514)
+        );
+        let t = SyslogTarget::parse("tls://siem.example.org").unwrap();
+        assert_eq!((t.transport, t.port), (SyslogTransport::Tls, 6514));
+        assert_eq!(t.url(), "tls://siem.example.org:6514");
+        let t = SyslogTarget::parse("tcp://[::1]:514/").unwrap();
+        assert_eq!((t.host.as_str(), t.url().as_str()), ("::1", "tcp://[::1]:514"));
+        assert_eq!(SyslogTarget::parse("tcp://siem").unwrap().port, 514);
+    }
+
+    #[test]
+    fn bad_audit_syslog_urls_say_why() {
+        for (raw, why) in [
+            ("udp://127.0.0.1:514", "udp:// is not supported"),
+            ("siem:514", "siem:// is not supported"),
+            ("127.0.0.1:514", "not a URL"),
+            ("tcp://", "no host"),
+            ("tls://", "no host"),
+            ("tcp://u:p@siem:514", "user or password"),
+            ("tcp://siem:514/x", "only a host and a port"),
+            ("tcp://siem:514?x=1", "only a host and a port"),
+            ("tcp://siem:0", "port 0"),
+            ("tcp://siem:65536", "not a URL"),
+            ("tcp://si%20em:514", "not a host name"),
+        ] {
+            let err = SyslogTarget::parse(raw).unwrap_err();
+            assert!(err.contains(why), "{raw}: {err}");
+        }
+    }
+
+    #[test]
+    fn audit_settings_from_env_name_the_setting_and_the_variable() {
+        let err =
+            Config::parse(BASE, env(&[("FERNWART_AUDIT_SYSLOG", "udp://x:514")])).unwrap_err();
+        assert!(
+            err.starts_with(
+                "audit.syslog = \"udp://x:514\" (FERNWART_AUDIT_SYSLOG): udp:// is not supported"
+            ),
+            "{err}"
+        );
+        let err = Config::parse(BASE, env(&[("FERNWART_AUDIT_RETENTION", "90d")])).unwrap_err();
+        assert!(err.starts_with("FERNWART_AUDIT_RETENTION: [audit] has no setting"), "{err}");
+        assert!(err.contains("syslog, syslog_ca, jsonl"), "{err}");
+    }
+
+    #[test]
+    fn audit_section_in_file_is_read() {
+        let text = format!(
+            "{BASE}[audit]\nsyslog = \"tls://127.0.0.1:6514\"\nsyslog_ca = \"siem-ca.pem\"\n\
+             jsonl = \"audit.jsonl\"\n"
+        );
+        let c = Config::parse(&text, []).unwrap();
+        let t = c.audit.syslog.unwrap();
+        assert_eq!(t.url(), "tls://127.0.0.1:6514");
+        assert_eq!(t.ca_file, Some(PathBuf::from("siem-ca.pem")));
+        assert_eq!(c.audit.jsonl, Some(PathBuf::from("audit.jsonl")));
+        let err = Config::parse(&format!("{BASE}[audit]\nsyslg = \"x\"\n"), []).unwrap_err();
+        assert!(err.contains("syslg"), "{err}");
+        // Nothing set: nothing exported; an empty variable turns a file's setting off.
+        assert!(Config::parse(BASE, []).unwrap().audit.syslog.is_none());
+        let off = Config::parse(&text, env(&[("FERNWART_AUDIT_SYSLOG", "")]));
+        assert!(off.unwrap_err().contains("audit.syslog is not set"), "a CA without syslog");
+        let off = Config::parse(
+            &text,
+            env(&[("FERNWART_AUDIT_SYSLOG", ""), ("FERNWART_AUDIT_SYSLOG_CA", "")]),
+        )
+        .unwrap();
+        assert!(off.audit.syslog.is_none());
+    }
+
+    #[test]
+    fn a_ca_needs_a_tls_receiver() {
+        let err = Config::parse(
+            BASE,
+            env(&[
+                ("FERNWART_AUDIT_SYSLOG", "tcp://127.0.0.1:514"),
+                ("FERNWART_AUDIT_SYSLOG_CA", "ca.pem"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with(
+                "audit.syslog_ca = \"ca.pem\" (FERNWART_AUDIT_SYSLOG_CA): a CA is only"
+            ),
+            "{err}"
         );
     }
 
     #[test]
-    fn audit_section_in_file_is_refused_as_not_implemented() {
-        let err = Config::parse(&format!("{BASE}[audit]\nsyslog = \"tcp://host:514\"\n"), [])
+    fn load_reads_the_files_the_audit_settings_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), BASE).unwrap();
+        let tls = ("FERNWART_AUDIT_SYSLOG", "tls://127.0.0.1:6514");
+        let err = Config::load(dir.path(), env(&[tls, ("FERNWART_AUDIT_SYSLOG_CA", "nope.pem")]))
             .unwrap_err();
-        assert!(err.contains("audit.syslog: audit export to syslog is not implemented"), "{err}");
-        let err = Config::parse(&format!("{BASE}[audit]\n"), []).unwrap_err();
-        assert_eq!(err, "audit: the [audit] section is not implemented yet in this release");
-    }
-
-    #[test]
-    fn other_audit_env_is_refused() {
-        let err = Config::parse(BASE, env(&[("FERNWART_AUDIT_RETENTION", "90d")])).unwrap_err();
-        assert!(err.starts_with("audit.retention (FERNWART_AUDIT_RETENTION): "), "{err}");
-        assert!(err.contains("not implemented yet"), "{err}");
+        let text = error_chain(&err);
+        assert!(
+            text.contains("audit.syslog_ca = \"nope.pem\" (FERNWART_AUDIT_SYSLOG_CA): cannot read"),
+            "{text}"
+        );
+        let ca = rcgen::generate_simple_self_signed(vec!["siem".into()]).unwrap();
+        std::fs::write(dir.path().join("siem-ca.pem"), ca.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("junk.pem"), "no certificate here").unwrap();
+        let err = Config::load(dir.path(), env(&[tls, ("FERNWART_AUDIT_SYSLOG_CA", "junk.pem")]))
+            .unwrap_err();
+        assert!(error_chain(&err).contains("contains no certificate"), "{}", error_chain(&err));
+        let c = Config::load(
+            dir.path(),
+            env(&[
+                tls,
+                ("FERNWART_AUDIT_SYSLOG_CA", "siem-ca.pem"),
+                ("FERNWART_AUDIT_JSONL", "a.jsonl"),
+            ]),
+        )
+        .unwrap();
+        let t = c.audit.syslog.unwrap();
+        assert_eq!(t.ca_file, Some(dir.path().join("siem-ca.pem")));
+        assert_eq!(t.roots.map(|r| r.len()), Some(1));
+        assert_eq!(c.audit.jsonl, Some(dir.path().join("a.jsonl")));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("a.jsonl")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let err = Config::load(dir.path(), env(&[("FERNWART_AUDIT_JSONL", "no/such/dir/a.jsonl")]))
+            .unwrap_err();
+        assert!(
+            error_chain(&err).contains("audit.jsonl = \"no/such/dir/a.jsonl\""),
+            "{}",
+            error_chain(&err)
+        );
     }
 
     #[test]
@@ -436,7 +736,7 @@ mod tests {
     fn every_section_knows_its_keys() {
         assert_eq!(
             known_keys::<Settings>(),
-            ["server", "auth", "password", "enrolment", "sessions"]
+            ["server", "auth", "password", "enrolment", "sessions", "audit"]
         );
         for section in known_keys::<Settings>() {
             assert!(!section_keys(section).unwrap_or_default().is_empty(), "{section}");

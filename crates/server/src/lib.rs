@@ -43,6 +43,8 @@ pub struct AppInner {
     pub dummy_hash: String,
     /// Signs checkpoints of the audit chain.
     pub audit_key: Arc<audit::signing::SigningKey>,
+    /// Copies the audit trail to syslog and a JSON lines file.
+    pub siem: audit::siem::Exporter,
     pub shutdown: CancellationToken,
 }
 
@@ -133,6 +135,7 @@ pub fn init(opts: &InitOptions) -> Result<(), ServerError> {
         password: Default::default(),
         enrolment: Default::default(),
         sessions: Default::default(),
+        audit: Default::default(),
     };
     let text = toml::to_string_pretty(&settings).map_err(|e| ServerError::Init(e.to_string()))?;
     ca::write_file(
@@ -168,6 +171,7 @@ impl App {
         let audit = store::AuditQueue::start(store.clone());
         let relay = relay::Relay::new(store.clone(), audit, shutdown.clone(), cfg.tunnel_idle);
         let limits = api::Limits::new(&cfg);
+        let siem = audit::siem::Exporter::start(&store, &cfg);
         let app = App(Arc::new(AppInner {
             cfg,
             store,
@@ -176,6 +180,7 @@ impl App {
             limits,
             dummy_hash: auth::dummy_hash(),
             audit_key,
+            siem,
             shutdown,
         }));
         tokio::spawn(checkpointer(app.clone()));
@@ -245,8 +250,9 @@ pub async fn run(
     let tls = tls::server_config(data)?;
     let app = App::open(data, cfg, shutdown.clone())?;
     api::serve(app.clone(), listener, tls).await;
-    // The last records of a clean stop are signed too.
+    // The last records of a clean stop are signed and exported too.
     checkpoint(&app).await;
+    app.siem.finish().await;
     Ok(())
 }
 

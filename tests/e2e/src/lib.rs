@@ -9,6 +9,7 @@
 pub mod https;
 pub mod net;
 pub mod process;
+pub mod syslog;
 pub mod time;
 pub mod tinyproxy;
 pub mod totp;

@@ -624,30 +624,50 @@ fn an_unusable_audit_setting_stops_the_server() -> Result<()> {
     let mut w = World::boot()?;
     w.stop_server()?;
     let srv = w.srv_dir.to_str().context("utf-8 path")?.to_owned();
-    let mut cmd = w.server_cmd(&["run", "--data", &srv]);
-    cmd.env("FERNWART_AUDIT_SYSLOG", "tcp://127.0.0.1:1");
-    let log = w.log_path("server-syslog");
-    let mut proc = Proc::spawn(cmd, "fernwart-server run (syslog)", &log, false)?;
-    let status = proc.wait_exit(T);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    match status {
-        None => bail!(
-            "`fernwart-server run` with FERNWART_AUDIT_SYSLOG=tcp://127.0.0.1:1 still runs after \
-             {T:?}: the setting was ignored; log: {}",
-            clip(&text)
+    // Each refused at start with a message naming the setting and the variable.
+    for (env, names) in [
+        (vec![("FERNWART_AUDIT_SYSLOG", "udp://127.0.0.1:514")], "audit.syslog"),
+        (vec![("FERNWART_AUDIT_SYSLOG", "tcp://")], "audit.syslog"),
+        (
+            vec![
+                ("FERNWART_AUDIT_SYSLOG", "tls://127.0.0.1:6514"),
+                ("FERNWART_AUDIT_SYSLOG_CA", "no-such-ca.pem"),
+            ],
+            "audit.syslog_ca",
         ),
-        Some(s) if s.success() => {
-            bail!("`fernwart-server run` with an unreachable syslog exited 0: {}", clip(&text))
+        (vec![("FERNWART_AUDIT_JSONL", "no/such/dir/audit.jsonl")], "audit.jsonl"),
+    ] {
+        let mut cmd = w.server_cmd(&["run", "--data", &srv]);
+        for (k, v) in &env {
+            cmd.env(k, v);
         }
-        Some(_) => {
-            ensure!(
-                text.to_ascii_lowercase().contains("syslog"),
-                "`fernwart-server run` failed without naming the syslog setting: {}",
-                clip(&text)
-            );
+        let log = w.log_path("server-audit-setting");
+        let mut proc = Proc::spawn(cmd, "fernwart-server run (audit setting)", &log, false)?;
+        let status = proc.wait_exit(T);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        match status {
+            None => {
+                bail!("`fernwart-server run` with {env:?} still runs after {T:?}: {}", clip(&text))
+            }
+            Some(s) if s.success() => {
+                bail!("`fernwart-server run` with {env:?} exited 0: {}", clip(&text))
+            }
+            Some(_) => {
+                let var = env.last().map_or("", |(k, _)| *k);
+                ensure!(
+                    text.contains(&format!("{names} = ")) && text.contains(var),
+                    "`fernwart-server run` with {env:?} failed without naming {names} ({var}): {}",
+                    clip(&text)
+                );
+            }
         }
+        eprintln!("{env:?} refused: {}", text.trim());
     }
-    eprintln!("syslog setting refused: {}", clip(&text));
+    // A usable receiver that is not there (yet) does not stop the server: the records wait.
+    w.opts.server_env = vec![("FERNWART_AUDIT_SYSLOG".into(), "tcp://127.0.0.1:1".into())];
+    w.start_server()?;
+    w.fw("admin", &["machine", "list"]).context("the server with an absent syslog receiver")?;
+    ensure!(w.server().is_some_and(|p| p.running()), "the server stopped");
     Ok(())
 }
 

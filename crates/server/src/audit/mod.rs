@@ -2,6 +2,7 @@
 //! takes an [`Entry`] with every write); link and tunnel events go through a batching writer.
 //! The hash chain and the SIEM sinks build on these records later.
 
+pub mod siem;
 pub mod signing;
 pub mod verify;
 
