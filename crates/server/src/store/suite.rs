@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use fernwart_api::{Scope, TargetInfo, TargetProtocol};
 
-use super::{Attempt, Backend, IssuedCert, NewSession, NewUser, NewWindow, StoreError};
+use super::{
+    Attempt, AuditFilter, Backend, IssuedCert, NewSession, NewUser, NewWindow, StoreError,
+};
 use crate::{
     audit::{Entry, Event, LoginFailure},
     authz::{self, PrepareAsk, PrepareFacts, Refusal, Release},
@@ -203,7 +205,8 @@ fn add_user(b: &dyn Backend, name: &str, role: Role) -> i64 {
 }
 
 fn actions(b: &dyn Backend) -> Vec<String> {
-    b.audit_list(0).unwrap().into_iter().map(|r| r.action).collect()
+    let all = AuditFilter { limit: i64::MAX, ..AuditFilter::default() };
+    b.audit_list(&all).unwrap().into_iter().map(|r| r.action).collect()
 }
 
 fn users_are_unique_regardless_of_case(b: &dyn Backend) {
