@@ -60,6 +60,28 @@ pub struct ExportCheckpoint {
 
 pub const EXPORT_FORMAT: &str = "fernwart-audit-export-v1";
 
+/// The query of `GET /v1/machines/{name}/audit`: the machine's own records as the server
+/// collected them from its agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentAuditQuery {
+    /// Only records after this place (the next page starts after the last `seq` of this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// At most this many records (default and maximum 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// One of a machine's own records, collected from its agent: the record exactly as the agent
+/// stored it (the fields of `fernwart-agent audit list --json`), and when the server got it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentAuditRecord {
+    #[serde(flatten)]
+    pub record: fernwart_proto::chain::Linked,
+    /// When the server received it (RFC 3339).
+    pub received: String,
+}
+
 /// One record of the audit trail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -97,6 +119,19 @@ mod tests {
         assert_eq!(list[0].details["scope"], "full");
         assert!(list[1].details.is_null());
         round_trips(&list);
+    }
+
+    #[test]
+    fn agent_records_read_like_the_agents_own_list() {
+        let line = r#"{"seq":3,"prev":"aa","hash":"bb","time_ms":1796185629309,"actor":"tech1","action":"tunnel.close","target":"s1","source":"m1","details":"{\"outcome\":\"closed\"}"}"#;
+        let stored: fernwart_proto::chain::Linked = serde_json::from_str(line).unwrap();
+        let listed: Vec<AgentAuditRecord> = parses(&format!(
+            "[{},\"received\":\"2030-01-01T08:00:00Z\"}}]",
+            line.trim_end_matches('}')
+        ));
+        assert_eq!(listed[0].record, stored);
+        round_trips(&listed);
+        assert_eq!(serde_json::to_string(&AgentAuditQuery::default()).unwrap(), "{}");
     }
 
     #[test]

@@ -16,7 +16,10 @@ mod token;
 mod user;
 mod window;
 
-pub use audit::{AuditExport, AuditQuery, AuditRecord, ExportCheckpoint, EXPORT_FORMAT};
+pub use audit::{
+    AgentAuditQuery, AgentAuditRecord, AuditExport, AuditQuery, AuditRecord, ExportCheckpoint,
+    EXPORT_FORMAT,
+};
 pub use auth::{
     CodeRequest, LoginRequest, LoginResponse, LogoutResponse, MfaConfirmResponse,
     MfaEnrollResponse, PasswdRequest, PasswdResponse, Scope,

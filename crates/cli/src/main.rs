@@ -246,6 +246,17 @@ enum AuditCmd {
         #[arg(long)]
         after: Option<i64>,
     },
+    /// A machine's own records (its agent's trail, `fernwart-agent audit list` on the
+    /// gateway) as the server collected them, oldest first (admins, auditors).
+    Agent {
+        machine: String,
+        /// Only records after this place (seq).
+        #[arg(long)]
+        after: Option<u64>,
+        /// At most this many records (one page; without it, all pages).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -360,6 +371,9 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Audit { cmd: AuditCmd::List(args) } => commands::audit::list(&ctx, args).await,
         Cmd::Audit { cmd: AuditCmd::Export { out, after } } => {
             commands::audit::export(&ctx, &out, after).await
+        }
+        Cmd::Audit { cmd: AuditCmd::Agent { machine, after, limit } } => {
+            commands::audit::agent(&ctx, &machine, after, limit).await
         }
     }
 }

@@ -17,7 +17,9 @@ pub mod version;
 
 pub use codec::{decode, encode, DecodeError, EncodeError, HEADER_LEN, MAX_FRAME_LEN};
 pub use msg::*;
-pub use version::{negotiate, VersionError, LINK_UPGRADE, PROTOCOL_VERSION};
+pub use version::{
+    negotiate, negotiate_agent, VersionError, AGENT_LINK_VERSION, LINK_UPGRADE, PROTOCOL_VERSION,
+};
 
 /// How long either side waits for a handshake frame before it closes the link.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -2,6 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::chain::Linked;
+
+/// The most records one `audit_records` frame may carry.
+pub const AUDIT_BATCH_MAX_RECORDS: usize = 256;
+/// The agent fills a batch with records up to this many bytes (each record as JSON, plus a
+/// comma): the frame around them stays under [`crate::MAX_FRAME_LEN`].
+pub const AUDIT_BATCH_BYTES: usize = 60 * 1024;
+
 /// Target protocols. Only TCP is forwarded today.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,21 +47,44 @@ pub struct Grant {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentToServer {
+    /// The first frame: the link version offered, the operator's targets, the key switch.
     Hello { version: u16, agent: String, targets: Vec<TargetInfo>, switch_on: bool },
+    /// The key switch changed.
     Switch { on: bool },
+    /// The agent holds the grant of `session`.
     GrantAck { session: String },
+    /// The answer to `ping`.
     Pong { nonce: u64 },
+    /// Agent link version 2: the agent's own audit records the server does not hold yet, in
+    /// chain order, at most [`AUDIT_BATCH_MAX_RECORDS`]; one batch at a time, each answered
+    /// by `audit_ack`, `audit_retry` or `audit_refused`.
+    AuditRecords { records: Vec<Linked> },
 }
 
 /// Server → agent on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerToAgent {
+    /// The answer to `hello`: the link version agreed on, the machine's name, its grants.
     Welcome { version: u16, machine: String, grants: Vec<Grant> },
+    /// The link is refused (the last frame).
     Refused { reason: String },
+    /// A grant for a session, to acknowledge with `grant_ack`.
     Grant { grant: Grant },
+    /// The session's grant is withdrawn: its tunnels close.
     Revoke { session: String },
+    /// Keepalive: answer with `pong`; an agent silent for 45 s is disconnected.
     Ping { nonce: u64 },
+    /// Agent link version 2: the server holds this machine's records up to `seq` (0: none);
+    /// the agent sends from `seq + 1`. Sent when the link starts and after each batch stored.
+    AuditAck { seq: u64 },
+    /// Agent link version 2: the batch was not taken (too many records lately, or the server
+    /// could not store it now); send it again after `after_ms`.
+    AuditRetry { after_ms: u64 },
+    /// Agent link version 2: the batch does not link to the records the server holds, or a
+    /// record does not verify. Nothing of it was stored, the server's trail has an alert, and
+    /// no more batches are taken on this link: the agent keeps its records for the operator.
+    AuditRefused { seq: u64, reason: String },
 }
 
 /// Technician → server on the control stream.
@@ -103,5 +134,61 @@ impl OpenReply {
 
     pub fn refused(reason: impl Into<String>) -> Self {
         Self { ok: false, error: Some(reason.into()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{chain, codec, MAX_FRAME_LEN};
+
+    fn record(last: Option<&Linked>, details_len: usize) -> Linked {
+        let body = chain::Body {
+            time_ms: 1_700_000_000_000,
+            actor: "tech1,tech2".into(),
+            action: "tunnel.close".into(),
+            target: "s1".into(),
+            source: "m1".into(),
+            // Quotes are escaped once more inside the frame: the worst case for the budget.
+            details: format!("{{\"x\":\"{}\"}}", "\"".repeat(details_len)),
+        };
+        chain::link(last.map(|l| (l.seq, l.hash.as_str())), body)
+    }
+
+    #[test]
+    fn a_batch_filled_to_its_budget_fits_in_a_frame() {
+        let mut records: Vec<Linked> = Vec::new();
+        let mut used = 0;
+        loop {
+            let r = record(records.last(), 300);
+            let len = serde_json::to_vec(&r).unwrap().len() + 1;
+            if used + len > AUDIT_BATCH_BYTES || records.len() == AUDIT_BATCH_MAX_RECORDS {
+                break;
+            }
+            used += len;
+            records.push(r);
+        }
+        let msg = AgentToServer::AuditRecords { records };
+        let frame = codec::encode(&msg).unwrap();
+        assert!(frame.len() <= MAX_FRAME_LEN, "{}", frame.len());
+        let (back, _): (AgentToServer, usize) = codec::decode(&frame).unwrap().unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn the_audit_messages_on_the_wire() {
+        let ack = serde_json::to_string(&ServerToAgent::AuditAck { seq: 7 }).unwrap();
+        assert_eq!(ack, r#"{"type":"audit_ack","seq":7}"#);
+        let retry: ServerToAgent =
+            serde_json::from_str(r#"{"type":"audit_retry","after_ms":500}"#).unwrap();
+        assert_eq!(retry, ServerToAgent::AuditRetry { after_ms: 500 });
+        let r = record(None, 1);
+        let text = serde_json::to_string(&AgentToServer::AuditRecords { records: vec![r.clone()] })
+            .unwrap();
+        assert!(text.starts_with(r#"{"type":"audit_records","records":[{"seq":1,"#), "{text}");
+        // A record as the agent stores it travels unchanged: its hash still verifies.
+        let back: AgentToServer = serde_json::from_str(&text).unwrap();
+        let AgentToServer::AuditRecords { records } = back else { panic!("{text}") };
+        assert_eq!(chain::hash(&records[0].prev, 1, &records[0].body), r.hash);
     }
 }

@@ -1,7 +1,13 @@
 //! Protocol version negotiation: the first frame of each side names its version.
 
-/// The protocol version this build speaks.
+/// The protocol version this build speaks: what a technician link offers and accepts, and
+/// the base of the agent link.
 pub const PROTOCOL_VERSION: u16 = 1;
+/// The highest agent link version this build speaks. Version 2 adds the agent's audit records
+/// (`audit_records` from the agent; `audit_ack`, `audit_retry`, `audit_refused` from the
+/// server). Neither side sends them on a link that agreed on version 1: an agent of version 1
+/// would close its link on a message type it does not know, and so would a server of version 1.
+pub const AGENT_LINK_VERSION: u16 = 2;
 /// The HTTP/1.1 upgrade token of a link: after `101 Switching Protocols` the connection speaks
 /// HTTP/2 (with prior knowledge). A peer that asks for anything else is refused.
 pub const LINK_UPGRADE: &str = "fernwart-h2/1";
@@ -22,9 +28,29 @@ pub fn negotiate(peer: u16) -> Result<u16, VersionError> {
     }
 }
 
+/// Agrees on an agent link version with an agent that announced `peer`: every version from
+/// [`PROTOCOL_VERSION`] to [`AGENT_LINK_VERSION`] is spoken as it is (the server's welcome
+/// names it back).
+pub fn negotiate_agent(peer: u16) -> Result<u16, VersionError> {
+    if (PROTOCOL_VERSION..=AGENT_LINK_VERSION).contains(&peer) {
+        Ok(peer)
+    } else {
+        Err(VersionError { peer, ours: AGENT_LINK_VERSION })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_links_speak_every_version_up_to_ours() {
+        assert_eq!(negotiate_agent(PROTOCOL_VERSION), Ok(PROTOCOL_VERSION));
+        assert_eq!(negotiate_agent(AGENT_LINK_VERSION), Ok(AGENT_LINK_VERSION));
+        assert!(negotiate_agent(0).is_err());
+        let err = negotiate_agent(AGENT_LINK_VERSION + 1).unwrap_err();
+        assert_eq!(err.ours, AGENT_LINK_VERSION);
+    }
 
     #[test]
     fn same_version_agrees() {

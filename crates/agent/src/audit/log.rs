@@ -118,6 +118,12 @@ impl AuditLog {
         result
     }
 
+    /// The place of the last record written (or found when the trail opened); `None` before
+    /// the trail could be opened, or while it holds no record.
+    pub fn last_seq(&self) -> Option<u64> {
+        lock(&self.state).last.as_ref().map(|(seq, _)| *seq)
+    }
+
     /// Appends that failed since the agent started.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
@@ -443,6 +449,8 @@ mod tests {
         assert_eq!(lines(data.path(), CURRENT), [r1, r2, r3]);
         assert_eq!(verify(data.path()).unwrap().records, 3);
         assert_eq!(b.failures(), 0);
+        assert_eq!(b.last_seq(), Some(3));
+        assert_eq!(log(tempfile::tempdir().unwrap().path(), Settings::default()).last_seq(), None);
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! The line-per-record files of earlier versions (`DIR/audit.jsonl`, no chain) are left as
 //! they are and never written again; when a new chain begins next to one, its first record
 //! (`audit.legacy`) holds that file's size and SHA-256.
+//!
+//! Over a link of version 2 the agent hands its records to the server ([`Uploader`],
+//! [`read_batch`]), which keeps a copy for the operator to compare with this one.
 
 use std::{
     io,
@@ -20,9 +23,11 @@ use std::{
 
 mod log;
 mod read;
+mod upload;
 
 pub use log::{AuditLog, Error};
 pub use read::{human_line, list, parse_since, read, verify, Filter, ReadError, Report, Trail};
+pub use upload::{read_batch, Uploader};
 
 /// The trail's directory under the agent's data directory.
 pub const DIR_NAME: &str = "audit";

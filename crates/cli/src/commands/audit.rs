@@ -1,9 +1,10 @@
-//! `audit list | export`: the trail, filtered and paged; the chain for offline verification.
+//! `audit list | export | agent`: the trail, filtered and paged; the chain for offline
+//! verification; a machine's own records as the server collected them from its agent.
 
 use std::path::Path;
 
 use anyhow::Context as _;
-use fernwart_api::{AuditExport, AuditRecord};
+use fernwart_api::{AgentAuditRecord, AuditExport, AuditRecord};
 
 use super::admin::enc;
 use crate::{output, Context};
@@ -104,6 +105,63 @@ fn print(ctx: &Context, events: &[AuditRecord]) {
             );
         }
     }
+}
+
+/// `audit agent MACHINE`: every page, or one with `--limit`.
+pub async fn agent(
+    ctx: &Context,
+    machine: &str,
+    mut after: Option<u64>,
+    limit: Option<u32>,
+) -> anyhow::Result<()> {
+    loop {
+        let mut path = format!("/v1/machines/{}/audit", enc(machine));
+        let params: Vec<String> =
+            [after.map(|a| format!("after={a}")), limit.map(|l| format!("limit={l}"))]
+                .into_iter()
+                .flatten()
+                .collect();
+        if !params.is_empty() {
+            path = format!("{path}?{}", params.join("&"));
+        }
+        let page: Vec<AgentAuditRecord> = ctx.get(&path).await?;
+        if ctx.json {
+            output::print_json_lines(&page);
+        } else {
+            for r in &page {
+                let b = &r.record.body;
+                let session = if b.target.is_empty() { "-" } else { b.target.as_str() };
+                crate::out!(
+                    "{:>6} {} {:<14} {:<12} {:<16} {}",
+                    r.record.seq,
+                    time_ms(b.time_ms),
+                    b.action,
+                    b.actor,
+                    session,
+                    b.details
+                );
+            }
+        }
+        let full = page.len() >= limit.map_or(PAGE, |l| l as usize);
+        match page.last() {
+            Some(last) if full => {
+                if limit.is_some() {
+                    eprintln!("more records follow: --after {}", last.record.seq);
+                    return Ok(());
+                }
+                after = Some(last.record.seq);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// A record's time (ms since the Unix epoch), RFC 3339 in UTC with milliseconds.
+fn time_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 pub async fn export(ctx: &Context, out: &Path, after: Option<i64>) -> anyhow::Result<()> {

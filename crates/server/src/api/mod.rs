@@ -25,6 +25,7 @@ mod account;
 mod audit;
 mod limits;
 mod links;
+mod machine_audit;
 mod machines;
 mod orgs;
 mod serve;
@@ -52,6 +53,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/users/{name}/disable", post(users::disable))
         .route("/v1/machines", post(machines::add).get(machines::list))
         .route("/v1/machines/{name}/revoke", post(machines::revoke))
+        .route("/v1/machines/{name}/audit", get(machine_audit::list))
         .route("/v1/enroll", post(machines::enroll))
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
         .route("/v1/sessions/{name}", get(sessions::show))

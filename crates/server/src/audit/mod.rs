@@ -6,6 +6,8 @@ pub mod siem;
 pub mod signing;
 pub mod verify;
 
+pub mod agent;
+
 use serde_json::{json, Value};
 
 use crate::domain::{Role, SessionEvent, SessionState};
@@ -151,6 +153,27 @@ pub enum Event {
         reason: String,
         fingerprint: Option<String>,
     },
+    /// The server began to hold a machine's own records after record 1 (the agent's first
+    /// ones were rotated away before any server collected them).
+    AgentAuditStart {
+        machine: String,
+        first_seq: u64,
+    },
+    /// The oldest of a machine's records held by the server were deleted (over the cap).
+    AgentAuditPruned {
+        machine: String,
+        dropped: u64,
+        first_kept: u64,
+    },
+    /// A batch of a machine's own records does not link to what the server holds, or a record
+    /// does not verify: refused, nothing of it stored (`alert.agent_chain`).
+    AgentChainBroken {
+        machine: String,
+        refusal: agent::Refusal,
+        /// The places the batch held, and the last one the server holds (0: none).
+        batch: (u64, u64),
+        held: u64,
+    },
     Switch {
         machine: String,
         on: bool,
@@ -259,6 +282,9 @@ impl Event {
             Event::AgentConnect { .. } => "agent.connect",
             Event::AgentDisconnect { .. } => "agent.disconnect",
             Event::AgentRefused { .. } => "agent.refused",
+            Event::AgentAuditStart { .. } => "agent.audit_start",
+            Event::AgentAuditPruned { .. } => "agent.audit_pruned",
+            Event::AgentChainBroken { .. } => "alert.agent_chain",
             Event::Switch { .. } => "machine.switch",
             Event::SessionCreate { .. } => "session.create",
             Event::SessionChange { event, .. } => return format!("session.{}", event.verb()),
@@ -302,6 +328,9 @@ impl Event {
             }
             Event::AgentConnect { machine, .. }
             | Event::AgentDisconnect { machine, .. }
+            | Event::AgentAuditStart { machine, .. }
+            | Event::AgentAuditPruned { machine, .. }
+            | Event::AgentChainBroken { machine, .. }
             | Event::Switch { machine, .. } => machine,
             Event::SessionCreate { name, .. } => name,
             Event::SessionChange { session, .. }
@@ -327,6 +356,9 @@ impl Event {
             }
             Event::AgentConnect { machine, .. }
             | Event::AgentDisconnect { machine, .. }
+            | Event::AgentAuditStart { machine, .. }
+            | Event::AgentAuditPruned { machine, .. }
+            | Event::AgentChainBroken { machine, .. }
             | Event::Switch { machine, .. }
             | Event::SessionCreate { machine, .. }
             | Event::WindowAdd { machine, .. }
@@ -392,6 +424,22 @@ impl Event {
                 Some(fp) => json!({"reason": reason, "fingerprint": fp}),
                 None => json!({"reason": reason}),
             },
+            Event::AgentAuditStart { first_seq, .. } => json!({
+                "first_seq": first_seq,
+                "note": "the agent's earlier records were rotated away before the server collected them",
+            }),
+            Event::AgentAuditPruned { dropped, first_kept, .. } => {
+                json!({"dropped": dropped, "first_kept": first_kept})
+            }
+            Event::AgentChainBroken { refusal, batch, held, .. } => json!({
+                "alert": true,
+                "break": refusal.kind(),
+                "seq": refusal.seq(),
+                "reason": refusal.reason,
+                "batch_first": batch.0,
+                "batch_last": batch.1,
+                "held_up_to": held,
+            }),
             Event::Switch { on, .. } => json!({"switch": if *on { "on" } else { "off" }}),
             Event::SessionCreate {
                 machine,

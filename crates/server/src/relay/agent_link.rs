@@ -1,15 +1,18 @@
-//! The agent's persistent link: hello, grants, key switch reports, keepalive.
+//! The agent's persistent link: hello, grants, key switch reports, keepalive, and (agent link
+//! version 2) the agent's own records ([`super::agent_audit`]).
 
 use std::time::Duration;
 
-use fernwart_proto::{negotiate, AgentToServer, ServerToAgent, HANDSHAKE_TIMEOUT};
+use fernwart_proto::{
+    negotiate_agent, AgentToServer, ServerToAgent, AGENT_LINK_VERSION, HANDSHAKE_TIMEOUT,
+};
 use fernwart_transport::{
     frame_io::{read_frame_within, write_last_frame},
     read_frame, write_frame, Mux,
 };
 use tokio::sync::mpsc;
 
-use super::{grant_for, Relay};
+use super::{agent_audit::Collector, grant_for, Relay};
 use crate::{
     audit::{Entry, Event},
     util,
@@ -48,11 +51,16 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
         mux.close();
         return;
     };
-    if let Err(e) = negotiate(version) {
-        write_last_frame(control, &ServerToAgent::Refused { reason: e.to_string() }).await;
-        mux.close();
-        return;
-    }
+    // An agent of version 1 never hears of its records (it would close the link on an
+    // unknown message type).
+    let version = match negotiate_agent(version) {
+        Ok(v) => v,
+        Err(e) => {
+            write_last_frame(control, &ServerToAgent::Refused { reason: e.to_string() }).await;
+            mux.close();
+            return;
+        }
+    };
     let now = util::now();
     let entry = Entry::new(
         &machine,
@@ -83,8 +91,9 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
         return;
     }
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ServerToAgent>(64);
+    let collector_control = ctl_tx.clone();
     let conn_id = app.hub.agent_connected(machine_id, mux.clone(), ctl_tx, switch_on, targets);
-    tracing::info!(%machine, switch_on, "agent online");
+    tracing::info!(%machine, switch_on, version, "agent online");
 
     let (mut rd, mut wr) = control.into_split();
     let writer = tokio::spawn(async move {
@@ -100,6 +109,12 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
             }
         }
     });
+    let collector = if version >= AGENT_LINK_VERSION {
+        let (m, src) = (machine.clone(), source.clone());
+        Collector::start(app.clone(), machine_id, m, src, collector_control).await
+    } else {
+        None
+    };
     let reason = loop {
         let frame = tokio::select! {
             f = tokio::time::timeout(IDLE_LIMIT, read_frame::<AgentToServer, _>(&mut rd)) => f,
@@ -122,9 +137,18 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
                 app.hub.grant_acked(machine_id, &session)
             }
             Ok(Ok(AgentToServer::Pong { .. })) => {}
+            Ok(Ok(AgentToServer::AuditRecords { records })) => match &collector {
+                Some(c) => c.offer(records),
+                None if version < AGENT_LINK_VERSION => {
+                    break "audit records on a version 1 link".to_owned()
+                }
+                // The server could not read what it holds: the agent was never told to send.
+                None => {}
+            },
             Ok(Ok(AgentToServer::Hello { .. })) => break "second hello".to_owned(),
         }
     };
+    drop(collector);
     writer.abort();
     app.hub.agent_disconnected(machine_id, conn_id);
     mux.close();

@@ -21,6 +21,7 @@ use crate::{
     store::{AuditQueue, Store},
 };
 
+pub mod agent_audit;
 pub mod agent_link;
 pub mod tech_link;
 pub mod tunnel;
@@ -111,6 +112,8 @@ struct Inner {
     users: HashMap<i64, CancellationToken>,
     /// Open technician links per user.
     links: HashMap<i64, usize>,
+    /// How many of its own records each machine may still hand in.
+    audit_budgets: HashMap<i64, crate::audit::agent::Budget>,
     next_conn: u64,
 }
 
@@ -211,6 +214,21 @@ impl Hub {
             switch_token: a.switch_token.clone(),
             targets: a.targets.clone(),
         })
+    }
+
+    /// Takes `n` records from the machine's budget for its own records, or says how long
+    /// until it has that many (kept across its links, so reconnecting does not refill it).
+    pub fn audit_budget(
+        &self,
+        machine: i64,
+        n: u64,
+        now: std::time::Instant,
+    ) -> Result<(), Duration> {
+        self.lock()
+            .audit_budgets
+            .entry(machine)
+            .or_insert_with(|| crate::audit::agent::Budget::new(now))
+            .take(n, now)
     }
 
     pub fn online(&self, machine: i64) -> Option<bool> {

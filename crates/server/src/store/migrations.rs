@@ -159,6 +159,22 @@ const MIGRATIONS: &[&str] = &[
         sink TEXT PRIMARY KEY,
         seq BIGINT NOT NULL
     );",
+    // 11: the agents' own records, collected over their links (each machine's chain as the
+    // agent wrote it, from where the server began to hold it)
+    "CREATE TABLE agent_audit (
+        machine_id BIGINT NOT NULL REFERENCES machines(id),
+        seq BIGINT NOT NULL,
+        prev TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        source TEXT NOT NULL,
+        details TEXT NOT NULL,
+        received_at BIGINT NOT NULL,
+        PRIMARY KEY (machine_id, seq)
+    ) WITHOUT ROWID;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

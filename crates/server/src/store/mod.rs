@@ -193,6 +193,29 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
+/// One of a machine's own records, as the server collected it over the agent's link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub record: chain::Linked,
+    pub received_at: UnixSecs,
+}
+
+/// What became of a batch of a machine's own records ([`Backend::agent_audit_append`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentBatch {
+    /// Stored (records held already skipped): the server now holds up to `last`.
+    Stored {
+        last: u64,
+        added: u64,
+        /// The first batch held of the machine, starting after record 1: where.
+        starts_at: Option<u64>,
+        /// The oldest records deleted over the cap: (how many, the first kept).
+        pruned: Option<(u64, u64)>,
+    },
+    /// Nothing of it stored: the server still holds up to `last` (0: none).
+    Refused { last: u64, refusal: crate::audit::agent::Refusal },
+}
+
 /// A signed checkpoint of the audit chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -270,6 +293,29 @@ pub trait Backend: Send + Sync + 'static {
     fn delivery_cursor(&self, sink: &str) -> Result<u64, StoreError>;
     /// Moves a sink's cursor forward to `seq` (never back).
     fn delivery_advance(&self, sink: &str, seq: u64) -> Result<(), StoreError>;
+
+    // ------------------------------------------------------------ agents' own records
+    /// The last of the machine's own records the server holds (0: none).
+    fn agent_audit_last(&self, machine: i64) -> Result<u64, StoreError>;
+    /// Checks a batch of the machine's own records against what is held
+    /// ([`crate::audit::agent::check`]) and stores it, or refuses it, together with the records
+    /// `entries` makes of the outcome, in one transaction. Beyond `keep` records of the machine
+    /// the oldest are deleted, a tenth of `keep` at a time.
+    fn agent_audit_append(
+        &self,
+        machine: i64,
+        records: &[chain::Linked],
+        received_at: UnixSecs,
+        keep: u64,
+        entries: &dyn Fn(&AgentBatch) -> Vec<Entry>,
+    ) -> Result<AgentBatch, StoreError>;
+    /// The machine's own records after place `after`, at most `limit`, in chain order.
+    fn agent_audit(
+        &self,
+        machine: i64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, StoreError>;
 
     // ------------------------------------------------------------ logins
     /// The user a login names, matched without regard to case.

@@ -11,9 +11,9 @@ use fernwart_proto::chain;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
-    migrations, ApiTokenRecord, Applied, Attempt, AuditFilter, Backend, Checkpoint, EnrolToken,
-    IssuedCert, LoginSubject, MachineOwner, MachineRecord, NewSession, NewUser, NewWindow,
-    OrgRecord, PrepareRule, StoreError, UserRecord,
+    migrations, AgentBatch, AgentRecord, ApiTokenRecord, Applied, Attempt, AuditFilter, Backend,
+    Checkpoint, EnrolToken, IssuedCert, LoginSubject, MachineOwner, MachineRecord, NewSession,
+    NewUser, NewWindow, OrgRecord, PrepareRule, StoreError, UserRecord,
 };
 use crate::{
     audit::{Entry, Event},
@@ -229,6 +229,63 @@ fn chain_backfill(c: &Connection) -> Result<(), StoreError> {
         prev = h;
     }
     Ok(())
+}
+
+/// The last of a machine's own records held: (place, hash).
+fn agent_last(c: &Connection, machine: i64) -> Result<Option<(u64, String)>, StoreError> {
+    let row: Option<(i64, String)> = c
+        .prepare_cached(
+            "SELECT seq, hash FROM agent_audit WHERE machine_id = ?1 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([machine], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.map(|(seq, hash)| (u64::try_from(seq).unwrap_or(0), hash)))
+}
+
+/// The hashes held of a machine's records `from..=to`.
+fn agent_hashes(
+    c: &Connection,
+    machine: i64,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, String)>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, hash FROM agent_audit WHERE machine_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![machine, seq_sql(from)?, seq_sql(to)?], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, hash) = row?;
+        out.push((u64::try_from(seq).unwrap_or(0), hash));
+    }
+    Ok(out)
+}
+
+/// Deletes a machine's oldest records when it has more than `keep` (held records run without
+/// gaps from the oldest to `last`), down to nine tenths of `keep`: (deleted, first kept).
+fn agent_prune(
+    c: &Connection,
+    machine: i64,
+    last: u64,
+    keep: u64,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let keep = keep.max(1);
+    let first: Option<i64> =
+        c.query_row("SELECT MIN(seq) FROM agent_audit WHERE machine_id = ?1", [machine], |r| {
+            r.get(0)
+        })?;
+    let Some(first) = first.and_then(|f| u64::try_from(f).ok()) else { return Ok(None) };
+    if last.saturating_sub(first) < keep {
+        return Ok(None);
+    }
+    let first_kept = last + 1 - (keep - keep / 10);
+    let dropped = c.execute(
+        "DELETE FROM agent_audit WHERE machine_id = ?1 AND seq < ?2",
+        params![machine, seq_sql(first_kept)?],
+    )?;
+    Ok(Some((dropped as u64, first_kept)))
 }
 
 const AUDIT_RECORD: &str =
@@ -647,6 +704,107 @@ impl Backend for Sqlite {
                 params![sink, seq_sql(seq)?],
             )?;
             Ok(())
+        })
+    }
+
+    fn agent_audit_last(&self, machine: i64) -> Result<u64, StoreError> {
+        self.read(|c| Ok(agent_last(c, machine)?.map_or(0, |(seq, _)| seq)))
+    }
+
+    fn agent_audit_append(
+        &self,
+        machine: i64,
+        records: &[chain::Linked],
+        received_at: UnixSecs,
+        keep: u64,
+        entries: &dyn Fn(&AgentBatch) -> Vec<Entry>,
+    ) -> Result<AgentBatch, StoreError> {
+        self.tx(|tx| {
+            let last = agent_last(tx, machine)?;
+            let held_up_to = last.as_ref().map_or(0, |(seq, _)| *seq);
+            // The copies held of the places the batch starts with, to compare.
+            let held = match records.first() {
+                Some(first) if first.seq <= held_up_to => {
+                    let to = records.last().map_or(first.seq, |r| r.seq).min(held_up_to);
+                    agent_hashes(tx, machine, first.seq, to)?
+                }
+                _ => Vec::new(),
+            };
+            let last_ref = last.as_ref().map(|(seq, hash)| (*seq, hash.as_str()));
+            let outcome = match crate::audit::agent::check(last_ref, &held, records) {
+                Err(refusal) => AgentBatch::Refused { last: held_up_to, refusal },
+                Ok(plan) => {
+                    let new = records.get(plan.known..).unwrap_or_default();
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO agent_audit (machine_id, seq, prev, hash, time_ms, actor, action, target, source, details, received_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )?;
+                    for r in new {
+                        let b = &r.body;
+                        insert.execute(params![
+                            machine,
+                            seq_sql(r.seq)?,
+                            r.prev,
+                            r.hash,
+                            b.time_ms,
+                            b.actor,
+                            b.action,
+                            b.target,
+                            b.source,
+                            b.details,
+                            received_at
+                        ])?;
+                    }
+                    let last = new.last().map_or(held_up_to, |r| r.seq);
+                    let pruned =
+                        if new.is_empty() { None } else { agent_prune(tx, machine, last, keep)? };
+                    AgentBatch::Stored {
+                        last,
+                        added: new.len() as u64,
+                        starts_at: plan.starts_at,
+                        pruned,
+                    }
+                }
+            };
+            for e in entries(&outcome) {
+                audit(tx, &e)?;
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn agent_audit(
+        &self,
+        machine: i64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, prev, hash, time_ms, actor, action, target, source, details, received_at \
+                 FROM agent_audit WHERE machine_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![machine, after, limit], |r| {
+                Ok(AgentRecord {
+                    record: chain::Linked {
+                        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                        prev: r.get(1)?,
+                        hash: r.get(2)?,
+                        body: chain::Body {
+                            time_ms: r.get(3)?,
+                            actor: r.get(4)?,
+                            action: r.get(5)?,
+                            target: r.get(6)?,
+                            source: r.get(7)?,
+                            details: r.get(8)?,
+                        },
+                    },
+                    received_at: r.get(9)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 

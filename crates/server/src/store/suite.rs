@@ -8,7 +8,8 @@ use std::sync::Arc;
 use fernwart_api::{Scope, TargetInfo, TargetProtocol};
 
 use super::{
-    Attempt, AuditFilter, Backend, IssuedCert, NewSession, NewUser, NewWindow, StoreError,
+    AgentBatch, Attempt, AuditFilter, Backend, IssuedCert, NewSession, NewUser, NewWindow,
+    StoreError,
 };
 use crate::{
     audit::{Entry, Event, LoginFailure},
@@ -31,6 +32,7 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     passwords_change_by_compare_and_set(fresh().as_ref());
     api_tokens_act_under_their_own_name(fresh().as_ref());
     a_window_releases_a_session_in_its_transaction(fresh().as_ref());
+    agent_records_are_stored_only_where_they_link_up(fresh().as_ref());
 }
 
 /// The rule of staff of no organization preparing a session that needs an approval.
@@ -450,4 +452,125 @@ fn revocation_is_final(b: &dyn Backend) {
     assert!(!b.enrol("enrolhash", &cert, NOW, &enrol).unwrap());
     assert!(b.machines(None).unwrap()[0].revoked);
     assert!(b.machine_by_cert("fp").unwrap().is_none());
+}
+
+/// A machine's own chain of `n` records, as its agent writes it.
+fn agent_trail(n: u64) -> Vec<fernwart_proto::chain::Linked> {
+    use fernwart_proto::chain;
+    let mut out: Vec<chain::Linked> = Vec::new();
+    for i in 1..=n {
+        let body = chain::Body {
+            time_ms: NOW * 1000 + i as i64,
+            actor: "tech1".into(),
+            action: "tunnel.open".into(),
+            target: "s1".into(),
+            source: "m1".into(),
+            details: format!("{{\"n\":{i}}}"),
+        };
+        let last = out.last().map(|r| (r.seq, r.hash.as_str()));
+        out.push(chain::link(last, body));
+    }
+    out
+}
+
+/// The server's records of what became of a batch, as the agent link writes them.
+fn batch_notes(o: &AgentBatch) -> Vec<Entry> {
+    let m = || "m1".to_owned();
+    let mut out = Vec::new();
+    match o {
+        AgentBatch::Refused { last, refusal } => out.push(entry(Event::AgentChainBroken {
+            machine: m(),
+            refusal: refusal.clone(),
+            batch: (0, 0),
+            held: *last,
+        })),
+        AgentBatch::Stored { starts_at, pruned, .. } => {
+            if let Some(first_seq) = starts_at {
+                out.push(entry(Event::AgentAuditStart { machine: m(), first_seq: *first_seq }));
+            }
+            if let Some((dropped, first_kept)) = pruned {
+                out.push(entry(Event::AgentAuditPruned {
+                    machine: m(),
+                    dropped: *dropped,
+                    first_kept: *first_kept,
+                }));
+            }
+        }
+    }
+    out
+}
+
+fn agent_records_are_stored_only_where_they_link_up(b: &dyn Backend) {
+    use fernwart_proto::chain::Break;
+    let (m, _) = machine_with_session(b);
+    let e = entry(Event::MachineAdd { name: "m2".into(), org: None, token_expires: String::new() });
+    let m2 = b.machine_add("m2", None, "enrolhash2", NOW, NOW + 3600, &e).unwrap();
+    let t = agent_trail(12);
+    let keep = 1_000;
+    let append = |recs: &[fernwart_proto::chain::Linked], keep: u64| {
+        b.agent_audit_append(m, recs, NOW, keep, &batch_notes).unwrap()
+    };
+    assert_eq!(b.agent_audit_last(m).unwrap(), 0);
+
+    // First contact after the agent rotated records 1 and 2 away: taken as the start.
+    let o = append(&t[2..5], keep);
+    assert_eq!(o, AgentBatch::Stored { last: 5, added: 3, starts_at: Some(3), pruned: None });
+    assert_eq!(actions(b).last().map(String::as_str), Some("agent.audit_start"));
+    let o = append(&t[5..8], keep);
+    assert_eq!(o, AgentBatch::Stored { last: 8, added: 3, starts_at: None, pruned: None });
+    // Sent again after a lost acknowledgement, with one new record: only that one is added.
+    let o = append(&t[6..9], keep);
+    assert_eq!(o, AgentBatch::Stored { last: 9, added: 1, starts_at: None, pruned: None });
+    assert_eq!(b.agent_audit_last(m).unwrap(), 9);
+
+    // A gap, and a record changed at the agent: refused whole, with an alert; nothing stored.
+    let before = actions(b).len();
+    let o = append(&t[10..], keep);
+    assert!(
+        matches!(&o, AgentBatch::Refused { last: 9, refusal } if refusal.brk == Some(Break::Removed { seq: 10 })),
+        "{o:?}"
+    );
+    let mut changed = t[9..].to_vec();
+    changed[1].body.details = "{\"n\":0}".into();
+    let o = append(&changed, keep);
+    assert!(
+        matches!(&o, AgentBatch::Refused { refusal, .. } if refusal.brk == Some(Break::Changed { seq: 11 })),
+        "{o:?}"
+    );
+    // A record collected earlier that the agent now has otherwise.
+    let mut rewritten = t[8..10].to_vec();
+    rewritten[0].body.actor = "nobody".into();
+    rewritten[0].hash = fernwart_proto::chain::hash(&rewritten[0].prev, 9, &rewritten[0].body);
+    rewritten[1] = fernwart_proto::chain::link(Some((9, &rewritten[0].hash)), t[9].body.clone());
+    let o = append(&rewritten, keep);
+    assert!(
+        matches!(&o, AgentBatch::Refused { refusal, .. } if refusal.brk == Some(Break::Changed { seq: 9 })),
+        "{o:?}"
+    );
+    let all = actions(b);
+    assert_eq!(all[before..], ["alert.agent_chain", "alert.agent_chain", "alert.agent_chain"]);
+    assert_eq!(b.agent_audit_last(m).unwrap(), 9);
+
+    // Read back exactly as the agent wrote them, in pages.
+    let held = b.agent_audit(m, 0, 100).unwrap();
+    let seqs: Vec<u64> = held.iter().map(|r| r.record.seq).collect();
+    assert_eq!(seqs, (3..=9).collect::<Vec<_>>());
+    assert!(held.iter().all(|r| r.record == t[r.record.seq as usize - 1] && r.received_at == NOW));
+    let page: Vec<u64> = b.agent_audit(m, 5, 2).unwrap().iter().map(|r| r.record.seq).collect();
+    assert_eq!(page, [6, 7]);
+
+    // Over the cap, the oldest go (down to nine tenths of it), with a record saying so.
+    let o = append(&t[9..], 5);
+    assert_eq!(o, AgentBatch::Stored { last: 12, added: 3, starts_at: None, pruned: Some((5, 8)) });
+    assert_eq!(b.agent_audit(m, 0, 100).unwrap().first().map(|r| r.record.seq), Some(8));
+    assert_eq!(actions(b).last().map(String::as_str), Some("agent.audit_pruned"));
+    // Records the server no longer holds cannot be compared: sent again, they are skipped.
+    let o = append(&t[5..12], 5);
+    assert_eq!(o, AgentBatch::Stored { last: 12, added: 0, starts_at: None, pruned: None });
+
+    // Each machine has its own chain.
+    let o = b.agent_audit_append(m2, &t[..2], NOW, keep, &|_| Vec::new()).unwrap();
+    assert_eq!(o, AgentBatch::Stored { last: 2, added: 2, starts_at: None, pruned: None });
+    assert_eq!(b.agent_audit(m2, 0, 100).unwrap().len(), 2);
+    assert_eq!(b.agent_audit_last(m).unwrap(), 12);
 }
