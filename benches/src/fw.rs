@@ -239,6 +239,8 @@ pub struct FwPath {
     connect: Proc,
     agent: Proc,
     pub server: Server,
+    /// The agent's data directory (its recordings are in `recordings/`).
+    pub agent_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -267,6 +269,12 @@ impl FwPath {
     }
 
     pub fn start(bins: &Bins, target: SocketAddr) -> Result<Self> {
+        Self::start_with(bins, target, false)
+    }
+
+    /// [`FwPath::start`]; with `record` the session is prepared with `--record` (the agent
+    /// records each connection) and the agent keeps up to 16 GiB of recordings.
+    pub fn start_with(bins: &Bins, target: SocketAddr, record: bool) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("fernwart-bench-fw").tempdir()?;
         let d = dir.path();
         let mut server = Server::start(bins, d)?;
@@ -281,6 +289,11 @@ impl FwPath {
 
         let adir = d.join("agent");
         server.enroll_agent("m1", &adir, &[("echo", target)])?;
+        if record {
+            let mut toml = fs::read_to_string(adir.join("agent.toml"))?;
+            toml.push_str("\n[recording]\nmax_total_bytes = 17179869184\n");
+            fs::write(adir.join("agent.toml"), toml).context("writing agent.toml")?;
+        }
         let mut agent = server.spawn_agent("m1", &adir)?;
         server.wait_online(|m| m == "m1", 1, Duration::from_secs(20)).map_err(|e| {
             match agent.check_running() {
@@ -290,26 +303,26 @@ impl FwPath {
         })?;
         run_checked(Command::new(&bins.agent).args(["switch", "on", "--data"]).arg(&adir), None)
             .context("fernwart-agent switch on")?;
-        server.cli(
-            &server.admin_home,
-            &[
-                "session",
-                "create",
-                "s1",
-                "--machine",
-                "m1",
-                "--target",
-                "echo",
-                "--user",
-                "tech1",
-                "--duration",
-                "1h",
-                "--reason",
-                "bench",
-                "--no-approval",
-            ],
-            None,
-        )?;
+        let mut create = vec![
+            "session",
+            "create",
+            "s1",
+            "--machine",
+            "m1",
+            "--target",
+            "echo",
+            "--user",
+            "tech1",
+            "--duration",
+            "1h",
+            "--reason",
+            "bench",
+            "--no-approval",
+        ];
+        if record {
+            create.push("--record");
+        }
+        server.cli(&server.admin_home, &create, None)?;
 
         let mut cmd = server.cli_cmd(&tech_home);
         let log = d.join("connect.log");
@@ -349,7 +362,7 @@ impl FwPath {
             agent.check_running()
         })
         .context("the fernwart forward does not carry bytes")?;
-        Ok(Self { local, connect, agent, server, _dir: dir })
+        Ok(Self { local, connect, agent, server, agent_dir: adir, _dir: dir })
     }
 }
 

@@ -57,6 +57,18 @@ pub fn wait_echo(
 /// `bytes_per_stream` while a second thread reads them back (full duplex). Returns MiB/s of
 /// payload (counted once, in the sending direction) summed over all streams.
 pub fn bulk(addr: SocketAddr, streams: usize, bytes_per_stream: u64) -> Result<f64> {
+    bulk_of(addr, streams, bytes_per_stream, false)
+}
+
+/// [`bulk`] with the payload a repeating 64 KiB of pseudo-random bytes when `random` (no
+/// compressor finds it again within its window: incompressible, like a firmware image), else
+/// the usual repeating byte pattern (compresses like polling traffic).
+pub fn bulk_of(
+    addr: SocketAddr,
+    streams: usize,
+    bytes_per_stream: u64,
+    random: bool,
+) -> Result<f64> {
     let barrier = Arc::new(Barrier::new(streams));
     let mut handles = Vec::new();
     for _ in 0..streams {
@@ -68,7 +80,20 @@ pub fn bulk(addr: SocketAddr, streams: usize, bytes_per_stream: u64) -> Result<f
             barrier.wait();
             let start = Instant::now();
             let w = thread::spawn(move || -> Result<()> {
-                let buf: Vec<u8> = (0..CHUNK).map(|i| (i % 251) as u8).collect();
+                let buf: Vec<u8> = if random {
+                    // xorshift64: reproducible, no dependency.
+                    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+                    (0..CHUNK)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect()
+                } else {
+                    (0..CHUNK).map(|i| (i % 251) as u8).collect()
+                };
                 let mut left = bytes_per_stream;
                 while left > 0 {
                     let n = left.min(CHUNK as u64) as usize;

@@ -8,6 +8,7 @@ mod fw;
 mod idle;
 mod load;
 mod procs;
+mod rec;
 mod report;
 mod ssh;
 
@@ -70,6 +71,7 @@ struct Args {
     skip_floor: bool,
     idle_processes: bool,
     check: bool,
+    recording: bool,
     agents: Option<usize>,
     rtt_count: Option<usize>,
     /// Only these figures (`bulk1`, `bulk4`, `rtt`, `connect`); all when empty.
@@ -83,7 +85,7 @@ const FIGURES: [&str; 4] = ["bulk1", "bulk4", "rtt", "connect"];
 const USAGE: &str =
     "usage: fernwart-bench [--quick] [--json] [--check] [--skip-ssh] [--skip-fernwart]
                       [--skip-idle] [--skip-floor] [--idle-processes] [--agents N] [--bin-dir DIR]
-                      [--only bulk1,bulk4,rtt,connect] [--rtt-count N]
+                      [--only bulk1,bulk4,rtt,connect] [--rtt-count N] [--recording]
   --quick          small sizes for a fast smoke run
   --json           print the results as one JSON object instead of a table
   --check          exit 2 when a target is missed
@@ -98,6 +100,9 @@ const USAGE: &str =
   --only LIST      measure only these figures (comma-separated: bulk1, bulk4, rtt,
                    connect); the idle-agent figure follows --skip-idle
   --rtt-count N    round trips for the RTT figure (default 10000, quick 1000)
+  --recording      also measure session recording: a second fernwart path whose session
+                   is recorded, in turns with the usual one (bulk with pattern and random
+                   data, RTT, agent CPU, recording size per MiB)
   --bin-dir DIR    where fernwart-server, fernwart-agent and fernwart are
                    (default: next to this binary, i.e. target/release)";
 
@@ -111,6 +116,7 @@ fn parse_args() -> Result<Args> {
         skip_floor: false,
         idle_processes: false,
         check: false,
+        recording: false,
         agents: None,
         rtt_count: None,
         only: Vec::new(),
@@ -127,6 +133,7 @@ fn parse_args() -> Result<Args> {
             "--skip-idle" => a.skip_idle = true,
             "--skip-floor" => a.skip_floor = true,
             "--idle-processes" => a.idle_processes = true,
+            "--recording" => a.recording = true,
             "--agents" => {
                 a.agents = Some(it.next().context("--agents needs a number")?.parse()?);
             }
@@ -314,6 +321,19 @@ fn idle_agents(args: &Args, sizes: &Sizes, echo: SocketAddr) -> Result<idle::Idl
     }
 }
 
+/// `--recording`: a second fernwart path with recording on, measured in turns with `off`.
+fn recording_phase(
+    args: &Args,
+    sizes: &Sizes,
+    off: &fw::FwPath,
+    echo: SocketAddr,
+) -> Result<rec::RecordingResult> {
+    progress("fernwart (recording on): server init/run, MFA logins, agent enroll/run, connect");
+    let dir = bin_dir(args.bin_dir.clone());
+    let on = fw::Bins::in_dir(&dir).and_then(|bins| fw::FwPath::start_with(&bins, echo, true))?;
+    rec::measure(off, &on, sizes)
+}
+
 fn failed(path: &'static str, e: &anyhow::Error) -> PathResult {
     PathResult { path, error: Some(format!("{e:#}")), ..Default::default() }
 }
@@ -428,6 +448,10 @@ fn main() -> Result<()> {
     );
 
     measure_all(&mut live, &sizes, &args.only);
+    let recording = match (&fw_path, args.recording) {
+        (Some(off), true) => Some(recording_phase(&args, &sizes, off, echo)),
+        _ => None,
+    };
     let mut results: Vec<PathResult> = live.into_iter().map(Live::finish).collect();
     drop(ssh_path);
     drop(fw_path);
@@ -459,11 +483,26 @@ fn main() -> Result<()> {
             }
             _ => None,
         };
-    let rep = report::Report::new(&sizes, &results, elapsed, background);
+    let mut rep = report::Report::new(&sizes, &results, elapsed, background);
+    let recording_failed = matches!(recording, Some(Err(_)));
+    match recording {
+        Some(Ok(r)) => rep.recording = Some(r),
+        Some(Err(e)) => rep.recording_error = Some(format!("{e:#}")),
+        None => {}
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
         print!("{}", rep.table());
+        if let Some(r) = &rep.recording {
+            print!("{}", r.table());
+        }
+        if let Some(e) = &rep.recording_error {
+            println!("\nsession recording: not measured: {e}");
+        }
+    }
+    if recording_failed {
+        std::process::exit(1);
     }
     let failed_path = results.iter().any(|r| r.error.as_deref().is_some_and(|e| e != "skipped"));
     if failed_path {

@@ -65,6 +65,11 @@ pub struct Report {
     pub background_cpu_pct: Option<f64>,
     pub rows: Vec<Row>,
     pub paths: Vec<PathResult>,
+    /// `--recording`: what session recording costs (see rec.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<crate::rec::RecordingResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording_error: Option<String>,
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -183,7 +188,15 @@ impl Report {
             &|r| r.idle.as_ref().map(|i| i.per_agent_kib),
             Some(Target::Below(64.0)),
         );
-        Self { sizes: sizes.clone(), elapsed_s, background_cpu_pct, rows, paths: paths.to_vec() }
+        Self {
+            sizes: sizes.clone(),
+            elapsed_s,
+            background_cpu_pct,
+            rows,
+            paths: paths.to_vec(),
+            recording: None,
+            recording_error: None,
+        }
     }
 
     pub fn any_target_failed(&self) -> bool {

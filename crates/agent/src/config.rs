@@ -9,7 +9,7 @@ use std::{
 use fernwart_proto::{TargetInfo, TargetProtocol};
 use serde::Deserialize;
 
-use crate::audit::Settings as AuditSettings;
+use crate::{audit::Settings as AuditSettings, recording::Settings as RecordingSettings};
 
 pub const FILE_NAME: &str = "agent.toml";
 
@@ -24,6 +24,18 @@ struct Raw {
     targets: Vec<RawTarget>,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    recording: RawRecording,
+}
+
+/// `[recording]`: session recordings kept on the gateway.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecording {
+    keep_days: Option<u32>,
+    max_total_bytes: Option<u64>,
+    always: Option<bool>,
+    export_via_server: Option<bool>,
 }
 
 /// `[audit]`: how large the agent's own audit trail may grow.
@@ -74,6 +86,7 @@ pub struct AgentConfig {
     pub proxy: Option<String>,
     pub targets: Vec<Target>,
     pub audit: AuditSettings,
+    pub recording: RecordingSettings,
 }
 
 impl AgentConfig {
@@ -124,7 +137,14 @@ impl AgentConfig {
             raw.audit.max_file_bytes.unwrap_or(defaults.max_file_bytes),
             raw.audit.keep_files.unwrap_or(defaults.keep_files),
         )?;
-        Ok(Self { switch, proxy: raw.proxy, targets, audit })
+        let r = RecordingSettings::default();
+        let recording = RecordingSettings::validated(
+            raw.recording.keep_days.unwrap_or(r.keep_days),
+            raw.recording.max_total_bytes.unwrap_or(r.max_total_bytes),
+            raw.recording.always.unwrap_or(r.always),
+            raw.recording.export_via_server.unwrap_or(r.export_via_server),
+        )?;
+        Ok(Self { switch, proxy: raw.proxy, targets, audit, recording })
     }
 
     pub fn target(&self, name: &str) -> Option<&Target> {
@@ -201,6 +221,32 @@ mod tests {
             "[audit]\nkeep_files = 0\n",
             "[audit]\nkeep_files = -1\n",
             "[audit]\nmax_bytes = 65536\n",
+        ] {
+            assert!(AgentConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn recording_settings() {
+        let c = AgentConfig::parse("").unwrap();
+        assert_eq!(c.recording, RecordingSettings::default());
+        let c = AgentConfig::parse(
+            "[recording]\nkeep_days = 7\nmax_total_bytes = 10485760\nalways = true\nexport_via_server = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.recording,
+            RecordingSettings {
+                keep_days: 7,
+                max_total_bytes: 10 * 1024 * 1024,
+                always: true,
+                export_via_server: false
+            }
+        );
+        for bad in [
+            "[recording]\nkeep_days = 0\n",
+            "[recording]\nmax_total_bytes = 1000\n",
+            "[recording]\nkeep = 3\n",
         ] {
             assert!(AgentConfig::parse(bad).is_err(), "{bad}");
         }

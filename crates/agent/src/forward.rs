@@ -1,6 +1,8 @@
 //! One tunnel at the agent: check, connect to the target, relay until something says stop.
 //! Recorded in the agent's audit trail: `tunnel.refused` with the reason, `tunnel.open`, and
-//! `tunnel.close` with the bytes each way, the duration and what ended it.
+//! `tunnel.close` with the bytes each way, the duration and what ended it. A session with
+//! recording on also records the connection's bytes ([`crate::recording`]); a stream that
+//! asks about recordings instead of a target goes to [`crate::recording::serve`].
 
 use std::{
     io,
@@ -10,17 +12,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fernwart_proto::{OpenReply, OpenRequest, HANDSHAKE_TIMEOUT};
+use fernwart_proto::{OpenReply, OpenRequest, StreamRequest, HANDSHAKE_TIMEOUT};
+use fernwart_recording::Direction;
 use fernwart_transport::{
     frame_io::{read_frame_within, write_last_frame},
-    pipe, write_frame, MuxStream,
+    pipe, write_frame, MuxReader, MuxStream, MuxWriter,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
 };
 
-use crate::{policy, Agent};
+use crate::{
+    policy,
+    recording::{NoTap, Recorder, Tap},
+    Agent,
+};
 
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -30,7 +40,11 @@ pub async fn serve(
     link_closed: tokio_util::sync::CancellationToken,
 ) {
     let req: OpenRequest = match read_frame_within(&mut stream, HANDSHAKE_TIMEOUT).await {
-        Ok(r) => r,
+        Ok(StreamRequest::Open(r)) => r,
+        Ok(StreamRequest::Recording(q)) => {
+            crate::recording::serve::serve(agent, stream, q).await;
+            return;
+        }
         Err(e) => {
             tracing::debug!(error = %e, "bad open request");
             return;
@@ -40,9 +54,12 @@ pub async fn serve(
     let checked = {
         let grants = agent.grants.lock().unwrap_or_else(|p| p.into_inner());
         policy::check(&agent.cfg, &grants, *agent.switch.borrow(), &req.session, &req.target, now)
-            .map(|()| grants.get(&req.session).map(|g| g.until).unwrap_or(now))
+            .map(|()| match grants.get(&req.session) {
+                Some(g) => (g.until, g.record, g.users.clone()),
+                None => (now, false, Vec::new()),
+            })
     };
-    let until = match checked {
+    let (until, record, users) = match checked {
         Ok(u) => u,
         Err(reason) => {
             refuse(&agent, stream, &req, reason).await;
@@ -71,15 +88,42 @@ pub async fn serve(
             }
         };
     let _ = tcp.set_nodelay(true);
+    // Decided once per tunnel: without recording the relay below is the same code as before.
+    let recorder = if record || agent.cfg.recording.always {
+        let r = Recorder::start(
+            &agent.recordings,
+            &agent.identity.machine,
+            &req.session,
+            &users,
+            &target.name,
+            &target.address,
+        );
+        match r {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // The session is to be recorded: no recording, no tunnel.
+                let why = format!("the session is recorded and its recording cannot start: {e}");
+                refuse(&agent, stream, &req, why).await;
+                return;
+            }
+        }
+    } else {
+        None
+    };
     if write_frame(&mut stream, &OpenReply::ok()).await.is_err() {
+        if let Some(r) = recorder {
+            finish_recording(&agent, &req, r, "the server went away before the tunnel opened")
+                .await;
+        }
         return;
     }
     let opened = Instant::now();
-    agent.audit(
-        "tunnel.open",
-        &req.session,
-        serde_json::json!({"session": req.session, "target": target.name, "address": target.address}),
-    );
+    let recording_id = recorder.as_ref().map(|r| r.id.clone());
+    let mut details = serde_json::json!({"session": req.session, "target": target.name, "address": target.address});
+    if let Some(id) = &recording_id {
+        details["recording"] = serde_json::json!(id);
+    }
+    agent.audit("tunnel.open", &req.session, details);
     let switch_off = agent.switch_off_token();
     let revoked = agent.grant_token(&req.session);
     let left = Duration::from_secs(u64::try_from(until - crate::now()).unwrap_or(0));
@@ -88,13 +132,13 @@ pub async fn serve(
     // Counted as they pass, so that a tunnel cut in the middle still reports its bytes.
     let to_target = AtomicU64::new(0);
     let from_target = AtomicU64::new(0);
-    let mut t_wr = Counted { inner: t_wr, bytes: &to_target };
-    let t_rd = Counted { inner: t_rd, bytes: &from_target };
+    let recording_failed = recorder.as_ref().map(|r| r.failed()).unwrap_or_default();
     let relay = async {
-        tokio::try_join!(
-            pipe::mux_to_socket(&mut m_rd, &mut t_wr),
-            pipe::socket_to_mux(t_rd, &mut m_wr)
-        )
+        let counters = (&to_target, &from_target);
+        match &recorder {
+            Some(r) => relay(&mut m_rd, &mut m_wr, t_rd, t_wr, counters, r.tap()).await,
+            None => relay(&mut m_rd, &mut m_wr, t_rd, t_wr, counters, &NoTap).await,
+        }
     };
     let outcome = tokio::select! {
         r = relay => match r {
@@ -105,19 +149,64 @@ pub async fn serve(
         _ = revoked.cancelled() => "session revoked".to_owned(),
         _ = link_closed.cancelled() => "link to server lost".to_owned(),
         _ = tokio::time::sleep(left) => "time window closed".to_owned(),
+        _ = recording_failed.cancelled() => "the session's recording failed".to_owned(),
     };
-    agent.audit(
-        "tunnel.close",
-        &req.session,
-        serde_json::json!({
-            "session": req.session,
-            "target": target.name,
-            "outcome": outcome,
-            "bytes_to_target": to_target.load(Ordering::Relaxed),
-            "bytes_from_target": from_target.load(Ordering::Relaxed),
-            "duration_ms": u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
-        }),
-    );
+    let mut details = serde_json::json!({
+        "session": req.session,
+        "target": target.name,
+        "outcome": outcome,
+        "bytes_to_target": to_target.load(Ordering::Relaxed),
+        "bytes_from_target": from_target.load(Ordering::Relaxed),
+        "duration_ms": u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+    });
+    if let Some(id) = &recording_id {
+        details["recording"] = serde_json::json!(id);
+    }
+    agent.audit("tunnel.close", &req.session, details);
+    if let Some(r) = recorder {
+        finish_recording(&agent, &req, r, &outcome).await;
+    }
+}
+
+/// Both directions of a tunnel, each chunk counted and handed to `tap` (monomorphised: with
+/// [`NoTap`] this is the plain relay).
+async fn relay<P: Tap>(
+    m_rd: &mut MuxReader,
+    m_wr: &mut MuxWriter,
+    t_rd: OwnedReadHalf,
+    t_wr: OwnedWriteHalf,
+    (to_target, from_target): (&AtomicU64, &AtomicU64),
+    tap: &P,
+) -> io::Result<(u64, u64)> {
+    let mut t_wr = Counted { inner: t_wr, bytes: to_target, tap, dir: Direction::ToTarget };
+    let t_rd = Counted { inner: t_rd, bytes: from_target, tap, dir: Direction::FromTarget };
+    tokio::try_join!(pipe::mux_to_socket(m_rd, &mut t_wr), pipe::socket_to_mux(t_rd, m_wr))
+}
+
+/// Ends a tunnel's recording and puts it in the audit chain (`recording.saved`, or
+/// `recording.failed` with what is on disk), then applies the retention rules.
+async fn finish_recording(agent: &Agent, req: &OpenRequest, r: Recorder, outcome: &str) {
+    let done = r.finish(&agent.recordings, outcome).await;
+    let s = &done.summary;
+    let mut details = serde_json::json!({
+        "session": s.session,
+        "target": s.target,
+        "id": s.id,
+        "bytes_to_target": s.bytes_to_target,
+        "bytes_from_target": s.bytes_from_target,
+        "missed_bytes": s.missed_bytes,
+        "file_bytes": s.file_bytes,
+        "sha256": s.sha256,
+    });
+    let action = match &done.error {
+        None => "recording.saved",
+        Some(e) => {
+            details["error"] = serde_json::json!(e);
+            "recording.failed"
+        }
+    };
+    agent.audit(action, &req.session, details);
+    agent.prune_recordings();
 }
 
 /// Records the refusal and its reason, then tells the server.
@@ -130,36 +219,44 @@ async fn refuse(agent: &Agent, stream: MuxStream, req: &OpenRequest, reason: Str
     write_last_frame(stream, &OpenReply::refused(reason)).await;
 }
 
-/// A socket half that counts the bytes read from or written to it.
-struct Counted<'a, T> {
+/// A socket half that counts the bytes read from or written to it, and shows them to `tap`.
+struct Counted<'a, T, P> {
     inner: T,
     bytes: &'a AtomicU64,
+    tap: &'a P,
+    dir: Direction,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+impl<T: AsyncRead + Unpin, P: Tap> AsyncRead for Counted<'_, T, P> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // A recorder that is behind holds the relay back (for a while: see `Tap`).
+        std::task::ready!(self.tap.poll_room(self.dir, cx));
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
-            self.bytes.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+            let got = &buf.filled()[before..];
+            self.bytes.fetch_add(got.len() as u64, Ordering::Relaxed);
+            self.tap.tap(self.dir, got);
         }
         r
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+impl<T: AsyncWrite + Unpin, P: Tap> AsyncWrite for Counted<'_, T, P> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.tap.poll_room(self.dir, cx));
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            self.tap.tap(self.dir, &buf[..n]);
         }
         r
     }
@@ -169,9 +266,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.tap.poll_room(self.dir, cx));
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            // What was written is the first `n` bytes across the slices.
+            let mut left = n;
+            for b in bufs {
+                if left == 0 {
+                    break;
+                }
+                let take = left.min(b.len());
+                self.tap.tap(self.dir, &b[..take]);
+                left -= take;
+            }
         }
         r
     }
@@ -199,8 +307,8 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(64);
         let (rd, wr) = tokio::io::split(a);
         let (read, written) = (AtomicU64::new(0), AtomicU64::new(0));
-        let mut rd = Counted { inner: rd, bytes: &read };
-        let mut wr = Counted { inner: wr, bytes: &written };
+        let mut rd = Counted { inner: rd, bytes: &read, tap: &NoTap, dir: Direction::FromTarget };
+        let mut wr = Counted { inner: wr, bytes: &written, tap: &NoTap, dir: Direction::ToTarget };
 
         wr.write_all(b"hello").await.unwrap();
         b.write_all(b"abc").await.unwrap();

@@ -20,6 +20,7 @@ pub mod forward;
 pub mod identity;
 pub mod link;
 pub mod policy;
+pub mod recording;
 pub mod switch;
 
 pub use config::AgentConfig;
@@ -38,6 +39,8 @@ pub struct AgentInner {
     switch_token: Mutex<CancellationToken>,
     /// The machine's own tamper-evident record (see [`audit`]).
     pub audit_log: audit::AuditLog,
+    /// Session recordings kept here (see [`recording`]).
+    pub recordings: recording::Recordings,
 }
 
 impl std::ops::Deref for Agent {
@@ -67,6 +70,7 @@ impl Agent {
     ) -> Self {
         let on = switch::read(&dir, &cfg.switch);
         let audit_log = audit::AuditLog::new(&dir, identity.machine.clone(), cfg.audit);
+        let recordings = recording::Recordings::new(&dir, cfg.recording);
         if let Err(e) = audit_log.open() {
             tracing::error!(error = %fernwart_transport::error_chain(&e), "cannot open the agent's audit trail; trying again at each record");
         }
@@ -80,6 +84,7 @@ impl Agent {
             grant_tokens: Mutex::new(HashMap::new()),
             switch_token: Mutex::new(CancellationToken::new()),
             audit_log,
+            recordings,
         }))
     }
 
@@ -196,7 +201,7 @@ impl Agent {
             Some(&grant.users.join(",")),
             "grant",
             &grant.session,
-            serde_json::json!({"session": grant.session, "targets": grant.targets, "from": grant.from, "until": grant.until, "users": grant.users}),
+            serde_json::json!({"session": grant.session, "targets": grant.targets, "from": grant.from, "until": grant.until, "users": grant.users, "record": grant.record}),
         );
     }
 
@@ -229,6 +234,7 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
         "",
         serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "server": agent.identity.server}),
     );
+    agent.prune_recordings();
     let a = agent.clone();
     let reactor = tokio::spawn(async move {
         let initial = *rx.borrow_and_update();
@@ -265,6 +271,7 @@ mod tests {
             from: 0,
             until,
             users: vec!["tech".into()],
+            record: false,
         }
     }
 

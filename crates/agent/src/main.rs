@@ -2,7 +2,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fernwart_agent::{audit, identity, switch, Agent, AgentConfig};
+use fernwart_agent::{audit, identity, recording, switch, Agent, AgentConfig};
 use fernwart_transport::ProxyConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +56,34 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+    /// Session recordings in DIR/recordings: read on the gateway, no server needed.
+    Recording {
+        #[command(subcommand)]
+        cmd: RecordingCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordingCmd {
+    /// The recordings kept here, oldest first.
+    List {
+        #[arg(long)]
+        data: PathBuf,
+        /// A JSON array, each recording as `fernwart recording list --json` shows it.
+        #[arg(long)]
+        json: bool,
+        /// Only recordings of this session.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Write recording ID as pcapng for Wireshark or tshark (synthetic TCP/IP framing).
+    Export {
+        id: String,
+        #[arg(long)]
+        pcap: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
     },
 }
 
@@ -176,6 +204,33 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Audit { cmd: AuditCmd::Verify { data } } => {
             let report = audit::verify(&data)?;
             println!("{report}");
+            Ok(())
+        }
+        Cmd::Recording { cmd: RecordingCmd::List { data, json, session } } => {
+            let machine = identity::Identity::load(&data).map(|i| i.machine).unwrap_or_default();
+            let dir = recording::dir(&data);
+            let list = recording::list(&dir, &machine, session.as_deref(), &Default::default())
+                .with_context(|| format!("reading {}", dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for r in &list {
+                    println!("{}", recording::human_line(r));
+                }
+            }
+            Ok(())
+        }
+        Cmd::Recording { cmd: RecordingCmd::Export { id, pcap, data } } => {
+            if !fernwart_recording::valid_id(&id) {
+                anyhow::bail!("{id:?} is not a recording id (see `fernwart-agent recording list`)");
+            }
+            let path =
+                recording::dir(&data).join(format!("{id}.{}", fernwart_recording::EXTENSION));
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("no recording {id} in {}", path.display()))?;
+            let done = fernwart_recording::export_file(file, &pcap)
+                .with_context(|| format!("exporting recording {id}"))?;
+            println!("{}", fernwart_recording::describe(&done, &pcap));
             Ok(())
         }
         Cmd::Audit { cmd: AuditCmd::List { data, json, since, session, limit } } => {

@@ -78,6 +78,7 @@ mod tests {
             from: 0,
             until,
             users: vec![],
+            record: false,
         });
         g
     }

@@ -10,6 +10,7 @@ mod audit;
 mod auth;
 mod machine;
 mod org;
+mod recording;
 mod role;
 mod session;
 mod token;
@@ -30,6 +31,7 @@ pub use machine::{
     SwitchState,
 };
 pub use org::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo, OrgKind};
+pub use recording::{RecordingInfo, RecordingQuery};
 pub use role::{Role, UnknownRole};
 pub use session::{SessionCreateRequest, SessionInfo, SessionState, UnknownSessionState};
 pub use token::{TokenCreateRequest, TokenCreated, TokenInfo, TokenRevoked};

@@ -22,6 +22,10 @@ pub struct SessionCreateRequest {
     /// Whether an approver must release the session; left out: yes.
     #[serde(default = "yes")]
     pub approval: bool,
+    /// Whether the agent records each tunnel connection of the session (`--record`); left
+    /// out: no.
+    #[serde(default)]
+    pub record: bool,
 }
 
 fn yes() -> bool {
@@ -47,6 +51,10 @@ pub struct SessionInfo {
     pub decided_by: Option<String>,
     /// Who (or what: `system`) ended, expired or revoked it.
     pub ended_by: Option<String>,
+    /// The agent records each tunnel connection (what the approver releases); servers
+    /// before recordings leave it out.
+    #[serde(default)]
+    pub record: bool,
 }
 
 /// Where a session is in its life. On the wire: `"prepared"`, `"requested"`, ...
@@ -147,9 +155,9 @@ mod tests {
     use super::*;
     use crate::wire::{parses, refuses_unknown, round_trips};
 
-    const CREATE: &str = r#"{"approval":false,"duration_secs":7200,"from":null,"machine":"press-7","name":"s1","reason":"ticket 42","targets":["plc","hmi"],"until":null,"users":["tech1"]}"#;
+    const CREATE: &str = r#"{"approval":false,"duration_secs":7200,"from":null,"machine":"press-7","name":"s1","reason":"ticket 42","record":true,"targets":["plc","hmi"],"until":null,"users":["tech1"]}"#;
 
-    const SHOW: &str = r#"{"approval_required":true,"created_at":"2030-01-01T08:00:00Z","created_by":"sa1","decided_by":"ap1","ended_by":null,"from":"2030-01-01T08:00:00Z","machine":"press-7","name":"s1","reason":"ticket 42","state":"approved","targets":["hmi","plc"],"until":"2030-01-01T10:00:00Z","users":["tech1","tech2"]}"#;
+    const SHOW: &str = r#"{"approval_required":true,"created_at":"2030-01-01T08:00:00Z","created_by":"sa1","decided_by":"ap1","ended_by":null,"from":"2030-01-01T08:00:00Z","machine":"press-7","name":"s1","reason":"ticket 42","record":true,"state":"approved","targets":["hmi","plc"],"until":"2030-01-01T10:00:00Z","users":["tech1","tech2"]}"#;
 
     #[test]
     fn create_request_is_what_the_cli_sends() {
@@ -167,7 +175,16 @@ mod tests {
         )
         .unwrap();
         assert!(r.approval);
+        assert!(!r.record);
         assert_eq!((r.from, r.until, r.duration_secs), (None, None, None));
+    }
+
+    #[test]
+    fn sessions_of_servers_before_recordings_are_not_recorded() {
+        let old = SHOW.replace(r#""record":true,"#, "");
+        let s: SessionInfo = serde_json::from_str(&old).unwrap();
+        assert!(!s.record);
+        assert!(parses::<SessionInfo>(SHOW).record);
     }
 
     #[test]

@@ -97,6 +97,33 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Session recordings (admins, auditors): kept at the machines' agents, relayed by the
+    /// server.
+    Recording {
+        #[command(subcommand)]
+        cmd: RecordingCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordingCmd {
+    /// The recordings of the machines you may audit (online ones: they are kept there).
+    List {
+        #[arg(long)]
+        machine: Option<String>,
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Fetch recording ID and write it as pcapng for Wireshark or tshark.
+    Export {
+        id: String,
+        #[arg(long)]
+        pcap: PathBuf,
+        /// Also keep the recording as the agent stores it (its SHA-256 is in the agent's
+        /// audit trail).
+        #[arg(long)]
+        raw: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -371,6 +398,12 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Audit { cmd: AuditCmd::List(args) } => commands::audit::list(&ctx, args).await,
         Cmd::Audit { cmd: AuditCmd::Export { out, after } } => {
             commands::audit::export(&ctx, &out, after).await
+        }
+        Cmd::Recording { cmd: RecordingCmd::List { machine, session } } => {
+            commands::recording::list(&ctx, machine.as_deref(), session.as_deref()).await
+        }
+        Cmd::Recording { cmd: RecordingCmd::Export { id, pcap, raw } } => {
+            commands::recording::export(&ctx, &id, &pcap, raw.as_deref()).await
         }
         Cmd::Audit { cmd: AuditCmd::Agent { machine, after, limit } } => {
             commands::audit::agent(&ctx, &machine, after, limit).await

@@ -41,6 +41,16 @@ pub struct Grant {
     pub until: i64,
     /// Who the session is for, for the agent's own audit record.
     pub users: Vec<String>,
+    /// The session is recorded: the agent records each tunnel connection's bytes (see
+    /// `fernwart-recording`). Left out when false, so that agents from before recordings still
+    /// read grants of sessions without it; an agent that cannot record must refuse a grant
+    /// with it (an older one fails on the unknown field, which closes its link).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub record: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Agent → server on the control stream.
@@ -137,6 +147,54 @@ impl OpenReply {
     }
 }
 
+/// What the agent reads first on a stream the server opened: a tunnel to a target, or a
+/// question about its session recordings. Agents from before recordings read only
+/// [`OpenRequest`]s; they close a stream that starts with a [`RecordingRequest`] (unknown
+/// fields), which the server reports as an agent that keeps no recordings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StreamRequest {
+    Open(OpenRequest),
+    Recording(RecordingRequest),
+}
+
+/// First frame on a data stream that asks the agent about its recordings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingRequest {
+    pub recording: RecordingAsk,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RecordingAsk {
+    /// The recordings the agent holds (of one session, or all): the answer's bytes are a JSON
+    /// array of `fernwart_api::RecordingInfo`.
+    List { session: Option<String> },
+    /// One recording file as stored: the answer's bytes are the file. `by` names who asked at
+    /// the server, for the agent's own audit record.
+    Fetch { id: String, by: String },
+}
+
+/// The agent's answer to a [`RecordingRequest`]; on `ok` the stream carries the answer's
+/// bytes until it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingReply {
+    pub ok: bool,
+    pub error: Option<String>,
+    /// For a fetch of a finished recording: its length and SHA-256 (hex), as in the agent's
+    /// `recording.saved` audit record.
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+}
+
+impl RecordingReply {
+    pub fn refused(reason: impl Into<String>) -> Self {
+        Self { ok: false, error: Some(reason.into()), size: None, sha256: None }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +248,63 @@ mod tests {
         let back: AgentToServer = serde_json::from_str(&text).unwrap();
         let AgentToServer::AuditRecords { records } = back else { panic!("{text}") };
         assert_eq!(chain::hash(&records[0].prev, 1, &records[0].body), r.hash);
+    }
+}
+
+#[cfg(test)]
+mod recording_tests {
+    use super::*;
+
+    fn grant(record: bool) -> Grant {
+        Grant {
+            session: "s1".into(),
+            targets: vec!["plc".into()],
+            from: 0,
+            until: 10,
+            users: vec!["tech1".into()],
+            record,
+        }
+    }
+
+    #[test]
+    fn grants_without_recording_look_as_before() {
+        let text = serde_json::to_string(&grant(false)).unwrap();
+        assert!(!text.contains("record"), "{text}");
+        let old: Grant = serde_json::from_str(
+            r#"{"session":"s1","targets":["plc"],"from":0,"until":10,"users":["tech1"]}"#,
+        )
+        .unwrap();
+        assert_eq!(old, grant(false));
+        let text = serde_json::to_string(&grant(true)).unwrap();
+        assert!(text.ends_with(r#""record":true}"#), "{text}");
+        assert_eq!(serde_json::from_str::<Grant>(&text).unwrap(), grant(true));
+    }
+
+    #[test]
+    fn the_first_frame_of_a_stream_is_a_tunnel_or_a_recording_question() {
+        let open = OpenRequest { session: "s1".into(), target: "plc".into() };
+        let text = serde_json::to_string(&open).unwrap();
+        assert_eq!(
+            serde_json::from_str::<StreamRequest>(&text).unwrap(),
+            StreamRequest::Open(open)
+        );
+
+        let ask = RecordingRequest {
+            recording: RecordingAsk::Fetch { id: "s1-1-1".into(), by: "aud1".into() },
+        };
+        let text = serde_json::to_string(&ask).unwrap();
+        assert_eq!(text, r#"{"recording":{"op":"fetch","id":"s1-1-1","by":"aud1"}}"#);
+        assert_eq!(
+            serde_json::from_str::<StreamRequest>(&text).unwrap(),
+            StreamRequest::Recording(ask)
+        );
+        // What an agent from before recordings reads first: it refuses the question.
+        assert!(serde_json::from_str::<OpenRequest>(&text).is_err());
+        let list = r#"{"recording":{"op":"list","session":null}}"#;
+        assert!(matches!(
+            serde_json::from_str::<StreamRequest>(list).unwrap(),
+            StreamRequest::Recording(RecordingRequest { recording: RecordingAsk::List { .. } })
+        ));
+        assert!(serde_json::from_str::<StreamRequest>(r#"{"recording":{"op":"delete"}}"#).is_err());
     }
 }

@@ -607,6 +607,7 @@ mod tests {
             created_at: 0,
             decided_by: None,
             ended_by: None,
+            record: false,
         }
     }
 

@@ -129,6 +129,7 @@ fn seed(data: &Path) -> String {
         until: now + 3600,
         created_by: "admin".into(),
         created_at: now,
+        record: false,
     };
     // Sessions without approval allowed, as with `sessions.allow_no_approval`.
     let rule =

@@ -182,6 +182,71 @@ impl HttpClient {
             .await
             .map_err(|_| ApiError::Timeout(crate::dial::DIAL_TIMEOUT))?
     }
+
+    /// `GET path` whose answer is a file: its body goes to `sink` piece by piece (each within
+    /// [`REQUEST_TIMEOUT`], at most `max` bytes in all), without holding it in memory.
+    /// Returns the bytes written and the answer's headers.
+    pub async fn download(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        sink: &mut (dyn std::io::Write + Send),
+        max: u64,
+    ) -> Result<(u64, http::HeaderMap), ApiError> {
+        let head = async {
+            let tls = self.connect().await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| ApiError::Http(crate::error_chain(&e)))?;
+            let conn_failed = watch_conn(conn);
+            let mut req = Request::builder()
+                .method(Method::GET)
+                .uri(path)
+                .header(header::HOST, self.dialer.authority());
+            if let Some(token) = bearer {
+                req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let req = req
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| ApiError::Http(crate::error_chain(&e)))?;
+            match sender.send_request(req).await {
+                Ok(r) => Ok(r),
+                Err(e) => Err(request_failed(&e, conn_failed).await),
+            }
+        };
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, head)
+            .await
+            .map_err(|_| ApiError::Timeout(REQUEST_TIMEOUT))??;
+        let status = resp.status();
+        let (parts, mut body) = resp.into_parts();
+        if !status.is_success() {
+            let bytes =
+                tokio::time::timeout(REQUEST_TIMEOUT, Limited::new(body, MAX_RESPONSE).collect())
+                    .await
+                    .map_err(|_| ApiError::Timeout(REQUEST_TIMEOUT))?
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+            return Err(ApiError::Status {
+                status: status.as_u16(),
+                message: error_text(status, &bytes),
+            });
+        }
+        let mut total = 0u64;
+        loop {
+            let frame = tokio::time::timeout(REQUEST_TIMEOUT, body.frame())
+                .await
+                .map_err(|_| ApiError::Timeout(REQUEST_TIMEOUT))?;
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| ApiError::Http(crate::error_chain(&e)))?;
+            let Ok(data) = frame.into_data() else { continue };
+            total += data.len() as u64;
+            if total > max {
+                return Err(ApiError::Decode(format!("the answer is larger than {max} bytes")));
+            }
+            sink.write_all(&data).map_err(|e| ApiError::Http(format!("writing: {e}")))?;
+        }
+        Ok((total, parts.headers))
+    }
 }
 
 /// Drives an HTTP/1.1 connection; its failure (a TLS alert, say) is told through the receiver,

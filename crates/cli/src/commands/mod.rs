@@ -5,6 +5,7 @@ pub mod admin;
 pub mod audit;
 pub mod connect;
 pub mod org;
+pub mod recording;
 pub mod session;
 pub mod token;
 pub mod window;

@@ -26,6 +26,10 @@ pub struct CreateArgs {
     pub reason: String,
     #[arg(long)]
     pub no_approval: bool,
+    /// The agent records each connection of the session (bytes both ways, with their times);
+    /// the approver sees it before releasing. `fernwart recording list|export` read them.
+    #[arg(long)]
+    pub record: bool,
 }
 
 pub async fn create(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
@@ -50,18 +54,20 @@ pub async fn create(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
         duration_secs,
         reason: a.reason,
         approval: !a.no_approval,
+        record: a.record,
     };
     let s: SessionInfo = ctx.post("/v1/sessions", &req).await?;
     if ctx.json {
         output::print_json(&s);
     } else {
         crate::out!(
-            "session {} prepared on {} for {} ({} to {}){}",
+            "session {} prepared on {} for {} ({} to {}){}{}",
             req.name,
             req.machine,
             req.users.join(","),
             s.from,
             s.until,
+            if s.record { "; recorded" } else { "" },
             if req.approval { "; needs an approver's release" } else { "" }
         );
     }
@@ -119,18 +125,24 @@ pub async fn show(ctx: &Context, name: &str) -> anyhow::Result<()> {
             "approval",
             if s.approval_required { "required" } else { "not required" }
         );
+        crate::out!(
+            "{:<11} {}",
+            "recording",
+            if s.record { "on: the agent records each connection" } else { "off" }
+        );
     }
     Ok(())
 }
 
 fn print_line(s: &SessionInfo) {
     crate::out!(
-        "{:<16} {:<9} {:<12} targets={} users={} until {}",
+        "{:<16} {:<9} {:<12} targets={} users={} until {}{}",
         s.name,
         s.state,
         s.machine,
         output::list(&s.targets),
         output::list(&s.users),
-        s.until
+        s.until,
+        if s.record { " recorded" } else { "" }
     );
 }

@@ -28,6 +28,7 @@ mod links;
 mod machine_audit;
 mod machines;
 mod orgs;
+mod recordings;
 mod serve;
 mod sessions;
 mod tokens;
@@ -66,6 +67,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/windows", post(windows::add).get(windows::list))
         .route("/v1/windows/{id}/remove", post(windows::remove))
         .route("/v1/tokens/{id}/revoke", post(tokens::revoke))
+        .route("/v1/recordings", get(recordings::list))
+        .route("/v1/recordings/{id}", get(recordings::fetch))
         .route("/v1/agent/link", get(links::agent))
         .route("/v1/connect/{name}", get(links::connect))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -34,6 +34,7 @@ pub fn info(s: &Session) -> SessionInfo {
         created_at: util::rfc3339(s.created_at),
         decided_by: s.decided_by.clone(),
         ended_by: s.ended_by.clone(),
+        record: s.record,
     }
 }
 
@@ -95,6 +96,7 @@ pub async fn create(
         until,
         created_by: c.name.clone(),
         created_at: now,
+        record: req.record,
     };
     let mut targets = req.targets.clone();
     targets.sort();
@@ -111,6 +113,7 @@ pub async fn create(
             until: util::rfc3339(until),
             reason: req.reason,
             approval_required: req.approval,
+            record: req.record,
         },
     );
     let ask = PrepareAsk {

@@ -187,6 +187,8 @@ pub enum Event {
         until: String,
         reason: String,
         approval_required: bool,
+        /// The session is recorded at the agent.
+        record: bool,
     },
     SessionChange {
         session: String,
@@ -238,6 +240,13 @@ pub enum Event {
         target: String,
         outcome: String,
         seconds: u64,
+    },
+    /// A session recording fetched from its machine's agent through the server (the server
+    /// relays it; it keeps no copy).
+    RecordingFetch {
+        machine: String,
+        session: String,
+        id: String,
     },
     TunnelRefused {
         session: String,
@@ -297,6 +306,7 @@ impl Event {
             Event::TunnelOpen { .. } => "tunnel.open",
             Event::TunnelClose { .. } => "tunnel.close",
             Event::TunnelRefused { .. } => "tunnel.refused",
+            Event::RecordingFetch { .. } => "recording.fetch",
             Event::AccessRefused { .. } => "access.refused",
         };
         a.to_owned()
@@ -340,7 +350,8 @@ impl Event {
             | Event::Disconnect { session, .. }
             | Event::TunnelOpen { session, .. }
             | Event::TunnelClose { session, .. }
-            | Event::TunnelRefused { session, .. } => session,
+            | Event::TunnelRefused { session, .. }
+            | Event::RecordingFetch { session, .. } => session,
             Event::AccessRefused { object, .. } => object,
         }
     }
@@ -362,7 +373,8 @@ impl Event {
             | Event::Switch { machine, .. }
             | Event::SessionCreate { machine, .. }
             | Event::WindowAdd { machine, .. }
-            | Event::WindowRemove { machine, .. } => Some(machine),
+            | Event::WindowRemove { machine, .. }
+            | Event::RecordingFetch { machine, .. } => Some(machine),
             _ => None,
         }
     }
@@ -378,7 +390,8 @@ impl Event {
             | Event::Disconnect { session, .. }
             | Event::TunnelOpen { session, .. }
             | Event::TunnelClose { session, .. }
-            | Event::TunnelRefused { session, .. } => Some(session),
+            | Event::TunnelRefused { session, .. }
+            | Event::RecordingFetch { session, .. } => Some(session),
             _ => None,
         }
     }
@@ -449,10 +462,11 @@ impl Event {
                 until,
                 reason,
                 approval_required,
+                record,
                 ..
             } => json!({
                 "machine": machine, "targets": targets, "users": users, "from": from, "until": until,
-                "reason": reason, "approval_required": approval_required,
+                "reason": reason, "approval_required": approval_required, "record": record,
             }),
             Event::SessionChange { from, to, .. } => json!({"from": from, "to": to}),
             Event::SessionPreapproved { window, schedule, provider, approved_by, .. } => json!({
@@ -467,6 +481,7 @@ impl Event {
             Event::Connect { targets, .. } => json!({"targets": targets}),
             Event::Disconnect { reason, .. } => json!({"reason": reason}),
             Event::TunnelOpen { target, .. } => json!({"target": target}),
+            Event::RecordingFetch { id, .. } => json!({"id": id}),
             Event::TunnelClose { target, outcome, seconds, .. } => {
                 json!({"target": target, "outcome": outcome, "seconds": seconds})
             }

@@ -118,6 +118,8 @@ pub struct Session {
     pub created_at: UnixSecs,
     pub decided_by: Option<String>,
     pub ended_by: Option<String>,
+    /// The agent records each tunnel connection of the session (set when it is prepared).
+    pub record: bool,
 }
 
 impl Session {
@@ -243,6 +245,7 @@ mod tests {
             created_at: 0,
             decided_by: None,
             ended_by: None,
+            record: false,
         }
     }
 

@@ -23,6 +23,7 @@ use crate::{
 
 pub mod agent_audit;
 pub mod agent_link;
+pub mod recordings;
 pub mod tech_link;
 pub mod tunnel;
 
@@ -69,6 +70,7 @@ pub fn grant_for(s: &Session) -> Grant {
         from: s.from,
         until: s.until,
         users: s.user_names(),
+        record: s.record,
     }
 }
 

@@ -175,6 +175,8 @@ const MIGRATIONS: &[&str] = &[
         received_at BIGINT NOT NULL,
         PRIMARY KEY (machine_id, seq)
     ) WITHOUT ROWID;",
+    // 12: a session may be recorded at the agent (set when it is prepared)
+    "ALTER TABLE sessions ADD COLUMN record INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -170,6 +170,8 @@ pub struct NewSession {
     pub until: UnixSecs,
     pub created_by: String,
     pub created_at: UnixSecs,
+    /// The agent records the session's tunnel connections.
+    pub record: bool,
 }
 
 /// What `audit list` asks for; every `None` matches all.

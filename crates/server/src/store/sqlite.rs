@@ -366,7 +366,7 @@ const VISIBLE_TO_ORG: &str =
     "(m.org = ?9 COLLATE NOCASE OR m.org IN (SELECT operator FROM contracts WHERE provider = ?9 COLLATE NOCASE))";
 
 const SESSION: &str = "SELECT s.id, s.name, s.machine_id, m.name, s.targets, s.reason, s.state, \
-     s.approval_required, s.valid_from, s.valid_until, s.created_by, s.created_at, s.decided_by, s.ended_by, m.org \
+     s.approval_required, s.valid_from, s.valid_until, s.created_by, s.created_at, s.decided_by, s.ended_by, m.org, s.record \
      FROM sessions s JOIN machines m ON m.id = s.machine_id";
 
 fn session_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
@@ -396,6 +396,7 @@ fn session_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Sessio
         created_at: r.get(11)?,
         decided_by: r.get(12)?,
         ended_by: r.get(13)?,
+        record: r.get::<_, i64>(15)? != 0,
     })
 }
 
@@ -1545,8 +1546,8 @@ impl Backend for Sqlite {
             targets.sort();
             targets.dedup();
             tx.execute(
-                "INSERT INTO sessions (name, machine_id, targets, reason, state, approval_required, valid_from, valid_until, created_by, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO sessions (name, machine_id, targets, reason, state, approval_required, valid_from, valid_until, created_by, created_at, record) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     s.name,
                     machine_id,
@@ -1557,7 +1558,8 @@ impl Backend for Sqlite {
                     s.from,
                     s.until,
                     s.created_by,
-                    s.created_at
+                    s.created_at,
+                    s.record
                 ],
             )?;
             let sid = tx.last_insert_rowid();

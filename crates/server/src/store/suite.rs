@@ -100,6 +100,7 @@ fn a_window_releases_a_session_in_its_transaction(b: &dyn Backend) {
         until: NOW + 60,
         created_by: "sadmin".into(),
         created_at: NOW,
+        record: false,
     };
     let by_window = |facts: &PrepareFacts| {
         assert_eq!(facts.windows.len(), 1);
@@ -114,6 +115,7 @@ fn a_window_releases_a_session_in_its_transaction(b: &dyn Backend) {
         until: String::new(),
         reason: String::new(),
         approval_required: true,
+        record: false,
     });
     let session = b.session_create(&s, &by_window, &created).unwrap();
     assert_eq!(session.state, SessionState::Approved);
@@ -364,6 +366,7 @@ fn machine_with_session(b: &dyn Backend) -> (i64, i64) {
         until: NOW + 3600,
         created_by: "admin".into(),
         created_at: NOW,
+        record: false,
     };
     let created = entry(Event::SessionCreate {
         name: "s1".into(),
@@ -374,6 +377,7 @@ fn machine_with_session(b: &dyn Backend) -> (i64, i64) {
         until: String::new(),
         reason: String::new(),
         approval_required: true,
+        record: false,
     });
     let session = b.session_create(&s, &staff_rule, &created).unwrap();
     assert_eq!(session.users, vec![(tech, "tech1".to_owned())]);
