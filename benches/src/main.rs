@@ -448,11 +448,12 @@ fn main() -> Result<()> {
     );
 
     measure_all(&mut live, &sizes, &args.only);
+    let mut results: Vec<PathResult> = live.into_iter().map(Live::finish).collect();
+    // After the main figures are taken (peak RSS included): its traffic is extra.
     let recording = match (&fw_path, args.recording) {
         (Some(off), true) => Some(recording_phase(&args, &sizes, off, echo)),
         _ => None,
     };
-    let mut results: Vec<PathResult> = live.into_iter().map(Live::finish).collect();
     drop(ssh_path);
     drop(fw_path);
     drop(floor_path);

@@ -174,6 +174,13 @@ pub struct AuditSection {
     pub syslog_ca: String,
     /// File the trail is appended to as JSON lines, one record per line.
     pub jsonl: String,
+    /// Alerts (`alert.*` records) are POSTed here as signed JSON: an `https://` URL.
+    pub webhook_url: String,
+    /// File holding the webhook's HMAC-SHA256 secret (at least 16 bytes; never in the
+    /// settings themselves).
+    pub webhook_secret_file: String,
+    /// PEM file with the CA certificate(s) of the webhook's server; empty: the system's roots.
+    pub webhook_ca: String,
 }
 
 /// Where the audit trail is copied to, validated.
@@ -182,6 +189,8 @@ pub struct AuditExport {
     pub syslog: Option<SyslogTarget>,
     /// The JSON lines file (absolute after [`Config::load`]).
     pub jsonl: Option<PathBuf>,
+    /// The alerts' webhook (set up after [`Config::load`]).
+    pub webhook: Option<crate::audit::webhook::Webhook>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,6 +457,36 @@ fn audit_export(
             })?;
         }
         export.jsonl = Some(file);
+    }
+    match (section.webhook_url.is_empty(), section.webhook_secret_file.is_empty()) {
+        (true, true) if section.webhook_ca.is_empty() => {}
+        (false, false) => {
+            if dir.is_some() {
+                let ca = (!section.webhook_ca.is_empty()).then(|| path(&section.webhook_ca));
+                let hook = crate::audit::webhook::Webhook::new(
+                    &section.webhook_url,
+                    &path(&section.webhook_secret_file),
+                    ca.as_deref(),
+                )
+                .map_err(|e| format!("{} {e}", name("webhook_url", &section.webhook_url)))?;
+                export.webhook = Some(hook);
+            } else {
+                let url = url::Url::parse(&section.webhook_url)
+                    .map_err(|e| format!("{}: {e}", name("webhook_url", &section.webhook_url)))?;
+                if url.scheme() != "https" {
+                    return Err(format!(
+                        "{}: must start with https://",
+                        name("webhook_url", &section.webhook_url)
+                    ));
+                }
+            }
+        }
+        _ => {
+            return Err(
+                "audit.webhook_url and audit.webhook_secret_file go together (and audit.webhook_ca needs them)"
+                    .into(),
+            )
+        }
     }
     Ok(export)
 }

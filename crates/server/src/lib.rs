@@ -184,6 +184,7 @@ impl App {
             shutdown,
         }));
         tokio::spawn(checkpointer(app.clone()));
+        tokio::spawn(audit::alerts::run(app.clone()));
         tokio::spawn(expiry_sweeper(app.clone()));
         Ok(app)
     }

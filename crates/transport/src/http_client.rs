@@ -128,6 +128,44 @@ impl HttpClient {
         serde_json::from_slice(body).map_err(|e| ApiError::Decode(e.to_string()))
     }
 
+    /// POSTs `body` to `path` with `headers` (a webhook); returns the answer's status. The
+    /// answer's body is read (at most the usual limit) and dropped.
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<u16, ApiError> {
+        let fut = async {
+            let tls = self.connect().await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| ApiError::Http(crate::error_chain(&e)))?;
+            let conn_failed = watch_conn(conn);
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri(path)
+                .header(header::HOST, self.dialer.authority())
+                .header(header::CONTENT_TYPE, "application/json");
+            for (name, value) in headers {
+                req = req.header(*name, value);
+            }
+            let req = req
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| ApiError::Http(crate::error_chain(&e)))?;
+            let resp = match sender.send_request(req).await {
+                Ok(r) => r,
+                Err(e) => return Err(request_failed(&e, conn_failed).await),
+            };
+            let status = resp.status().as_u16();
+            let _ = Limited::new(resp.into_body(), MAX_RESPONSE).collect().await;
+            Ok(status)
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| ApiError::Timeout(REQUEST_TIMEOUT))?
+    }
+
     /// Opens a link at `path`: an HTTPS request that the server upgrades
     /// ([`fernwart_proto::LINK_UPGRADE`]); a refusal comes back as [`ApiError::Status`] with
     /// the server's reason.

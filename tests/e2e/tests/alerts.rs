@@ -40,7 +40,9 @@ fn the_rules_raise_alerts_as_records() -> Result<()> {
         let _ = api.login("tech2", "wrong password 1!", None)?;
     }
     let burst = wait_alert(&w, "login_burst")?;
-    ensure!(burst["target"].as_str().is_some_and(|t| t.contains("127.0.0.1") || t.contains("tech2")));
+    ensure!(burst["target"]
+        .as_str()
+        .is_some_and(|t| t.contains("127.0.0.1") || t.contains("tech2")));
     wait_alert(&w, "lockout")?;
 
     // A machine with a certificate of 10 days: near its end.
@@ -56,11 +58,8 @@ fn the_rules_raise_alerts_as_records() -> Result<()> {
     w.switch("m1", false)?;
     let sw = wait_alert(&w, "switch_during_session")?;
     ensure!(sw["details"]["sessions"][0] == "s1", "{sw}");
-    let switch_alerts = w
-        .audit("admin")?
-        .iter()
-        .filter(|e| e["action"] == "alert.switch_during_session")
-        .count();
+    let switch_alerts =
+        w.audit("admin")?.iter().filter(|e| e["action"] == "alert.switch_during_session").count();
     ensure!(switch_alerts == 1, "{switch_alerts} switch alerts for one switch during a session");
     drop(conn);
 
@@ -75,8 +74,19 @@ fn the_rules_raise_alerts_as_records() -> Result<()> {
     w.fw(
         "admin",
         &[
-            "session", "create", "s4", "--machine", "m1", "--target", "echo", "--user", "tech1",
-            "--until", &until, "--reason", "T-4",
+            "session",
+            "create",
+            "s4",
+            "--machine",
+            "m1",
+            "--target",
+            "echo",
+            "--user",
+            "tech1",
+            "--until",
+            &until,
+            "--reason",
+            "T-4",
         ],
     )?;
     std::thread::sleep(Duration::from_secs(4));

@@ -171,7 +171,11 @@ fn an_export_verifies_elsewhere_and_only_as_exported() -> Result<()> {
     };
     let out = check(Some(&key))?;
     ensure!(out.success(), "the export does not verify: {}", said(&out));
-    ensure!(!out.stdout.contains("signed up to record 0"), "no checkpoint in the export: {}", out.stdout);
+    ensure!(
+        !out.stdout.contains("signed up to record 0"),
+        "no checkpoint in the export: {}",
+        out.stdout
+    );
     let other = "00".repeat(32);
     ensure!(!check(Some(&other))?.success(), "the export verified against another key");
 
@@ -285,7 +289,9 @@ fn acknowledged_events_survive_kill_9() -> Result<()> {
                         let name = format!("r{round}t{t}n{i}");
                         i += 1;
                         let body = json!({"name": name, "kind": "provider"});
-                        if let Ok(reply) = api.request("POST", "/v1/orgs", Some(&token), Some(&body)) {
+                        if let Ok(reply) =
+                            api.request("POST", "/v1/orgs", Some(&token), Some(&body))
+                        {
                             if reply.status == 200 {
                                 if let Ok(mut a) = acked.lock() {
                                     a.push(name);

@@ -233,7 +233,7 @@ async fn step(
         for rec in &batch {
             alerts.extend(rules.on_record(rec));
         }
-        write(store, alerts.drain(..).collect(), Some(last)).await?;
+        write(store, std::mem::take(&mut alerts), Some(last)).await?;
     }
     let now = util::now();
     if now - *last_cert_check >= 3600 {
@@ -272,7 +272,14 @@ mod tests {
 
     use super::*;
 
-    fn rec(seq: u64, time_ms: i64, action: &str, target: &str, source: &str, details: Value) -> Linked {
+    fn rec(
+        seq: u64,
+        time_ms: i64,
+        action: &str,
+        target: &str,
+        source: &str,
+        details: Value,
+    ) -> Linked {
         let mut l = link(
             None,
             Body {
@@ -294,7 +301,8 @@ mod tests {
         let mut alerts = Vec::new();
         for i in 0..12 {
             let user = format!("u{}", i % 3);
-            let e = rec(i, 1_000 + i as i64 * 1000, "auth.login_failed", &user, "10.0.0.9", json!({}));
+            let e =
+                rec(i, 1_000 + i as i64 * 1000, "auth.login_failed", &user, "10.0.0.9", json!({}));
             alerts.extend(r.on_record(&e));
         }
         // From one source: one alert (then quiet); per user only 4 each: none.
@@ -316,11 +324,26 @@ mod tests {
         let mut r = Rules::default();
         let lock = rec(1, 0, "auth.lockout", "tech1", "::1", json!({"alert": true}));
         assert_eq!(r.on_record(&lock)[0].rule, "lockout");
-        let late = rec(2, 0, "session.connect_refused", "s1", "::1", json!({"reason": "session s1 is expired"}));
+        let late = rec(
+            2,
+            0,
+            "session.connect_refused",
+            "s1",
+            "::1",
+            json!({"reason": "session s1 is expired"}),
+        );
         assert_eq!(r.on_record(&late)[0].rule, "outside_window");
-        let early = rec(3, 0, "tunnel.refused", "s1", "::1", json!({"reason": "session window opens at 2030-01-01T00:00:00Z"}));
+        let early = rec(
+            3,
+            0,
+            "tunnel.refused",
+            "s1",
+            "::1",
+            json!({"reason": "session window opens at 2030-01-01T00:00:00Z"}),
+        );
         assert_eq!(r.on_record(&early).len(), 1);
-        let other = rec(4, 0, "tunnel.refused", "s1", "::1", json!({"reason": "machine m1 is offline"}));
+        let other =
+            rec(4, 0, "tunnel.refused", "s1", "::1", json!({"reason": "machine m1 is offline"}));
         assert!(r.on_record(&other).is_empty());
         let switch = rec(5, 0, "machine.switch", "m1", "agent", json!({"switch": "off"}));
         assert!(r.on_record(&switch).is_empty());
@@ -330,7 +353,10 @@ mod tests {
         assert!(r.on_record(&switch).is_empty());
         r.on_record(&rec(8, 0, "session.approve", "s1", "::1", json!({"to": "approved"})));
         let a = r.on_record(&switch);
-        assert_eq!((a[0].rule, a[0].details["sessions"][0].as_str()), ("switch_during_session", Some("s1")));
+        assert_eq!(
+            (a[0].rule, a[0].details["sessions"][0].as_str()),
+            ("switch_during_session", Some("s1"))
+        );
         r.on_record(&rec(9, 0, "session.end", "s1", "::1", json!({"to": "ended"})));
         assert!(r.on_record(&switch).is_empty());
         // Known at the start.

@@ -2,9 +2,11 @@
 //! takes an [`Entry`] with every write); link and tunnel events go through a batching writer.
 //! The hash chain and the SIEM sinks build on these records later.
 
+pub mod alerts;
 pub mod siem;
 pub mod signing;
 pub mod verify;
+pub mod webhook;
 
 pub mod agent;
 
@@ -219,6 +221,12 @@ pub enum Event {
         provider: String,
         schedule: String,
     },
+    /// Found by an alert rule (`alerts.rs`) in the records before it.
+    Alert {
+        rule: &'static str,
+        subject: String,
+        details: Value,
+    },
     ConnectRefused {
         session: String,
         reason: String,
@@ -240,6 +248,10 @@ pub enum Event {
         target: String,
         outcome: String,
         seconds: u64,
+        /// Bytes from the technician to the target and back (what crossed the server).
+        bytes_up: u64,
+        bytes_down: u64,
+        duration_ms: u64,
     },
     /// A session recording fetched from its machine's agent through the server (the server
     /// relays it; it keeps no copy).
@@ -297,6 +309,7 @@ impl Event {
             Event::Switch { .. } => "machine.switch",
             Event::SessionCreate { .. } => "session.create",
             Event::SessionChange { event, .. } => return format!("session.{}", event.verb()),
+            Event::Alert { rule, .. } => return format!("alert.{rule}"),
             Event::SessionPreapproved { .. } => "session.preapproved",
             Event::WindowAdd { .. } => "window.add",
             Event::WindowRemove { .. } => "window.remove",
@@ -352,6 +365,7 @@ impl Event {
             | Event::TunnelClose { session, .. }
             | Event::TunnelRefused { session, .. }
             | Event::RecordingFetch { session, .. } => session,
+            Event::Alert { subject, .. } => subject,
             Event::AccessRefused { object, .. } => object,
         }
     }
@@ -477,13 +491,33 @@ impl Event {
             | Event::WindowRemove { window, provider, schedule, .. } => {
                 json!({"window": window, "provider": provider, "schedule": schedule})
             }
+            Event::Alert { details, .. } => {
+                let mut d = details.clone();
+                if let Value::Object(m) = &mut d {
+                    m.insert("alert".into(), Value::Bool(true));
+                    d
+                } else {
+                    json!({"alert": true, "details": d})
+                }
+            }
             Event::ConnectRefused { reason, .. } => json!({"reason": reason}),
             Event::Connect { targets, .. } => json!({"targets": targets}),
             Event::Disconnect { reason, .. } => json!({"reason": reason}),
             Event::TunnelOpen { target, .. } => json!({"target": target}),
             Event::RecordingFetch { id, .. } => json!({"id": id}),
-            Event::TunnelClose { target, outcome, seconds, .. } => {
-                json!({"target": target, "outcome": outcome, "seconds": seconds})
+            Event::TunnelClose {
+                target,
+                outcome,
+                seconds,
+                bytes_up,
+                bytes_down,
+                duration_ms,
+                ..
+            } => {
+                json!({
+                    "target": target, "outcome": outcome, "seconds": seconds,
+                    "bytes_up": bytes_up, "bytes_down": bytes_down, "duration_ms": duration_ms,
+                })
             }
             Event::TunnelRefused { target, reason, .. } => {
                 json!({"target": target, "reason": reason})

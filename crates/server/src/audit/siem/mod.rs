@@ -93,6 +93,14 @@ impl Exporter {
             tracing::info!(file = %path.display(), "audit trail exported as JSON lines");
             tasks.push(tokio::spawn(jsonl_sink(store.clone(), path.clone(), stop.clone())));
         }
+        if let Some(hook) = &cfg.audit.webhook {
+            tracing::info!(hook = ?hook, "alerts delivered to a webhook");
+            tasks.push(tokio::spawn(crate::audit::webhook::run(
+                store.clone(),
+                hook.clone(),
+                stop.clone(),
+            )));
+        }
         Self { stop, tasks: Mutex::new(tasks) }
     }
 
