@@ -10,7 +10,8 @@ use std::fmt::Debug;
 use fernwart_proto::codec::{decode_payload, frame_len};
 use fernwart_proto::{
     decode, encode, AgentToServer, ClientToServer, DecodeError, OpenReply, OpenRequest,
-    ServerToAgent, ServerToClient, HEADER_LEN, MAX_FRAME_LEN,
+    RecordingReply, RecordingRequest, ServerToAgent, ServerToClient, StreamRequest, HEADER_LEN,
+    MAX_FRAME_LEN,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -29,6 +30,9 @@ pub fn check_decode_frame(data: &[u8]) {
     check_type::<ServerToClient>(data, &header);
     check_type::<OpenRequest>(data, &header);
     check_type::<OpenReply>(data, &header);
+    check_type::<StreamRequest>(data, &header);
+    check_type::<RecordingRequest>(data, &header);
+    check_type::<RecordingReply>(data, &header);
 }
 
 /// `frame_len` on its own: a length is only reported when it is within the limit.

@@ -155,8 +155,8 @@ struct Flow {
     ends: [((Ipv4Addr, u16), [u8; 6]); 2],
     next_seq: [u32; 2],
     ip_id: [u16; 2],
-    /// A comment for the next packet each way (after a gap).
-    note: [Option<String>; 2],
+    /// Bytes missed each way since the last packet that way (a comment on the next one).
+    missed: [u64; 2],
 }
 
 impl Flow {
@@ -165,7 +165,7 @@ impl Flow {
             ends: [(client, CLIENT_MAC), (server, SERVER_MAC)],
             next_seq: [CLIENT_ISN, SERVER_ISN],
             ip_id: [1, 1],
-            note: [None, None],
+            missed: [0, 0],
         }
     }
 
@@ -173,18 +173,7 @@ impl Flow {
         let d = dir.index();
         // Sequence numbers count modulo 2^32.
         self.next_seq[d] = self.next_seq[d].wrapping_add(missed as u32);
-        let way = match dir {
-            Direction::ToTarget => "to the target",
-            Direction::FromTarget => "from the target",
-        };
-        let total = match self.note[d].take() {
-            Some(before) => format!("{before}; and {missed} more"),
-            None => format!(
-                "fernwart: {missed} bytes {way} before this packet are not in the recording \
-                 (the agent's recorder fell behind)"
-            ),
-        };
-        self.note[d] = Some(total);
+        self.missed[d] = self.missed[d].saturating_add(missed);
     }
 
     fn packet<W: Write>(
@@ -210,7 +199,19 @@ impl Flow {
         self.ip_id[d] = self.ip_id[d].wrapping_add(1);
         let grow = payload.len() as u32 + u32::from(flags & (SYN | FIN) != 0);
         self.next_seq[d] = seq.wrapping_add(grow);
-        let note = self.note[d].take();
+        let note = match std::mem::take(&mut self.missed[d]) {
+            0 => None,
+            missed => {
+                let way = match dir {
+                    Direction::ToTarget => "to the target",
+                    Direction::FromTarget => "from the target",
+                };
+                Some(format!(
+                    "fernwart: {missed} bytes {way} before this packet are not in the recording \
+                     (the agent's recorder fell behind)"
+                ))
+            }
+        };
         w.packet(ts_us, &frame, note.as_deref())
     }
 }

@@ -33,6 +33,10 @@ pub enum Action {
     AuditList,
     /// Export the whole chain with its checkpoints.
     AuditExport,
+    /// Read the records a machine's agent kept (collected by the server).
+    MachineAudit,
+    /// List and fetch a machine's session recordings (held at its agent).
+    RecordingRead,
     TokenCreate,
     TokenList,
     TokenRevoke,
@@ -46,7 +50,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 29] = [
+    pub const ALL: [Action; 31] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
         Action::PasswordChange,
@@ -67,6 +71,8 @@ impl Action {
         Action::TunnelOpen,
         Action::AuditList,
         Action::AuditExport,
+        Action::MachineAudit,
+        Action::RecordingRead,
         Action::TokenCreate,
         Action::TokenList,
         Action::TokenRevoke,
@@ -101,6 +107,8 @@ impl Action {
             Action::TunnelOpen => "tunnel.open",
             Action::AuditList => "audit.list",
             Action::AuditExport => "audit.export",
+            Action::MachineAudit => "machine.audit",
+            Action::RecordingRead => "recording.read",
             Action::TokenCreate => "token.create",
             Action::TokenList => "token.list",
             Action::TokenRevoke => "token.revoke",
@@ -136,6 +144,8 @@ impl Action {
             // Technicians see their own records (what they did, what was refused to them).
             Action::AuditList => &[Admin, Auditor, Technician],
             Action::AuditExport => &[Admin, Auditor],
+            // What happened on a machine is for those who check it, not for technicians.
+            Action::MachineAudit | Action::RecordingRead => &[Admin, Auditor],
             Action::TokenCreate | Action::TokenList | Action::TokenRevoke => &[Admin],
             Action::OrgAdd | Action::ContractAdd => &[Admin],
             Action::OrgList => &[Admin, Auditor],
@@ -276,6 +286,18 @@ fn decide_object(caller: &Caller, action: Action, object: Object<'_>) -> Result<
         role_allows(caller, action)?;
         if matches!(action, Action::WindowAdd | Action::WindowRemove) {
             own_operator(caller, name, org)?;
+        }
+        // Recordings show the plant's own traffic: its operator's staff (or the platform's)
+        // read them, not a provider's.
+        if action == Action::RecordingRead {
+            if let (Some(op), Some(own)) = (org, caller.org.as_deref()) {
+                if !own.eq_ignore_ascii_case(op) {
+                    return Err(Refusal::new(
+                        Denial::Forbidden,
+                        format!("the recordings of machine {name} belong to its operator {op}"),
+                    ));
+                }
+            }
         }
         return Ok(());
     }
@@ -640,6 +662,8 @@ mod tests {
             (TunnelOpen,      [false, false,  true,  false,  false]),
             (AuditList,       [true,  false,  true,  false,  true ]),
             (AuditExport,     [true,  false,  false, false,  true ]),
+            (MachineAudit,    [true,  false,  false, false,  true ]),
+            (RecordingRead,   [true,  false,  false, false,  true ]),
             (TokenCreate,     [true,  false,  false, false,  false]),
             (TokenList,       [true,  false,  false, false,  false]),
             (TokenRevoke,     [true,  false,  false, false,  false]),
@@ -665,7 +689,9 @@ mod tests {
                     SessionShow | SessionApprove | SessionReject | SessionEnd | SessionRevoke
                     | SessionConnect | TunnelOpen => Object::Session(&s),
                     UserDisable => Object::Named("someone"),
-                    WindowAdd | WindowRemove => Object::Machine { name: "m1", org: None },
+                    WindowAdd | WindowRemove | MachineAudit | RecordingRead => {
+                        Object::Machine { name: "m1", org: None }
+                    }
                     _ => Object::None,
                 };
                 let got = decide(&c, *action, object, NOW);
@@ -847,12 +873,15 @@ mod tests {
             (Auditor,      SessionEnd,          ['-', '-',     '-',     'H']),
             (Admin,        SessionRevoke,       ['A', 'A',     'A',     'H']),
             (Admin,        SessionApprove,      ['-', '-',     '-',     'H']),
+            (Auditor,      MachineAudit,        ['A', 'A',     'A',     'H']),
+            (Auditor,      RecordingRead,       ['A', 'A',     'F',     'H']),
+            (Technician,   RecordingRead,       ['-', '-',     '-',     'H']),
         ];
         for (role, action, want) in table {
             for (rel, want) in rels.iter().zip(want) {
                 let c = caller_in(*role, *rel);
                 let object = match action {
-                    WindowAdd | WindowRemove => {
+                    WindowAdd | WindowRemove | MachineAudit | RecordingRead => {
                         Object::Machine { name: "m1", org: Some("plant-a") }
                     }
                     _ => Object::Session(&s),

@@ -65,10 +65,20 @@ fn audit_events_say_who_what_when_where() -> Result<()> {
         ));
     }
 
-    // a technician may not read the trail
-    let out = w.fw_raw("tech1", &["audit", "list", "--json"], None)?;
+    // a technician reads only their own records, and cannot export the trail
+    let own = w.fw("tech1", &["audit", "list", "--json"])?.json_list();
+    let others: Vec<&Value> =
+        own.iter().filter(|e| e.get("actor").and_then(Value::as_str) != Some("tech1")).collect();
+    if own.is_empty() || !others.is_empty() {
+        problems.push(format!(
+            "audit list as a technician: {} records, {} of others",
+            own.len(),
+            others.len()
+        ));
+    }
+    let out = w.fw_raw("tech1", &["audit", "export", "--out", "/dev/null"], None)?;
     if let Err(e) = out.reason() {
-        problems.push(format!("audit list as a technician: {e:#}"));
+        problems.push(format!("audit export as a technician: {e:#}"));
     }
 
     // `fernwart audit list --json | head -1`: a closed pipe is no crash

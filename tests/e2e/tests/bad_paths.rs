@@ -359,7 +359,7 @@ fn roles_limit_what_each_user_may_do() -> Result<()> {
             ],
             None,
         ),
-        ("tech1", &["audit", "list", "--json"], None),
+        ("tech1", &["audit", "export", "--out", "/dev/null"], None),
         ("aud1", &["session", "approve", "s1"], None),
         ("aud1", &["user", "add", "x2", "--role", "technician", "--password-stdin"], Some(pw)),
         ("op1", &["user", "add", "x3", "--role", "approver", "--password-stdin"], Some(pw)),

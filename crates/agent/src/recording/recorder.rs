@@ -55,8 +55,9 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(1);
 const BATCH_EVERY: Duration = Duration::from_millis(50);
 /// ...and at least how often while nothing comes.
 const IDLE_EVERY: Duration = Duration::from_millis(800);
-/// Queued bytes that wake the writer at once.
+/// Queued bytes, or chunks, that wake the writer at once.
 const WAKE_BYTES: usize = 256 * 1024;
+const WAKE_CHUNKS: usize = MAX_QUEUED_CHUNKS / 4;
 /// The writer pushes compressed data to the file at least this often while traffic flows.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
 /// Compression level: fast (industrial protocols are small and repetitive anyway).
@@ -115,15 +116,16 @@ impl Queue {
         self.items.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `msg` unless the queue holds [`MAX_QUEUED_CHUNKS`] (`force`: in any case).
-    fn push(&self, msg: Msg, force: bool) -> Result<(), Msg> {
+    /// Queues `msg` unless the queue holds [`MAX_QUEUED_CHUNKS`] (`force`: in any case);
+    /// returns how many are queued now.
+    fn push(&self, msg: Msg, force: bool) -> Result<usize, Msg> {
         let mut items = self.items();
         if !force && items.len() >= MAX_QUEUED_CHUNKS {
             return Err(msg);
         }
         items.push_back(msg);
         self.len.store(items.len(), Ordering::Relaxed);
-        Ok(())
+        Ok(items.len())
     }
 
     fn room(&self) -> usize {
@@ -252,11 +254,19 @@ impl Tap for RecordTap {
             self.pending_gap[d].fetch_sub(gap, Ordering::Relaxed);
         }
         let before = self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
-        if self.queue.push(Msg::Data { dir, t_us, bytes: bytes.to_vec() }, false).is_err() {
-            self.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
-            self.miss(d, n);
-        } else if before < WAKE_BYTES && before + bytes.len() >= WAKE_BYTES {
-            self.queue.wake_writer();
+        match self.queue.push(Msg::Data { dir, t_us, bytes: bytes.to_vec() }, false) {
+            Err(_) => {
+                self.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                self.miss(d, n);
+            }
+            // Many bytes, or many small chunks (a burst after a quiet while): the writer
+            // starts at once rather than at its next look.
+            Ok(len) => {
+                if (before < WAKE_BYTES && before + bytes.len() >= WAKE_BYTES) || len == WAKE_CHUNKS
+                {
+                    self.queue.wake_writer();
+                }
+            }
         }
     }
 }

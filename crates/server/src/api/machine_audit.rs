@@ -10,7 +10,7 @@ use fernwart_api::{AgentAuditQuery, AgentAuditRecord};
 
 use super::{ApiError, ApiResult, Authed};
 use crate::{
-    authz::{self, Action, Denial, Object, Refusal},
+    authz::{Action, Object},
     domain::names,
     util, App,
 };
@@ -30,16 +30,11 @@ pub async fn list(
     let n = name.clone();
     let owner = app.store.run(move |b| b.machine_owner(&n)).await?;
     let owner = owner.ok_or_else(|| ApiError::not_found(format!("no machine {name}")))?;
-    a.allow(&app, Action::AuditList, Object::Machine { name: &name, org: owner.org.as_deref() })?;
-    // Technicians see only their own records (`audit list`); a machine's trail is for those
-    // who check what happened on it.
-    if authz::audit_scope(&a.caller).0.is_some() {
-        let r = Refusal {
-            denial: Denial::Forbidden,
-            reason: "a machine's own records are for admins and auditors; `fernwart audit list` shows yours".into(),
-        };
-        return Err(a.refused(&app, Action::AuditList, &name, r));
-    }
+    a.allow(
+        &app,
+        Action::MachineAudit,
+        Object::Machine { name: &name, org: owner.org.as_deref() },
+    )?;
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(PAGE).clamp(1, PAGE) as usize;
     let machine = owner.id;

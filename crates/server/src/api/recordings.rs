@@ -17,8 +17,8 @@ use fernwart_proto::RecordingAsk;
 use super::{ApiError, ApiResult, Authed};
 use crate::{
     audit::{Entry, Event},
-    authz::{self, Action, Denial, Object, Refusal},
-    domain::{names, Caller, Role},
+    authz::{self, Action, Object},
+    domain::names,
     relay::recordings::{self, AskError, ANSWER_TIMEOUT},
     App,
 };
@@ -69,7 +69,14 @@ pub async fn list(
     for m in machines {
         if named {
             allow(&app, &a, &m)?;
-        } else if may_read(&a.caller, &m).is_err() {
+        } else if authz::decide(
+            &a.caller,
+            Action::RecordingRead,
+            Object::Machine { name: &m.name, org: m.org.as_deref() },
+            crate::util::now(),
+        )
+        .is_err()
+        {
             continue;
         }
         let Some(agent) = app.relay.hub.agent(m.id) else {
@@ -147,30 +154,9 @@ async fn machine(app: &App, name: &str) -> ApiResult<Machine> {
     Ok(Machine { id: owner.id, name: name.to_owned(), org: owner.org })
 }
 
-/// The audit-reading rule for the machine, then the recordings' own: see the module.
+/// Admins and auditors of the machine's operator (or of no organization): `authz`.
 fn allow(app: &App, a: &Authed, m: &Machine) -> ApiResult<()> {
-    a.allow(app, Action::AuditList, Object::Machine { name: &m.name, org: m.org.as_deref() })?;
-    may_read(&a.caller, m).map_err(|r| a.refused(app, Action::AuditList, &m.name, r))
-}
-
-fn may_read(caller: &Caller, m: &Machine) -> Result<(), Refusal> {
-    let forbidden = |reason: String| Refusal { denial: Denial::Forbidden, reason };
-    if !matches!(caller.role, Role::Admin | Role::Auditor) {
-        return Err(forbidden(format!(
-            "session recordings are for admins and auditors; you are {}",
-            caller.role
-        )));
-    }
-    if !caller.sees_org(m.org.as_deref()) {
-        return Err(Refusal { denial: Denial::Hidden, reason: format!("no machine {}", m.name) });
-    }
-    match (caller.org.as_deref(), m.org.as_deref()) {
-        (Some(own), Some(op)) if !own.eq_ignore_ascii_case(op) => Err(forbidden(format!(
-            "the recordings of machine {} belong to its operator {op}",
-            m.name
-        ))),
-        _ => Ok(()),
-    }
+    a.allow(app, Action::RecordingRead, Object::Machine { name: &m.name, org: m.org.as_deref() })
 }
 
 fn offline(machine: &str) -> ApiError {
@@ -192,6 +178,14 @@ fn agent_error(machine: &str, e: AskError) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authz::{Denial, Refusal};
+    use crate::domain::{Caller, Role};
+
+    fn may_read(c: &Caller, m: &Machine) -> Result<(), Refusal> {
+        // The same decision the list makes for each machine.
+        let machine = Object::Machine { name: &m.name, org: m.org.as_deref() };
+        authz::decide(c, Action::RecordingRead, machine, crate::util::now())
+    }
 
     fn caller(role: Role, org: Option<&str>) -> Caller {
         Caller {
