@@ -272,6 +272,7 @@ mod tests {
             until,
             users: vec!["tech".into()],
             record: false,
+            tech_keys: vec![],
         }
     }
 

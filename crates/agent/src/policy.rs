@@ -79,6 +79,7 @@ mod tests {
             until,
             users: vec![],
             record: false,
+            tech_keys: vec![],
         });
         g
     }

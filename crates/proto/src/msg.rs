@@ -47,6 +47,11 @@ pub struct Grant {
     /// with it (an older one fails on the unknown field, which closes its link).
     #[serde(default, skip_serializing_if = "is_false")]
     pub record: bool,
+    /// The technicians' end-to-end keys (X25519 public keys, standard base64): a tunnel's
+    /// Noise handshake must come from one of them (end-to-end encryption). Left out when empty,
+    /// so that grants without keys look as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tech_keys: Vec<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -263,6 +268,7 @@ mod recording_tests {
             until: 10,
             users: vec!["tech1".into()],
             record,
+            tech_keys: vec![],
         }
     }
 

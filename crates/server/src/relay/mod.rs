@@ -71,6 +71,7 @@ pub fn grant_for(s: &Session) -> Grant {
         until: s.until,
         users: s.user_names(),
         record: s.record,
+        tech_keys: Vec::new(),
     }
 }
 
