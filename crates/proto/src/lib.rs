@@ -12,6 +12,7 @@
 
 pub mod chain;
 pub mod codec;
+pub mod e2e;
 pub mod msg;
 pub mod version;
 
