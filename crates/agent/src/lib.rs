@@ -38,7 +38,9 @@ pub struct AgentInner {
     grant_tokens: Mutex<HashMap<String, CancellationToken>>,
     switch_token: Mutex<CancellationToken>,
     /// The machine's own tamper-evident record (see [`audit`]).
-    pub audit_log: audit::AuditLog,
+    pub audit_log: Arc<audit::AuditLog>,
+    /// Writes records to `audit_log` off the relaying thread.
+    audit_writer: audit::AuditWriter,
     /// Session recordings kept here (see [`recording`]).
     pub recordings: recording::Recordings,
 }
@@ -69,7 +71,7 @@ impl Agent {
         proxy: ProxyConfig,
     ) -> Self {
         let on = switch::read(&dir, &cfg.switch);
-        let audit_log = audit::AuditLog::new(&dir, identity.machine.clone(), cfg.audit);
+        let audit_log = Arc::new(audit::AuditLog::new(&dir, identity.machine.clone(), cfg.audit));
         let recordings = recording::Recordings::new(&dir, cfg.recording);
         if let Err(e) = audit_log.open() {
             tracing::error!(error = %fernwart_transport::error_chain(&e), "cannot open the agent's audit trail; trying again at each record");
@@ -83,6 +85,7 @@ impl Agent {
             grants: Mutex::new(policy::Grants::default()),
             grant_tokens: Mutex::new(HashMap::new()),
             switch_token: Mutex::new(CancellationToken::new()),
+            audit_writer: audit::AuditWriter::start(audit_log.clone()),
             audit_log,
             recordings,
         }))
@@ -96,8 +99,9 @@ impl Agent {
     }
 
     /// [`Agent::audit`] by `actor` (the technicians, comma-separated; `None`: "agent"). The
-    /// record is on disk when this returns; a failure is logged and counted
-    /// ([`audit::AuditLog::failures`]), and recorded in the trail once writing works again.
+    /// record is queued and on disk a few milliseconds later, in order ([`Agent::audit_flush`]
+    /// waits for it); a failure is logged and counted ([`audit::AuditLog::failures`]), and
+    /// recorded in the trail once writing works again.
     pub fn audit_as(
         &self,
         actor: Option<&str>,
@@ -114,14 +118,12 @@ impl Agent {
             source: self.identity.machine.clone(),
             details: details.to_string(),
         };
-        if let Err(e) = self.audit_log.append(body) {
-            tracing::error!(
-                error = %fernwart_transport::error_chain(&e),
-                %action,
-                failures = self.audit_log.failures(),
-                "cannot write the agent's audit record"
-            );
-        }
+        self.audit_writer.record(body);
+    }
+
+    /// Waits until every record so far is on disk.
+    pub fn audit_flush(&self) {
+        self.audit_writer.flush();
     }
 
     pub fn switch_off_token(&self) -> CancellationToken {
@@ -248,6 +250,8 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
     watcher.abort();
     reactor.abort();
     agent.audit_as(None, "agent.stop", "", serde_json::json!({}));
+    // Everything recorded is on disk before the agent exits.
+    agent.audit_flush();
 }
 
 #[cfg(test)]
@@ -294,6 +298,7 @@ mod tests {
 
         a.set_grants(vec![grant("s1", 100), grant("s2", 100)]);
 
+        a.audit_flush();
         let rec = records(dir.path());
         assert_eq!(rec, [("grant".into(), "s1".into()), ("grant".into(), "s2".into())]);
         let (all, _) = audit::list(dir.path(), &audit::Filter::default()).unwrap();
@@ -315,6 +320,7 @@ mod tests {
 
         a.set_grants(vec![grant("s1", 100), grant("s3", 100)]);
 
+        a.audit_flush();
         let rec = records(dir.path());
         assert_eq!(
             rec[2..],
@@ -332,6 +338,7 @@ mod tests {
 
         a.add_grant(grant("s1", 100));
 
+        a.audit_flush();
         assert_eq!(records(dir.path()), [("grant".to_owned(), "s1".to_owned())]);
     }
 
@@ -343,6 +350,7 @@ mod tests {
 
         a.revoke("s1");
         a.audit("tunnel.refused", "s1", serde_json::json!({"reason": "no grant"}));
+        a.audit_flush();
 
         let (all, _) = audit::list(dir.path(), &audit::Filter::default()).unwrap();
         let by: Vec<(&str, &str)> =
@@ -359,9 +367,11 @@ mod tests {
         a.add_grant(grant("s1", 100));
 
         assert!(lock(&a.grants).get("s1").is_some());
+        a.audit_flush();
         assert_eq!(a.audit_log.failures(), 1);
         std::fs::remove_file(dir.path().join(audit::DIR_NAME)).unwrap();
         a.add_grant(grant("s2", 100));
+        a.audit_flush();
         let (all, _) = audit::list(dir.path(), &audit::Filter::default()).unwrap();
         let actions: Vec<&str> = all.iter().map(|r| r.body.action.as_str()).collect();
         assert_eq!(actions, ["audit.failed", "grant"]);

@@ -107,15 +107,54 @@ impl AuditLog {
     /// not in the trail (or not known to be durable) and is counted in [`AuditLog::failures`].
     pub fn append(&self, body: Body) -> Result<Linked, Error> {
         let mut st = lock(&self.state);
-        let result = self.append_locked(&mut st, body);
+        let result = self.append_locked(&mut st, body).and_then(|r| self.sync(&mut st).map(|()| r));
         if let Err(e) = &result {
-            // Reopen before the next record: that also cuts off a partly written line.
-            st.file = None;
-            st.lost += 1;
-            st.last_error = Some(fernwart_transport::error_chain(e));
-            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.failed(&mut st, e, 1);
         }
         result
+    }
+
+    /// Appends `bodies` in order and syncs once for all (group commit). On an error the
+    /// records from the failing one on are not in the trail (or not known to be durable) and
+    /// are counted in [`AuditLog::failures`].
+    pub fn append_many(&self, bodies: Vec<Body>) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        let total = bodies.len() as u64;
+        let mut written = 0u64;
+        let mut result = Ok(());
+        for body in bodies {
+            if let Err(e) = self.append_locked(&mut st, body) {
+                result = Err(e);
+                break;
+            }
+            written += 1;
+        }
+        // What was written is only durable once synced: a failed sync loses the lot.
+        let result = result.and_then(|()| self.sync(&mut st)).map_err(|e| (e, written));
+        match result {
+            Ok(()) => Ok(()),
+            Err((e, written)) => {
+                let lost = if matches!(e, Error::Io { op: "syncing", .. }) { total } else { total - written };
+                self.failed(&mut st, &e, lost);
+                Err(e)
+            }
+        }
+    }
+
+    fn failed(&self, st: &mut State, e: &Error, lost: u64) {
+        // Reopen before the next record: that also cuts off a partly written line.
+        st.file = None;
+        st.lost += lost;
+        st.last_error = Some(fernwart_transport::error_chain(e));
+        self.failures.fetch_add(lost, Ordering::Relaxed);
+    }
+
+    fn sync(&self, st: &mut State) -> Result<(), Error> {
+        let path = self.current_path();
+        match st.file.as_mut() {
+            Some(f) => f.sync_data().map_err(io_err("syncing", &path)),
+            None => Err(Error::NotAFile(path)),
+        }
     }
 
     /// The place of the last record written (or found when the trail opened); `None` before
@@ -176,9 +215,9 @@ impl AuditLog {
             Some(f) => f,
             None => return Err(Error::NotAFile(path)),
         };
-        // One write (a regular file takes it whole), so a crash tears at most this line.
+        // One write (a regular file takes it whole), so a crash tears at most this line; the
+        // caller syncs (once for a batch).
         file.write_all(&line).map_err(io_err("writing an audit record to", &path))?;
-        file.sync_data().map_err(io_err("syncing", &path))?;
         st.size += len;
         st.first_in_current.get_or_insert(record.seq);
         st.last = Some((record.seq, record.hash.clone()));
@@ -282,6 +321,8 @@ impl AuditLog {
             }
             n += 1;
         };
+        // Records of this batch not yet synced go to disk with the file they are in.
+        self.sync(st)?;
         st.file = None;
         std::fs::rename(&current, &to).map_err(io_err("rotating", &current))?;
         sync_dir(&self.dir)?;

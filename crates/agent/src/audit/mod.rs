@@ -6,7 +6,8 @@
 //! `DIR/audit/`: `current.jsonl` is written, full files are renamed to
 //! `audit-<first seq, 20 digits>.jsonl` and the oldest beyond [`Settings::keep_files`] are
 //! deleted. The chain runs on across files: the first record of a file links to the last of
-//! the one before. [`AuditLog`] appends (one `write`, then `fdatasync`, before it returns);
+//! the one before. [`AuditLog`] appends (one `write` per record, then one `fdatasync` per batch), fed by
+//! [`AuditWriter`]'s thread so that relaying never waits for the disk;
 //! [`verify`] and [`list`] only read the files (`fernwart-agent audit verify|list`).
 //!
 //! The line-per-record files of earlier versions (`DIR/audit.jsonl`, no chain) are left as
@@ -24,10 +25,12 @@ use std::{
 mod log;
 mod read;
 mod upload;
+mod writer;
 
 pub use log::{AuditLog, Error};
 pub use read::{human_line, list, parse_since, read, verify, Filter, ReadError, Report, Trail};
 pub use upload::{read_batch, Uploader};
+pub use writer::AuditWriter;
 
 /// The trail's directory under the agent's data directory.
 pub const DIR_NAME: &str = "audit";
