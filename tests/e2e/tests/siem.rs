@@ -8,6 +8,8 @@
 //! to the last, in order, each exactly as stored (a record sent twice must be the same bytes:
 //! delivery is at least once).
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     path::Path,
@@ -279,7 +281,7 @@ fn read_jsonl(path: &Path) -> Result<Vec<Linked>> {
 #[test]
 fn syslog_over_tls_survives_a_receiver_outage() -> Result<()> {
     let pki = tempfile::tempdir()?;
-    let (ca_pem, chain, key) = receiver_pki()?;
+    let (ca_pem, chain, key) = common::receiver_pki("siem")?;
     let ca_file = pki.path().join("siem-ca.pem");
     std::fs::write(&ca_file, ca_pem)?;
     let rx = Receiver::start_tls(chain, key)?;
@@ -329,8 +331,8 @@ fn records_made_while_the_receiver_comes_and_goes_all_arrive_in_order() -> Resul
 #[test]
 fn a_tls_receiver_the_ca_does_not_vouch_for_gets_nothing() -> Result<()> {
     let pki = tempfile::tempdir()?;
-    let (_, chain, key) = receiver_pki()?;
-    let (other_ca, _, _) = receiver_pki()?;
+    let (_, chain, key) = common::receiver_pki("siem")?;
+    let (other_ca, _, _) = common::receiver_pki("siem")?;
     let ca_file = pki.path().join("other-ca.pem");
     std::fs::write(&ca_file, other_ca)?;
     let rx = Receiver::start_tls(chain, key)?;
@@ -347,28 +349,4 @@ fn a_tls_receiver_the_ca_does_not_vouch_for_gets_nothing() -> Result<()> {
     ensure!(rx.messages().is_empty(), "an unverified receiver got {} records", rx.messages().len());
     drop(w);
     Ok(())
-}
-
-/// A CA and a receiver certificate for 127.0.0.1 it signed: (CA PEM, chain, key).
-fn receiver_pki() -> Result<(
-    String,
-    Vec<rustls_pki_types::CertificateDer<'static>>,
-    rustls_pki_types::PrivateKeyDer<'static>,
-)> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "test SIEM CA");
-    let ca = ca_params.self_signed(&ca_key)?;
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse()?)];
-    params.distinguished_name.push(rcgen::DnType::CommonName, "siem");
-    let cert = params.signed_by(&key, &ca, &ca_key)?;
-    Ok((
-        ca.pem(),
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    ))
 }

@@ -1,6 +1,8 @@
 //! Issue 10 point 7: alerts reach a webhook as HTTPS POSTs with an HMAC-SHA256-signed body,
 //! in order, and none is lost while the webhook is down.
 
+mod common;
+
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -11,28 +13,6 @@ use sha2::Sha256;
 
 const T: Duration = Duration::from_secs(20);
 const SECRET: &str = "a webhook secret of 32 bytes!!!!";
-
-fn certs() -> Result<(
-    String,
-    Vec<rustls_pki_types::CertificateDer<'static>>,
-    rustls_pki_types::PrivateKeyDer<'static>,
-)> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "test webhook CA");
-    let ca = ca_params.self_signed(&ca_key)?;
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse()?)];
-    let cert = params.signed_by(&key, &ca, &ca_key)?;
-    Ok((
-        ca.pem(),
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    ))
-}
 
 /// The alerts the receiver took: (seq, rule, subject), after checking each signature.
 fn taken(hook: &Receiver) -> Result<Vec<(u64, String, String)>> {
@@ -57,7 +37,7 @@ fn taken(hook: &Receiver) -> Result<Vec<(u64, String, String)>> {
 
 #[test]
 fn alerts_reach_the_webhook_signed_in_order_and_none_lost() -> Result<()> {
-    let (ca_pem, chain, key) = certs()?;
+    let (ca_pem, chain, key) = common::receiver_pki("webhook")?;
     let hook = Receiver::start(chain, key)?;
     let tmp = tempfile::tempdir()?;
     let ca = tmp.path().join("hook-ca.pem");
