@@ -277,6 +277,7 @@ mod tests {
             users: vec!["tech".into()],
             record: false,
             tech_keys: vec![],
+            approval: None,
         }
     }
 

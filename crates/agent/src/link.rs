@@ -111,6 +111,7 @@ async fn connect_once(agent: &Agent, offer: u16) -> Result<String, Failure> {
         agent: format!("fernwart-agent {}", env!("CARGO_PKG_VERSION")),
         targets: agent.cfg.announced(),
         switch_on: *switch_rx.borrow_and_update(),
+        trust: None,
     };
     write_frame(&mut control, &hello).await.map_err(|e| error_chain(&e))?;
     let version = match read_frame_within::<ServerToAgent, _>(&mut control, HANDSHAKE_TIMEOUT)

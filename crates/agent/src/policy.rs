@@ -80,6 +80,7 @@ mod tests {
             users: vec![],
             record: false,
             tech_keys: vec![],
+            approval: None,
         });
         g
     }

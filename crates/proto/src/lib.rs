@@ -10,6 +10,7 @@
 //! allocated, trailing bytes inside a frame are an error, and an incomplete frame is told
 //! apart from a malformed one. The first frame of each side names the protocol version.
 
+pub mod approval;
 pub mod chain;
 pub mod codec;
 pub mod e2e;

@@ -52,10 +52,25 @@ pub struct Grant {
     /// so that grants without keys look as before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tech_keys: Vec<String>,
+    /// An approver's signature over the grant ([`crate::approval`]), carried by the server
+    /// from the approver's device; left out when the session was approved on the server's
+    /// side only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::approval::Approval>,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// What an agent tells the server of its operator's trust anchor (`[trust]` in `agent.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTrust {
+    /// [`crate::approval::LEVEL_SIGNED`] or [`crate::approval::LEVEL_SERVER`].
+    pub level: String,
+    /// The approvers' public keys, `ed25519:BASE64`.
+    pub approvers: Vec<String>,
 }
 
 /// Agent → server on the control stream.
@@ -63,7 +78,16 @@ fn is_false(b: &bool) -> bool {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentToServer {
     /// The first frame: the link version offered, the operator's targets, the key switch.
-    Hello { version: u16, agent: String, targets: Vec<TargetInfo>, switch_on: bool },
+    /// `trust`: the operator's approver keys pinned at the agent, left out when there are
+    /// none (a server before operator-signed approvals refuses the field).
+    Hello {
+        version: u16,
+        agent: String,
+        targets: Vec<TargetInfo>,
+        switch_on: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trust: Option<AgentTrust>,
+    },
     /// The key switch changed.
     Switch { on: bool },
     /// The agent holds the grant of `session`.
@@ -269,6 +293,7 @@ mod recording_tests {
             users: vec!["tech1".into()],
             record,
             tech_keys: vec![],
+            approval: None,
         }
     }
 

@@ -234,6 +234,7 @@ mod tests {
             agent: "test".into(),
             targets: vec![],
             switch_on: true,
+            trust: None,
         };
         write_frame(&mut control, &hello).await.unwrap();
         let welcome: ServerToAgent = read_frame_within(&mut control, WAIT).await.unwrap();

@@ -45,7 +45,7 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
             return;
         }
     };
-    let AgentToServer::Hello { version, agent, targets, switch_on } = hello else {
+    let AgentToServer::Hello { version, agent, targets, switch_on, .. } = hello else {
         let refused = ServerToAgent::Refused { reason: "expected hello".into() };
         write_last_frame(control, &refused).await;
         mux.close();

@@ -72,6 +72,7 @@ pub fn grant_for(s: &Session) -> Grant {
         users: s.user_names(),
         record: s.record,
         tech_keys: Vec::new(),
+        approval: None,
     }
 }
 
