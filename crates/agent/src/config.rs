@@ -6,7 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use fernwart_proto::{TargetInfo, TargetProtocol};
+use fernwart_proto::{
+    approval::{ApproverKey, Trust},
+    AgentTrust, TargetInfo, TargetProtocol,
+};
 use serde::Deserialize;
 
 use crate::{audit::Settings as AuditSettings, recording::Settings as RecordingSettings};
@@ -26,6 +29,17 @@ struct Raw {
     audit: RawAudit,
     #[serde(default)]
     recording: RawRecording,
+    #[serde(default)]
+    trust: RawTrust,
+}
+
+/// `[trust]`: the operator's approvers, whose signatures the agent requires on grants.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    approvers: Vec<String>,
+    require_signed: Option<bool>,
 }
 
 /// `[recording]`: session recordings kept on the gateway.
@@ -87,6 +101,8 @@ pub struct AgentConfig {
     pub targets: Vec<Target>,
     pub audit: AuditSettings,
     pub recording: RecordingSettings,
+    /// The operator's approvers (`[trust]`): with them, grants need their signature.
+    pub trust: Trust,
 }
 
 impl AgentConfig {
@@ -144,11 +160,28 @@ impl AgentConfig {
             raw.recording.always.unwrap_or(r.always),
             raw.recording.export_via_server.unwrap_or(r.export_via_server),
         )?;
-        Ok(Self { switch, proxy: raw.proxy, targets, audit, recording })
+        let trust = parse_trust(raw.trust)?;
+        Ok(Self { switch, proxy: raw.proxy, targets, audit, recording, trust })
     }
 
     pub fn target(&self, name: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.name == name)
+    }
+
+    /// The names in the allow-list.
+    pub fn target_names(&self) -> Vec<&str> {
+        self.targets.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// What the hello tells the server of `[trust]`: nothing when there are no approvers.
+    pub fn announced_trust(&self) -> Option<AgentTrust> {
+        if self.trust.approvers.is_empty() && !self.trust.required {
+            return None;
+        }
+        Some(AgentTrust {
+            level: self.trust.level().to_owned(),
+            approvers: self.trust.approvers.iter().map(ToString::to_string).collect(),
+        })
     }
 
     pub fn announced(&self) -> Vec<TargetInfo> {
@@ -161,6 +194,22 @@ impl AgentConfig {
             })
             .collect()
     }
+}
+
+fn parse_trust(raw: RawTrust) -> Result<Trust, String> {
+    let mut approvers: Vec<ApproverKey> = Vec::new();
+    for k in &raw.approvers {
+        let key: ApproverKey = k.parse().map_err(|e| format!("[trust] approvers: {e}"))?;
+        if !approvers.contains(&key) {
+            approvers.push(key);
+        }
+    }
+    // Pinning approvers means requiring them, unless the operator says otherwise.
+    let required = raw.require_signed.unwrap_or(!approvers.is_empty());
+    if required && approvers.is_empty() {
+        return Err("[trust] require_signed = true needs at least one key in approvers (`fernwart key show` prints an approver's)".into());
+    }
+    Ok(Trust { approvers, required })
 }
 
 fn parse_switch(s: &str) -> Result<SwitchSource, String> {
@@ -247,6 +296,33 @@ mod tests {
             "[recording]\nkeep_days = 0\n",
             "[recording]\nmax_total_bytes = 1000\n",
             "[recording]\nkeep = 3\n",
+        ] {
+            assert!(AgentConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn trust_pins_approvers_and_requires_them() {
+        let key = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+        let c = AgentConfig::parse("").unwrap();
+        assert_eq!(c.trust, Trust::default());
+        assert_eq!(c.announced_trust(), None);
+        let c =
+            AgentConfig::parse(&format!("[trust]\napprovers = [\"{key}\", \"{key}\"]\n")).unwrap();
+        assert!(c.trust.required);
+        assert_eq!(c.trust.approvers.len(), 1);
+        let t = c.announced_trust().unwrap();
+        assert_eq!((t.level.as_str(), t.approvers[0].as_str()), ("operator-signed", key));
+        let c = AgentConfig::parse(&format!(
+            "[trust]\napprovers = [\"{key}\"]\nrequire_signed = false\n"
+        ))
+        .unwrap();
+        assert!(!c.trust.required);
+        assert_eq!(c.announced_trust().unwrap().level, "server");
+        for bad in [
+            "[trust]\nrequire_signed = true\n",
+            "[trust]\napprovers = [\"ssh-ed25519 AAAA\"]\n",
+            "[trust]\noperator = []\n",
         ] {
             assert!(AgentConfig::parse(bad).is_err(), "{bad}");
         }

@@ -9,11 +9,16 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use fernwart_proto::{chain::Body, Grant};
+use fernwart_proto::{
+    approval::{self, Nonces, Verdict},
+    chain::Body,
+    Grant,
+};
 use fernwart_transport::ProxyConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub mod approvals;
 pub mod audit;
 pub mod config;
 pub mod forward;
@@ -43,6 +48,8 @@ pub struct AgentInner {
     audit_writer: audit::AuditWriter,
     /// Session recordings kept here (see [`recording`]).
     pub recordings: recording::Recordings,
+    /// The operator-signed approvals held (see [`approvals`]).
+    approvals: Mutex<Nonces>,
 }
 
 impl std::ops::Deref for Agent {
@@ -76,7 +83,9 @@ impl Agent {
         if let Err(e) = audit_log.open() {
             tracing::error!(error = %fernwart_transport::error_chain(&e), "cannot open the agent's audit trail; trying again at each record");
         }
+        let approvals = Mutex::new(approvals::load(&dir));
         Agent(Arc::new(AgentInner {
+            approvals,
             switch: watch::channel(on).0,
             dir,
             cfg,
@@ -156,14 +165,26 @@ impl Agent {
     }
 
     /// The grants of the server's `Welcome`, replacing those held: each new or changed one is
-    /// recorded as a `Grant` frame's is, each dropped one as a revoke, and tunnels of dropped
-    /// ones end.
+    /// checked ([`Agent::admit`]) and recorded as a `Grant` frame's is, each dropped one as a
+    /// revoke (its session ended: its approval is not taken again), and tunnels of dropped ones
+    /// end. A refused grant is not held, and neither is an earlier grant of its session.
     pub fn set_grants(&self, grants: Vec<Grant>) {
-        let keep: Vec<String> = grants.iter().map(|g| g.session.clone()).collect();
+        let mut admitted: Vec<(Grant, Verdict)> = Vec::new();
+        let mut refused: Vec<String> = Vec::new();
+        for g in grants {
+            match self.admit(&g) {
+                Ok(v) => admitted.push((g, v)),
+                Err(r) => {
+                    self.grant_refused(&g, &r);
+                    refused.push(g.session);
+                }
+            }
+        }
+        let keep: Vec<String> = admitted.iter().map(|(g, _)| g.session.clone()).collect();
         let (fresh, mut dropped) = {
             let held = lock(&self.grants);
-            let fresh: Vec<&Grant> =
-                grants.iter().filter(|g| held.get(&g.session) != Some(*g)).collect();
+            let fresh: Vec<&(Grant, Verdict)> =
+                admitted.iter().filter(|(g, _)| held.get(&g.session) != Some(g)).collect();
             let dropped: Vec<(String, String)> = held
                 .sessions()
                 .filter(|s| !keep.iter().any(|k| k == s))
@@ -171,19 +192,27 @@ impl Agent {
                 .collect();
             (fresh, dropped)
         };
-        for grant in fresh {
-            self.audit_grant(grant);
+        for (grant, verdict) in fresh {
+            self.audit_grant(grant, *verdict);
         }
         dropped.sort();
+        let mut ended = Vec::new();
         for (session, users) in dropped {
+            let reason = if refused.contains(&session) {
+                "its new grant was refused"
+            } else {
+                ended.push(session.clone());
+                "not in the server's welcome"
+            };
             self.audit_as(
                 Some(&users),
                 "revoke",
                 &session,
-                serde_json::json!({"session": session, "reason": "not in the server's welcome"}),
+                serde_json::json!({"session": session, "reason": reason}),
             );
         }
-        lock(&self.grants).replace_all(grants);
+        self.sessions_ended(&ended);
+        lock(&self.grants).replace_all(admitted.into_iter().map(|(g, _)| g).collect());
         lock(&self.grant_tokens).retain(|s, t| {
             let k = keep.contains(s);
             if !k {
@@ -193,18 +222,93 @@ impl Agent {
         });
     }
 
-    pub fn add_grant(&self, grant: Grant) {
-        self.audit_grant(&grant);
-        lock(&self.grants).insert(grant);
+    /// A `Grant` frame: held if it passes [`Agent::admit`] (true: acknowledge it), else
+    /// refused, and an earlier grant of its session is dropped with its tunnels.
+    pub fn add_grant(&self, grant: Grant) -> bool {
+        match self.admit(&grant) {
+            Ok(verdict) => {
+                self.audit_grant(&grant, verdict);
+                lock(&self.grants).insert(grant);
+                true
+            }
+            Err(r) => {
+                lock(&self.grants).remove(&grant.session);
+                self.grant_refused(&grant, &r);
+                if let Some(t) = lock(&self.grant_tokens).remove(&grant.session) {
+                    t.cancel();
+                }
+                false
+            }
+        }
     }
 
-    fn audit_grant(&self, grant: &Grant) {
+    /// The operator's check of a grant ([`approval::verify`]): a signed one is remembered, so
+    /// that its approval serves no other session and not this one once it ended.
+    pub fn admit(&self, grant: &Grant) -> Result<Verdict, approval::Refusal> {
+        let allowed = self.cfg.target_names();
+        let now = now();
+        let mut seen = lock(&self.approvals);
+        let pruned = seen.prune(now);
+        let verdict =
+            approval::verify(grant, &self.identity.machine, &self.cfg.trust, &allowed, &seen, now);
+        let admitted = match (&verdict, &grant.approval) {
+            (Ok(Verdict::Signed(_)), Some(a)) => {
+                let before = seen.clone();
+                seen.admit(&a.nonce, &grant.session, grant.until);
+                *seen != before
+            }
+            _ => false,
+        };
+        if pruned || admitted {
+            approvals::save(&self.dir, &seen);
+        }
+        verdict
+    }
+
+    /// Sessions that ended: their approvals are not taken again.
+    fn sessions_ended(&self, sessions: &[String]) {
+        let mut seen = lock(&self.approvals);
+        let mut changed = false;
+        for s in sessions {
+            changed |= seen.ended(s);
+        }
+        if changed {
+            approvals::save(&self.dir, &seen);
+        }
+    }
+
+    /// `grant.refused`: an alert in the operator's trail, with what the server sent.
+    fn grant_refused(&self, grant: &Grant, why: &approval::Refusal) {
+        tracing::error!(session = %grant.session, reason = %why, "grant refused: not held, its tunnels are refused");
+        let signed_by = grant.approval.as_ref().map(|a| {
+            a.key
+                .parse::<approval::ApproverKey>()
+                .map_or_else(|_| a.key.clone(), |k| k.fingerprint())
+        });
         self.audit_as(
             Some(&grant.users.join(",")),
-            "grant",
+            "grant.refused",
             &grant.session,
-            serde_json::json!({"session": grant.session, "targets": grant.targets, "from": grant.from, "until": grant.until, "users": grant.users, "record": grant.record}),
+            serde_json::json!({
+                "alert": true,
+                "session": grant.session,
+                "reason": why.to_string(),
+                "targets": grant.targets,
+                "users": grant.users,
+                "from": grant.from,
+                "until": grant.until,
+                "signed_by": signed_by,
+            }),
         );
+        lock(&self.grants).refused(grant.session.clone(), why.to_string());
+    }
+
+    fn audit_grant(&self, grant: &Grant, verdict: Verdict) {
+        let mut details = serde_json::json!({"session": grant.session, "targets": grant.targets, "from": grant.from, "until": grant.until, "users": grant.users, "record": grant.record});
+        if let Verdict::Signed(key) = verdict {
+            details["approved_by"] = serde_json::Value::String(key.fingerprint());
+        }
+        self.audit_as(Some(&grant.users.join(",")), "grant", &grant.session, details);
     }
 
     pub fn revoke(&self, session: &str) {
@@ -212,6 +316,7 @@ impl Agent {
         if let Some(t) = lock(&self.grant_tokens).remove(session) {
             t.cancel();
         }
+        self.sessions_ended(&[session.to_owned()]);
         let users = removed.map(|g| g.users.join(","));
         self.audit_as(
             users.as_deref(),
@@ -376,5 +481,162 @@ mod tests {
         let (all, _) = audit::list(dir.path(), &audit::Filter::default()).unwrap();
         let actions: Vec<&str> = all.iter().map(|r| r.body.action.as_str()).collect();
         assert_eq!(actions, ["audit.failed", "grant"]);
+    }
+
+    // ------------------------------------------------------------ operator-signed approvals
+
+    use fernwart_proto::approval::{GrantFields, SigningKey};
+
+    fn approver(n: u8) -> SigningKey {
+        SigningKey::from_seed(&[n; 32])
+    }
+
+    /// An agent of machine m1 whose operator pins `approvers` (targets plc and hmi).
+    fn pinned(dir: &std::path::Path, approvers: &[&SigningKey]) -> Agent {
+        let keys: Vec<String> = approvers.iter().map(|k| format!("\"{}\"", k.public())).collect();
+        let cfg = AgentConfig::parse(&format!(
+            "[[target]]\nname = \"plc\"\naddress = \"192.168.0.10:102\"\n[[target]]\nname = \"hmi\"\naddress = \"192.168.0.11:5900\"\n[trust]\napprovers = [{}]\n",
+            keys.join(", ")
+        ))
+        .unwrap();
+        let identity =
+            identity::Identity { server: "https://127.0.0.1:8443".into(), machine: "m1".into() };
+        Agent::new(dir.to_owned(), cfg, identity, ProxyConfig::default())
+    }
+
+    fn signed(k: &SigningKey, g: Grant, nonce: &str) -> Grant {
+        let approval = k.approve(&GrantFields::of(&g, "m1", nonce));
+        Grant { approval: Some(approval), ..g }
+    }
+
+    /// The reasons of the `grant.refused` records, each an alert.
+    fn refusals(dir: &std::path::Path) -> Vec<(String, String)> {
+        let (all, _) = audit::list(dir, &audit::Filter::default()).unwrap();
+        all.into_iter()
+            .filter(|r| r.body.action == "grant.refused")
+            .map(|r| {
+                let d: serde_json::Value = serde_json::from_str(&r.body.details).unwrap();
+                assert_eq!(d["alert"], true, "{d}");
+                (r.body.target, d["reason"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect()
+    }
+
+    fn open(a: &Agent, session: &str) -> Result<(), String> {
+        policy::check(&a.cfg, &lock(&a.grants), true, session, "plc", now())
+    }
+
+    #[test]
+    fn only_grants_signed_by_a_pinned_approver_are_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = approver(1);
+        let a = pinned(dir.path(), &[&k]);
+        let until = now() + 3600;
+
+        assert!(a.add_grant(signed(&k, grant("s1", until), "n1")));
+        assert!(!a.add_grant(grant("s2", until)));
+        let mut widened = signed(&k, grant("s3", until), "n3");
+        widened.until += 3600;
+        assert!(!a.add_grant(widened));
+        let mut more = signed(&k, grant("s4", until), "n4");
+        more.targets.push("hmi".into());
+        more.users.push("intruder".into());
+        assert!(!a.add_grant(more));
+        assert!(!a.add_grant(signed(&approver(2), grant("s5", until), "n5")));
+
+        a.audit_flush();
+        let r = refusals(dir.path());
+        let sessions: Vec<&str> = r.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(sessions, ["s2", "s3", "s4", "s5"]);
+        assert!(r[0].1.contains("no approver's signature"), "{r:?}");
+        assert!(r[1].1.contains("does not match"), "{r:?}");
+        assert!(r[3].1.contains("not one of this machine's approvers"), "{r:?}");
+        // The grant held names its approver; tunnels of refused ones say why.
+        let (all, _) = audit::list(dir.path(), &audit::Filter::default()).unwrap();
+        let held = all.iter().find(|r| r.body.action == "grant").unwrap();
+        assert!(held.body.details.contains(&k.public().fingerprint()), "{}", held.body.details);
+        assert!(open(&a, "s1").is_ok());
+        let why = open(&a, "s3").unwrap_err();
+        assert!(why.contains("refused the grant of session s3"), "{why}");
+    }
+
+    #[test]
+    fn a_changed_grant_drops_the_one_held_and_its_tunnels() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = approver(1);
+        let a = pinned(dir.path(), &[&k]);
+        let good = signed(&k, grant("s1", now() + 3600), "n1");
+        a.set_grants(vec![good.clone()]);
+        let tunnels = a.grant_token("s1");
+
+        let mut bad = good.clone();
+        bad.targets.push("hmi".into());
+        a.set_grants(vec![bad]);
+
+        assert!(tunnels.is_cancelled());
+        assert!(lock(&a.grants).get("s1").is_none());
+        a.audit_flush();
+        let rec = records(dir.path());
+        let actions: Vec<&str> = rec.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(actions, ["grant", "grant.refused", "revoke"]);
+        // The approval was not spent: the session's true grant is held again.
+        a.set_grants(vec![good]);
+        assert!(lock(&a.grants).get("s1").is_some());
+    }
+
+    #[test]
+    fn an_approval_is_not_replayed_on_another_session_nor_after_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = approver(1);
+        let until = now() + 3600;
+        let old = signed(&k, grant("s1", until), "n1");
+        {
+            let a = pinned(dir.path(), &[&k]);
+            assert!(a.add_grant(old.clone()));
+            // Its approval moved onto another session.
+            let copied = Grant { session: "s2".into(), ..old.clone() };
+            assert!(!a.add_grant(copied));
+            a.revoke("s1");
+            a.audit_flush();
+        }
+        // After a restart, the ended session's grant is refused when sent again.
+        let a = pinned(dir.path(), &[&k]);
+        assert!(!a.add_grant(old.clone()));
+        a.set_grants(vec![old]);
+        assert!(lock(&a.grants).get("s1").is_none());
+        a.audit_flush();
+        let r = refusals(dir.path());
+        assert!(
+            r[0].1.contains("replayed approval: its nonce was approved for session s1"),
+            "{r:?}"
+        );
+        assert!(r[1].1.contains("replayed approval: session s1 has ended"), "{r:?}");
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn keys_rotate_with_the_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (approver(1), approver(2));
+        let until = now() + 3600;
+        let by_old = signed(&old, grant("s1", until), "n1");
+        let by_new = signed(&new, grant("s2", until), "n2");
+        {
+            let a = pinned(dir.path(), &[&old]);
+            a.set_grants(vec![by_old.clone()]);
+            assert!(lock(&a.grants).get("s1").is_some());
+            a.audit_flush();
+        }
+        // The operator adds the new key and removes the old one; the agent restarts and the
+        // server's welcome brings both grants again.
+        let a = pinned(dir.path(), &[&new]);
+        a.set_grants(vec![by_old, by_new]);
+        assert!(lock(&a.grants).get("s1").is_none());
+        assert!(lock(&a.grants).get("s2").is_some());
+        a.audit_flush();
+        let r = refusals(dir.path());
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].0, "s1");
+        assert!(r[0].1.contains(&old.public().fingerprint()), "{r:?}");
     }
 }

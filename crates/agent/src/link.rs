@@ -111,7 +111,7 @@ async fn connect_once(agent: &Agent, offer: u16) -> Result<String, Failure> {
         agent: format!("fernwart-agent {}", env!("CARGO_PKG_VERSION")),
         targets: agent.cfg.announced(),
         switch_on: *switch_rx.borrow_and_update(),
-        trust: None,
+        trust: agent.cfg.announced_trust(),
     };
     write_frame(&mut control, &hello).await.map_err(|e| error_chain(&e))?;
     let version = match read_frame_within::<ServerToAgent, _>(&mut control, HANDSHAKE_TIMEOUT)
@@ -172,8 +172,10 @@ async fn connect_once(agent: &Agent, offer: u16) -> Result<String, Failure> {
                 Some(Err(e)) => break e,
                 Some(Ok(ServerToAgent::Grant { grant })) => {
                     let session = grant.session.clone();
-                    agent.add_grant(grant);
-                    let _ = out_tx.send(AgentToServer::GrantAck { session }).await;
+                    // A refused grant is not acknowledged: the agent does not hold it.
+                    if agent.add_grant(grant) {
+                        let _ = out_tx.send(AgentToServer::GrantAck { session }).await;
+                    }
                 }
                 Some(Ok(ServerToAgent::Revoke { session })) => agent.revoke(&session),
                 Some(Ok(ServerToAgent::Ping { nonce })) => { let _ = out_tx.send(AgentToServer::Pong { nonce }).await; }

@@ -1,23 +1,45 @@
 //! The agent's own check of DESIGN §4 promise 2: the server's word is not enough.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use fernwart_proto::Grant;
 
 use crate::config::AgentConfig;
 
+/// The most refusals remembered (for the reason a tunnel of a refused session gets).
+const MAX_REFUSALS: usize = 256;
+
 #[derive(Debug, Default)]
 pub struct Grants {
     by_session: HashMap<String, Grant>,
+    /// Why the last grant of a session was refused (operator-signed approvals).
+    refused: BTreeMap<String, String>,
 }
 
 impl Grants {
     pub fn replace_all(&mut self, grants: Vec<Grant>) {
+        for g in &grants {
+            self.refused.remove(&g.session);
+        }
         self.by_session = grants.into_iter().map(|g| (g.session.clone(), g)).collect();
     }
 
     pub fn insert(&mut self, g: Grant) {
+        self.refused.remove(&g.session);
         self.by_session.insert(g.session.clone(), g);
+    }
+
+    /// The grant of `session` was refused, for `reason`.
+    pub fn refused(&mut self, session: String, reason: String) {
+        self.refused.insert(session, reason);
+        while self.refused.len() > MAX_REFUSALS {
+            self.refused.pop_first();
+        }
+    }
+
+    /// Why the grant of `session` was refused, if it was.
+    pub fn refusal(&self, session: &str) -> Option<&str> {
+        self.refused.get(session).map(String::as_str)
     }
 
     pub fn remove(&mut self, session: &str) -> Option<Grant> {
@@ -49,7 +71,10 @@ pub fn check(
     if cfg.target(target).is_none() {
         return Err(format!("target {target:?} is not in this machine's allow-list"));
     }
-    let grant = grants.get(session).ok_or_else(|| format!("no grant for session {session}"))?;
+    let grant = grants.get(session).ok_or_else(|| match grants.refusal(session) {
+        Some(why) => format!("this machine refused the grant of session {session}: {why}"),
+        None => format!("no grant for session {session}"),
+    })?;
     if !grant.targets.iter().any(|t| t == target) {
         return Err(format!("session {session} does not include target {target:?}"));
     }
