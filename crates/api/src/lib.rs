@@ -33,7 +33,10 @@ pub use machine::{
 pub use org::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo, OrgKind};
 pub use recording::{RecordingInfo, RecordingQuery};
 pub use role::{Role, UnknownRole};
-pub use session::{SessionCreateRequest, SessionInfo, SessionState, UnknownSessionState};
+pub use session::{
+    ApproveRequest, SessionCreateRequest, SessionGrant, SessionInfo, SessionState,
+    UnknownSessionState,
+};
 pub use token::{TokenCreateRequest, TokenCreated, TokenInfo, TokenRevoked};
 pub use user::{UserAddRequest, UserAdded, UserDisabled, UserInfo};
 pub use window::{WindowAddRequest, WindowInfo, WindowRemoved};

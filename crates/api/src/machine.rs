@@ -48,6 +48,21 @@ pub struct MachineInfo {
     pub revoked: bool,
     /// When its agent was last linked (RFC 3339).
     pub last_seen: Option<String>,
+    /// Whose approval its agent takes: `operator-signed` (only grants signed by the
+    /// operator's approver keys), `server` (the server's word), `unknown` (never linked, or an
+    /// agent before operator-signed approvals).
+    #[serde(default = "unknown")]
+    pub trust: String,
+    /// The approver keys its agent pins (`ed25519:BASE64`).
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Whether approvals of its sessions must be signed (its agent or its operator says so).
+    #[serde(default)]
+    pub signature_required: bool,
+}
+
+fn unknown() -> String {
+    "unknown".into()
 }
 
 /// The key switch at the machine, as its linked agent reports it.
@@ -143,10 +158,20 @@ mod tests {
     fn machine_list_is_what_the_server_sends() {
         let list: Vec<MachineInfo> = parses(
             r#"[{"enrolled":true,"last_seen":"2030-01-01T00:00:00Z","name":"press-7","online":true,"org":"acme","revoked":false,"switch":"on",
-                 "targets":[{"address":"192.168.0.10:102","name":"plc","protocol":"tcp"},{"address":"192.168.0.11:502","name":"hmi","protocol":"udp"}]},
-                {"enrolled":false,"last_seen":null,"name":"new","online":false,"org":null,"revoked":false,"switch":"unknown","targets":[]},
-                {"enrolled":true,"last_seen":null,"name":"off","online":true,"org":null,"revoked":true,"switch":"off","targets":[]}]"#,
+                 "targets":[{"address":"192.168.0.10:102","name":"plc","protocol":"tcp"},{"address":"192.168.0.11:502","name":"hmi","protocol":"udp"}],
+                 "trust":"operator-signed","approvers":["ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="],"signature_required":true},
+                {"enrolled":false,"last_seen":null,"name":"new","online":false,"org":null,"revoked":false,"switch":"unknown","targets":[],
+                 "trust":"unknown","approvers":[],"signature_required":false},
+                {"enrolled":true,"last_seen":null,"name":"off","online":true,"org":null,"revoked":true,"switch":"off","targets":[],
+                 "trust":"server","approvers":[],"signature_required":false}]"#,
         );
+        assert_eq!(list[0].trust, "operator-signed");
+        // Servers before operator-signed approvals say nothing of trust.
+        let old: MachineInfo = serde_json::from_str(
+            r#"{"enrolled":false,"last_seen":null,"name":"new","online":false,"org":null,"revoked":false,"switch":"unknown","targets":[]}"#,
+        )
+        .unwrap();
+        assert_eq!((old.trust.as_str(), old.signature_required), ("unknown", false));
         assert_eq!(list[0].switch, SwitchState::On);
         assert_eq!(list[0].targets[0].name, "plc");
         assert_eq!(list[0].targets[1].protocol, TargetProtocol::Udp);

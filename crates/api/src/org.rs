@@ -52,6 +52,10 @@ pub struct OrgAddRequest {
     /// An operator's longest session on its machines, e.g. "8h" (none: the server's limit).
     #[serde(default)]
     pub max_session: Option<String>,
+    /// An operator releases sessions on its machines only with approvals signed by an
+    /// approver's own key (`fernwart key init`).
+    #[serde(default)]
+    pub require_signed: bool,
 }
 
 /// One organization (`GET /v1/orgs`, and the answer to `POST /v1/orgs`).
@@ -65,6 +69,9 @@ pub struct OrgInfo {
     pub allow_no_approval: bool,
     /// The longest session on its machines, in seconds (operators; none: the server's limit).
     pub max_session_secs: Option<i64>,
+    /// Approvals on its machines must be signed (operators).
+    #[serde(default)]
+    pub require_signed: bool,
 }
 
 /// `POST /v1/contracts`: `provider` may service `operator`'s machines.

@@ -55,6 +55,34 @@ pub struct SessionInfo {
     /// before recordings leave it out.
     #[serde(default)]
     pub record: bool,
+    /// The fingerprint of the approver key that signed its approval (operator-signed
+    /// approvals); none: approved on the server's side only, or not approved.
+    #[serde(default)]
+    pub signed_by: Option<String>,
+}
+
+/// `GET /v1/sessions/NAME/grant`: what an approver signs to release the session (the CLI
+/// encodes and signs these fields itself, after showing them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionGrant {
+    pub grant: fernwart_proto::approval::GrantFields,
+    /// Whether the machine takes only signed approvals (its operator or its agent says so).
+    pub signature_required: bool,
+    /// The approver keys the machine's agent pins (`ed25519:BASE64`); empty: none reported.
+    pub approvers: Vec<String>,
+}
+
+/// The body of `POST /v1/sessions/NAME/approve` with an approver's signature (without a body,
+/// or `{}`, the approval is the server's only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    /// The approver's public key, `ed25519:BASE64`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Ed25519 over the grant's fields (`fernwart_proto::approval`), base64.
+    #[serde(default)]
+    pub signature: Option<String>,
 }
 
 /// Where a session is in its life. On the wire: `"prepared"`, `"requested"`, ...
@@ -157,7 +185,7 @@ mod tests {
 
     const CREATE: &str = r#"{"approval":false,"duration_secs":7200,"from":null,"machine":"press-7","name":"s1","reason":"ticket 42","record":true,"targets":["plc","hmi"],"until":null,"users":["tech1"]}"#;
 
-    const SHOW: &str = r#"{"approval_required":true,"created_at":"2030-01-01T08:00:00Z","created_by":"sa1","decided_by":"ap1","ended_by":null,"from":"2030-01-01T08:00:00Z","machine":"press-7","name":"s1","reason":"ticket 42","record":true,"state":"approved","targets":["hmi","plc"],"until":"2030-01-01T10:00:00Z","users":["tech1","tech2"]}"#;
+    const SHOW: &str = r#"{"approval_required":true,"created_at":"2030-01-01T08:00:00Z","created_by":"sa1","decided_by":"ap1","ended_by":null,"from":"2030-01-01T08:00:00Z","machine":"press-7","name":"s1","reason":"ticket 42","record":true,"signed_by":"SHA256:q0d1m1c6FhLy2fFJ8wYt+6Vj0m3o3zH9c9DSyNbqzHc","state":"approved","targets":["hmi","plc"],"until":"2030-01-01T10:00:00Z","users":["tech1","tech2"]}"#;
 
     #[test]
     fn create_request_is_what_the_cli_sends() {
@@ -185,6 +213,29 @@ mod tests {
         let s: SessionInfo = serde_json::from_str(&old).unwrap();
         assert!(!s.record);
         assert!(parses::<SessionInfo>(SHOW).record);
+    }
+
+    #[test]
+    fn sessions_of_servers_before_signed_approvals_are_unsigned() {
+        let old = SHOW
+            .replace(r#""signed_by":"SHA256:q0d1m1c6FhLy2fFJ8wYt+6Vj0m3o3zH9c9DSyNbqzHc","#, "");
+        let s: SessionInfo = serde_json::from_str(&old).unwrap();
+        assert_eq!(s.signed_by, None);
+    }
+
+    #[test]
+    fn the_grant_to_sign_and_the_signed_approval() {
+        let g: SessionGrant = parses(
+            r#"{"approvers":["ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="],"signature_required":true,
+                "grant":{"from":1,"machine":"m1","nonce":"00ff","record":false,"session":"s1","targets":["plc"],"tech_keys":[],"until":2,"users":["tech1"]}}"#,
+        );
+        assert_eq!(g.grant.nonce, "00ff");
+        round_trips(&g);
+        let a: ApproveRequest = parses(r#"{"key":"ed25519:AA==","signature":"c2ln"}"#);
+        refuses_unknown::<ApproveRequest>(r#"{"key":"ed25519:AA==","signature":"c2ln"}"#);
+        assert_eq!(a.signature.as_deref(), Some("c2ln"));
+        let none: ApproveRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(none, ApproveRequest::default());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! read. Every API handler and every link asks it; the same reason reaches the CLI and the
 //! audit trail.
 
+use fernwart_proto::approval::ApproverKey;
+
 use crate::domain::{session::Session, window::Window, Caller, Role, Scope, UnixSecs};
 
 /// What a caller wants to do.
@@ -466,6 +468,8 @@ pub struct PrepareFacts {
     pub users: Vec<UserFacts>,
     /// The machine's recurring maintenance windows.
     pub windows: Vec<Window>,
+    /// Approvals on the machine must be signed by an approver's key ([`SigningFacts`]).
+    pub signatures_required: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -555,6 +559,14 @@ pub fn prepare(caller: &Caller, ask: PrepareAsk, facts: &PrepareFacts) -> Result
             ));
         }
     }
+    // Only an approver's own key can sign: neither the server (--no-approval) nor a window
+    // releases a session whose approval must be signed.
+    if !ask.approval_required && facts.signatures_required {
+        return forbid(format!(
+            "sessions on machine {} need an approval signed by an approver's key: --no-approval is not possible there",
+            facts.machine
+        ));
+    }
     if !ask.approval_required {
         return match op {
             Some(_) if facts.operator_allows_no_approval => Ok(Release::NotNeeded),
@@ -574,7 +586,7 @@ pub fn prepare(caller: &Caller, ask: PrepareAsk, facts: &PrepareFacts) -> Result
 /// The maintenance window that pre-approves the session, if any: every technician on it is
 /// with the window's provider, and its whole time window lies inside one occurrence.
 fn pre_approval(ask: PrepareAsk, facts: &PrepareFacts) -> Option<&Window> {
-    if facts.users.is_empty() {
+    if facts.users.is_empty() || facts.signatures_required {
         return None;
     }
     facts.windows.iter().find(|w| {
@@ -585,6 +597,71 @@ fn pre_approval(ask: PrepareAsk, facts: &PrepareFacts) -> Option<&Window> {
                 .all(|u| u.org.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(&w.provider)))
             && w.covers(ask.from, ask.until)
     })
+}
+
+// ------------------------------------------------------------------ operator-signed approvals
+
+/// What the store knows about whose signature a machine's approvals need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SigningFacts {
+    pub machine: String,
+    /// The operator that owns it, if any.
+    pub machine_org: Option<String>,
+    /// That operator requires signed approvals on all its machines.
+    pub operator_requires: bool,
+    /// The machine's agent holds grants only with an approver's signature (its trust level).
+    pub agent_requires: bool,
+    /// The approver keys its agent reported (`ed25519:BASE64`); empty: none known.
+    pub approvers: Vec<String>,
+}
+
+impl SigningFacts {
+    pub fn required(&self) -> bool {
+        self.operator_requires || self.agent_requires
+    }
+}
+
+/// The signature an approval comes with, as the server found it.
+#[derive(Debug, Clone, Copy)]
+pub enum Signature<'a> {
+    /// None: the server's approval only.
+    None,
+    /// It verifies over the session's grant with this key.
+    Valid(&'a ApproverKey),
+    /// It does not verify, or is malformed: why.
+    Invalid(&'a str),
+}
+
+/// Whether an approval with `signature` may release a session on the machine of `facts`.
+pub fn approval_signature(facts: &SigningFacts, signature: Signature<'_>) -> Result<(), Refusal> {
+    let forbid = |why: String| Err(Refusal::new(Denial::Forbidden, why));
+    let m = &facts.machine;
+    match signature {
+        Signature::Invalid(why) => {
+            forbid(format!("the approval's signature is not valid for this session's grant: {why}"))
+        }
+        Signature::Valid(key) => {
+            let pinned =
+                facts.approvers.iter().any(|a| a.parse::<ApproverKey>().ok().as_ref() == Some(key));
+            if facts.approvers.is_empty() || pinned {
+                return Ok(());
+            }
+            forbid(format!(
+                "key {} is not one of machine {m}'s approvers: its agent would refuse the grant; the operator pins approver keys in the agent's agent.toml ([trust] approvers)",
+                key.fingerprint()
+            ))
+        }
+        Signature::None if facts.required() => {
+            let who = match (&facts.machine_org, facts.operator_requires) {
+                (Some(op), true) => format!("its operator {op} requires it"),
+                _ => "its agent takes no other".to_owned(),
+            };
+            forbid(format!(
+                "machine {m} takes only approvals signed by an approver's key ({who}): make one with `fernwart key init`, have the operator pin it in the agent's agent.toml, and approve again"
+            ))
+        }
+        Signature::None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -630,6 +707,8 @@ mod tests {
             decided_by: None,
             ended_by: None,
             record: false,
+            nonce: "n1".into(),
+            approval: None,
         }
     }
 
@@ -912,6 +991,7 @@ mod tests {
                 org: Some("builder".into()),
             }],
             windows: vec![],
+            signatures_required: false,
         }
     }
 
@@ -1013,6 +1093,50 @@ mod tests {
         assert!(r.is_err(), "{r:?}");
         // The window also names who set it, for the record.
         assert_eq!(w.describe(), "mon-fri 06:00-08:00 Europe/Berlin");
+        // Where approvals must be signed, a window cannot release: an approver signs.
+        let signed = PrepareFacts { signatures_required: true, ..f.clone() };
+        assert_eq!(prepare(&staff, ask(open, open + 7200), &signed), Ok(Release::Approver));
+    }
+
+    #[test]
+    fn where_approvals_must_be_signed_only_an_approver_key_releases() {
+        // Preparing: no session without approval there, whatever the operator allows.
+        let mut f = facts();
+        f.operator_allows_no_approval = true;
+        f.signatures_required = true;
+        let free = PrepareAsk { approval_required: false, ..ask(NOW, NOW + 60) };
+        let r = prepare(&caller_in(Role::SessionAdmin, Rel::Operator), free, &f).unwrap_err();
+        assert!(r.reason.contains("signed"), "{r:?}");
+
+        let key = |s: &str| s.parse::<ApproverKey>().unwrap();
+        let pinned = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+        let other = key("ed25519:PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw=");
+        let mut s = SigningFacts {
+            machine: "m1".into(),
+            machine_org: Some("plant-a".into()),
+            operator_requires: true,
+            agent_requires: false,
+            approvers: vec![],
+        };
+        // Approving: required by the operator, a signature by any key (the agent names none).
+        let r = approval_signature(&s, Signature::None).unwrap_err();
+        assert!(r.reason.contains("plant-a requires it"), "{r:?}");
+        assert!(approval_signature(&s, Signature::Valid(&other)).is_ok());
+        // The agent names its approvers: only theirs.
+        s.approvers = vec![pinned.into()];
+        let r = approval_signature(&s, Signature::Valid(&other)).unwrap_err();
+        assert!(r.reason.contains("not one of machine m1's approvers"), "{r:?}");
+        assert!(approval_signature(&s, Signature::Valid(&key(pinned))).is_ok());
+        assert!(approval_signature(&s, Signature::Invalid("bad")).is_err());
+        // Required by the agent only.
+        s.operator_requires = false;
+        s.agent_requires = true;
+        let r = approval_signature(&s, Signature::None).unwrap_err();
+        assert!(r.reason.contains("its agent takes no other"), "{r:?}");
+        // Nobody requires it: the server's approval, or a signature (checked all the same).
+        s.agent_requires = false;
+        assert!(approval_signature(&s, Signature::None).is_ok());
+        assert!(approval_signature(&s, Signature::Invalid("bad")).is_err());
     }
 
     #[test]

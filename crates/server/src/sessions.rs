@@ -5,7 +5,10 @@
 
 use crate::{
     audit::{Entry, Event},
-    domain::{session::transition, SessionEvent, TransitionRefused, UnixSecs},
+    domain::{
+        session::{transition, SignedApproval},
+        SessionEvent, TransitionRefused, UnixSecs,
+    },
     events::{Change, Events},
     store::{Applied, Store, StoreError},
 };
@@ -35,6 +38,35 @@ pub async fn apply(
     source: &str,
     now: UnixSecs,
 ) -> Result<Applied, ApplyError> {
+    apply_with(store, events, id, event, None, by, source, now).await
+}
+
+/// Approves session `id` on behalf of `by` with the approver's signature, stored with it
+/// (checked by the caller); without one, as [`apply`] does.
+pub async fn approve(
+    store: &Store,
+    events: &Events,
+    id: i64,
+    approval: Option<(SignedApproval, String)>,
+    by: &str,
+    source: &str,
+    now: UnixSecs,
+) -> Result<Applied, ApplyError> {
+    apply_with(store, events, id, SessionEvent::Approve, approval, by, source, now).await
+}
+
+/// `approval`: the signature and its key's fingerprint, for an approval.
+#[allow(clippy::too_many_arguments)]
+async fn apply_with(
+    store: &Store,
+    events: &Events,
+    id: i64,
+    event: SessionEvent,
+    approval: Option<(SignedApproval, String)>,
+    by: &str,
+    source: &str,
+    now: UnixSecs,
+) -> Result<Applied, ApplyError> {
     let mut name = id.to_string();
     for _ in 0..ATTEMPTS {
         let s = store
@@ -44,14 +76,27 @@ pub async fn apply(
         name.clone_from(&s.name);
         let to = transition(s.state, s.approval_required, event)
             .map_err(|refused| ApplyError::Refused { name: s.name.clone(), refused })?;
-        let entry = Entry::new(
-            by,
-            source,
-            Event::SessionChange { session: s.name.clone(), event, from: s.state, to },
-        );
+        let record = match &approval {
+            Some((a, fingerprint)) if event == SessionEvent::Approve => {
+                Event::SessionApproveSigned {
+                    session: s.name.clone(),
+                    from: s.state,
+                    key: a.key.clone(),
+                    fingerprint: fingerprint.clone(),
+                }
+            }
+            _ => Event::SessionChange { session: s.name.clone(), event, from: s.state, to },
+        };
+        let entry = Entry::new(by, source, record);
         let (from, by) = (s.state, by.to_owned());
-        let applied =
-            store.run(move |b| b.session_transition(id, from, to, &by, now, &entry)).await?;
+        let signed = approval.as_ref().map(|(a, _)| a.clone());
+        let applied = if event == SessionEvent::Approve {
+            store
+                .run(move |b| b.session_approve(id, from, signed.as_ref(), &by, now, &entry))
+                .await?
+        } else {
+            store.run(move |b| b.session_transition(id, from, to, &by, now, &entry)).await?
+        };
         if let Some(applied) = applied {
             events.publish(Change::Session(applied.clone()));
             return Ok(applied);

@@ -117,7 +117,9 @@ fn seed(data: &Path) -> String {
         address: "127.0.0.1:9".into(),
         protocol: fernwart_api::TargetProtocol::Tcp,
     }];
-    b.agent_online(mid, &targets, true, now, &e(Event::UserDisable { name: "m1".into() })).unwrap();
+    let trust = fernwart_server::store::AgentTrust::default();
+    b.agent_online(mid, &targets, true, &trust, now, &e(Event::UserDisable { name: "m1".into() }))
+        .unwrap();
     let session = NewSession {
         name: "s1".into(),
         machine: "m1".into(),

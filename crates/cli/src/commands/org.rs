@@ -12,7 +12,13 @@ pub async fn add(
     max_session: Option<String>,
 ) -> anyhow::Result<()> {
     let kind: OrgKind = kind.parse().map_err(anyhow::Error::msg)?;
-    let req = OrgAddRequest { name: name.to_owned(), kind, allow_no_approval, max_session };
+    let req = OrgAddRequest {
+        name: name.to_owned(),
+        kind,
+        allow_no_approval,
+        max_session,
+        require_signed: false,
+    };
     let resp: OrgInfo = ctx.post("/v1/orgs", &req).await?;
     if ctx.json {
         output::print_json(&resp);

@@ -74,6 +74,10 @@ pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<Machi
                     enrolled: m.enrolled_at.is_some(),
                     revoked: m.revoked,
                     last_seen: m.last_seen.map(util::rfc3339),
+                    signature_required: m.operator_requires_signed
+                        || m.trust.as_deref() == Some(fernwart_proto::approval::LEVEL_SIGNED),
+                    trust: m.trust.unwrap_or_else(|| "unknown".to_owned()),
+                    approvers: m.approvers,
                 }
             })
             .collect(),

@@ -58,6 +58,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/enroll", post(machines::enroll))
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
         .route("/v1/sessions/{name}", get(sessions::show))
+        .route("/v1/sessions/{name}/grant", get(sessions::grant))
         .route("/v1/sessions/{name}/{action}", post(sessions::action))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/export", get(audit::export))

@@ -21,10 +21,23 @@ pub async fn add(
         return Err(ApiError::bad("organization name: 1-64 letters, digits, - _ . @"));
     }
     let c = &a.caller;
-    let entry =
-        Entry::new(&c.name, &c.source, Event::OrgAdd { name: req.name.clone(), kind: req.kind });
-    if req.allow_no_approval && req.kind != fernwart_api::OrgKind::Operator {
+    let entry = Entry::new(
+        &c.name,
+        &c.source,
+        Event::OrgAdd {
+            name: req.name.clone(),
+            kind: req.kind,
+            require_signed: req.require_signed,
+        },
+    );
+    if (req.allow_no_approval || req.require_signed) && req.kind != fernwart_api::OrgKind::Operator
+    {
         return Err(ApiError::bad("only an operator decides about approvals on its machines"));
+    }
+    if req.allow_no_approval && req.require_signed {
+        return Err(ApiError::bad(
+            "--allow-no-approval and --require-signed contradict each other: a signed approval is an approval",
+        ));
     }
     let max_session_secs = match &req.max_session {
         Some(m) if req.kind == fernwart_api::OrgKind::Operator => Some(
@@ -36,9 +49,10 @@ pub async fn add(
         Some(_) => return Err(ApiError::bad("only an operator limits sessions on its machines")),
         None => None,
     };
-    let (name, kind, free) = (req.name.clone(), req.kind, req.allow_no_approval);
+    let (name, kind, free, signed) =
+        (req.name.clone(), req.kind, req.allow_no_approval, req.require_signed);
     app.store
-        .run(move |b| b.org_add(&name, kind, free, max_session_secs, util::now(), &entry))
+        .run(move |b| b.org_add(&name, kind, free, max_session_secs, signed, util::now(), &entry))
         .await?;
     Ok(Json(OrgInfo {
         name: req.name,
@@ -46,6 +60,7 @@ pub async fn add(
         contracts: Vec::new(),
         allow_no_approval: req.allow_no_approval,
         max_session_secs,
+        require_signed: req.require_signed,
     }))
 }
 
@@ -61,6 +76,7 @@ pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<OrgIn
                 contracts: o.contracts,
                 allow_no_approval: o.allow_no_approval,
                 max_session_secs: o.max_session_secs,
+                require_signed: o.require_signed,
             })
             .collect(),
     ))

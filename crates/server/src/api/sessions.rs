@@ -1,16 +1,23 @@
-//! `/v1/sessions`: prepare, list, show, approve, reject, end.
+//! `/v1/sessions`: prepare, list, show, approve (with an approver's signature, see
+//! `fernwart_proto::approval`), reject, end; the grant an approver signs.
 
 use axum::{
     extract::{Path, State},
     Json,
 };
-use fernwart_api::{SessionCreateRequest, SessionInfo};
+use fernwart_api::{ApproveRequest, SessionCreateRequest, SessionGrant, SessionInfo};
+use fernwart_proto::approval::ApproverKey;
 
 use super::{ApiError, ApiResult, Authed, Body};
 use crate::{
     audit::{Entry, Event},
-    authz::{self, Action, Object, PrepareAsk, PrepareFacts},
-    domain::{names, session::Session, SessionEvent},
+    authz::{self, Action, Object, PrepareAsk, PrepareFacts, Signature},
+    domain::{
+        names,
+        session::{Session, SignedApproval},
+        SessionEvent,
+    },
+    relay::grant_fields,
     sessions,
     store::{NewSession, StoreError},
     util, App,
@@ -35,6 +42,9 @@ pub fn info(s: &Session) -> SessionInfo {
         decided_by: s.decided_by.clone(),
         ended_by: s.ended_by.clone(),
         record: s.record,
+        signed_by: s.approval.as_ref().map(|a| {
+            a.key.parse::<ApproverKey>().map_or_else(|_| a.key.clone(), |k| k.fingerprint())
+        }),
     }
 }
 
@@ -156,10 +166,28 @@ pub async fn show(
     Ok(Json(info(&s)))
 }
 
+/// `GET /v1/sessions/NAME/grant`: what an approver signs (whoever may approve the session).
+pub async fn grant(
+    State(app): State<App>,
+    a: Authed,
+    Path(name): Path<String>,
+) -> ApiResult<Json<SessionGrant>> {
+    let s = load(&app, &name).await?;
+    a.allow(&app, Action::SessionApprove, Object::Session(&s))?;
+    let machine = s.machine_id;
+    let facts = app.store.run(move |b| b.signing_facts(machine)).await?;
+    Ok(Json(SessionGrant {
+        grant: grant_fields(&s),
+        signature_required: facts.required(),
+        approvers: facts.approvers,
+    }))
+}
+
 pub async fn action(
     State(app): State<App>,
     a: Authed,
     Path((name, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<SessionInfo>> {
     let (action, event) = match action.as_str() {
         "approve" => (Action::SessionApprove, SessionEvent::Approve),
@@ -175,11 +203,62 @@ pub async fn action(
     let s = load(&app, &name).await?;
     a.allow(&app, action, Object::Session(&s))?;
     let c = &a.caller;
+    if event == SessionEvent::Approve {
+        return approve(&app, &a, &s, &body).await;
+    }
     let applied = sessions::apply(
         &app.store,
         &app.relay.events,
         s.id,
         event,
+        &c.name,
+        &c.source,
+        util::now(),
+    )
+    .await?;
+    Ok(Json(info(&applied.after)))
+}
+
+/// An approval, with the approver's signature if the body carries one: checked over the
+/// session's grant here, and against what the machine requires in [`authz`].
+async fn approve(app: &App, a: &Authed, s: &Session, body: &[u8]) -> ApiResult<Json<SessionInfo>> {
+    let req: ApproveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ApproveRequest::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad(format!("the approval's body: {e}")))?
+    };
+    let signed = match (req.key, req.signature) {
+        (None, None) => None,
+        (Some(key), Some(signature)) => Some(SignedApproval { key, signature }),
+        _ => return Err(ApiError::bad("an approver's signature needs both key and signature")),
+    };
+    // The signature is checked over the grant as the server holds it: what the agent will
+    // check too.
+    let (key, invalid) = match &signed {
+        None => (None, None),
+        Some(sig) => match sig.key.parse::<ApproverKey>() {
+            Err(e) => (None, Some(e.to_string())),
+            Ok(k) if k.verifies(&grant_fields(s).to_bytes(), &sig.signature) => (Some(k), None),
+            Ok(_) => (None, Some("it was made over other fields (another session, machine, target, user, window or nonce) or by another key".to_owned())),
+        },
+    };
+    let check = match (&key, &invalid) {
+        (_, Some(why)) => Signature::Invalid(why),
+        (Some(k), None) => Signature::Valid(k),
+        (None, None) => Signature::None,
+    };
+    let machine = s.machine_id;
+    let facts = app.store.run(move |b| b.signing_facts(machine)).await?;
+    authz::approval_signature(&facts, check)
+        .map_err(|r| a.refused(app, Action::SessionApprove, &s.name, r))?;
+    let with = signed.zip(key.map(|k| k.fingerprint()));
+    let c = &a.caller;
+    let applied = sessions::approve(
+        &app.store,
+        &app.relay.events,
+        s.id,
+        with,
         &c.name,
         &c.source,
         util::now(),

@@ -90,6 +90,8 @@ pub enum Event {
     OrgAdd {
         name: String,
         kind: fernwart_api::OrgKind,
+        /// An operator that requires signed approvals on its machines.
+        require_signed: bool,
     },
     ContractAdd {
         provider: String,
@@ -197,6 +199,15 @@ pub enum Event {
         event: SessionEvent,
         from: SessionState,
         to: SessionState,
+    },
+    /// An approver released a session with a signature by their own key (operator-signed
+    /// approvals): `session.approve`, naming the key.
+    SessionApproveSigned {
+        session: String,
+        from: SessionState,
+        /// `ed25519:BASE64`.
+        key: String,
+        fingerprint: String,
     },
     /// A session prepared inside a maintenance window of its technicians' provider: released
     /// by the operator's pre-approval.
@@ -311,6 +322,7 @@ impl Event {
             Event::SessionChange { event, .. } => return format!("session.{}", event.verb()),
             Event::Alert { rule, .. } => return format!("alert.{rule}"),
             Event::SessionPreapproved { .. } => "session.preapproved",
+            Event::SessionApproveSigned { .. } => "session.approve",
             Event::WindowAdd { .. } => "window.add",
             Event::WindowRemove { .. } => "window.remove",
             Event::ConnectRefused { .. } => "session.connect_refused",
@@ -358,6 +370,7 @@ impl Event {
             Event::SessionCreate { name, .. } => name,
             Event::SessionChange { session, .. }
             | Event::SessionPreapproved { session, .. }
+            | Event::SessionApproveSigned { session, .. }
             | Event::ConnectRefused { session, .. }
             | Event::Connect { session, .. }
             | Event::Disconnect { session, .. }
@@ -399,6 +412,7 @@ impl Event {
             Event::SessionCreate { name, .. } => Some(name),
             Event::SessionChange { session, .. }
             | Event::SessionPreapproved { session, .. }
+            | Event::SessionApproveSigned { session, .. }
             | Event::ConnectRefused { session, .. }
             | Event::Connect { session, .. }
             | Event::Disconnect { session, .. }
@@ -429,7 +443,9 @@ impl Event {
                 json!({"role": role, "org": org, "expires": expires})
             }
             Event::TokenRevoke { .. } => json!({}),
-            Event::OrgAdd { kind, .. } => json!({"kind": kind}),
+            Event::OrgAdd { kind, require_signed, .. } => {
+                json!({"kind": kind, "require_signed": require_signed})
+            }
             Event::ContractAdd { operator, .. } => json!({"operator": operator}),
             Event::UserAdd { role, org, expires, .. } => {
                 json!({"role": role, "org": org, "expires": expires})
@@ -483,6 +499,9 @@ impl Event {
                 "reason": reason, "approval_required": approval_required, "record": record,
             }),
             Event::SessionChange { from, to, .. } => json!({"from": from, "to": to}),
+            Event::SessionApproveSigned { from, key, fingerprint, .. } => json!({
+                "from": from, "to": SessionState::Approved, "signed_by": fingerprint, "key": key,
+            }),
             Event::SessionPreapproved { window, schedule, provider, approved_by, .. } => json!({
                 "window": window, "schedule": schedule, "provider": provider,
                 "approved_by": approved_by, "to": SessionState::Approved,

@@ -120,6 +120,19 @@ pub struct Session {
     pub ended_by: Option<String>,
     /// The agent records each tunnel connection of the session (set when it is prepared).
     pub record: bool,
+    /// The server's random number for the session, part of what an approver signs.
+    pub nonce: String,
+    /// The approver's signature it was released with (operator-signed approvals).
+    pub approval: Option<SignedApproval>,
+}
+
+/// An approver's signature over a session's grant, made on their own device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedApproval {
+    /// `ed25519:BASE64`.
+    pub key: String,
+    /// Base64.
+    pub signature: String,
 }
 
 impl Session {
@@ -246,6 +259,8 @@ mod tests {
             decided_by: None,
             ended_by: None,
             record: false,
+            nonce: "n1".into(),
+            approval: None,
         }
     }
 

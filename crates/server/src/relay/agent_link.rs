@@ -22,6 +22,27 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 /// A link that stays silent this long is dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(45);
 
+/// The most approver keys an agent may name.
+const MAX_APPROVERS: usize = 64;
+
+/// An agent's trust anchor as it named it: a known level, well-formed keys, not too many.
+fn check_trust(t: &fernwart_proto::AgentTrust) -> Result<(), String> {
+    use fernwart_proto::approval::{ApproverKey, LEVEL_SERVER, LEVEL_SIGNED};
+    if t.level != LEVEL_SIGNED && t.level != LEVEL_SERVER {
+        return Err(format!(
+            "unknown trust level {:?}",
+            t.level.chars().take(40).collect::<String>()
+        ));
+    }
+    if t.approvers.len() > MAX_APPROVERS {
+        return Err(format!("more than {MAX_APPROVERS} approver keys"));
+    }
+    for k in &t.approvers {
+        k.parse::<ApproverKey>().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, source: String) {
     // The server opens the control stream; the agent's first frame on it is its hello.
     let mut control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, mux.open()).await {
@@ -45,7 +66,7 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
             return;
         }
     };
-    let AgentToServer::Hello { version, agent, targets, switch_on, .. } = hello else {
+    let AgentToServer::Hello { version, agent, targets, switch_on, trust } = hello else {
         let refused = ServerToAgent::Refused { reason: "expected hello".into() };
         write_last_frame(control, &refused).await;
         mux.close();
@@ -73,9 +94,25 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
         },
     );
     let announced = targets.clone();
+    // An agent that names no approvers (or predates them) takes the server's word.
+    let trust = match trust {
+        Some(t) => {
+            if let Err(reason) = check_trust(&t) {
+                tracing::info!(%machine, %reason, "agent handshake refused");
+                write_last_frame(control, &ServerToAgent::Refused { reason }).await;
+                mux.close();
+                return;
+            }
+            crate::store::AgentTrust { level: Some(t.level), approvers: t.approvers }
+        }
+        None => crate::store::AgentTrust {
+            level: Some(fernwart_proto::approval::LEVEL_SERVER.to_owned()),
+            approvers: Vec::new(),
+        },
+    };
     let grants = app
         .store
-        .run(move |b| b.agent_online(machine_id, &announced, switch_on, now, &entry))
+        .run(move |b| b.agent_online(machine_id, &announced, switch_on, &trust, now, &entry))
         .await;
     let grants = match grants {
         Ok(g) => g.iter().map(grant_for).collect(),

@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use fernwart_proto::{Grant, ServerToAgent, TargetInfo};
+use fernwart_proto::{
+    approval::{Approval, GrantFields},
+    Grant, ServerToAgent, TargetInfo,
+};
 use fernwart_transport::Mux;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -72,8 +75,17 @@ pub fn grant_for(s: &Session) -> Grant {
         users: s.user_names(),
         record: s.record,
         tech_keys: Vec::new(),
-        approval: None,
+        approval: s.approval.as_ref().map(|a| Approval {
+            key: a.key.clone(),
+            signature: a.signature.clone(),
+            nonce: s.nonce.clone(),
+        }),
     }
+}
+
+/// What an approver of the session signs: its grant at its machine, with its nonce.
+pub fn grant_fields(s: &Session) -> GrantFields {
+    GrantFields::of(&grant_for(s), &s.machine, &s.nonce)
 }
 
 impl Subscriber for Hub {

@@ -177,6 +177,16 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 12: a session may be recorded at the agent (set when it is prepared)
     "ALTER TABLE sessions ADD COLUMN record INTEGER NOT NULL DEFAULT 0;",
+    // 13: operator-signed approvals: each session's nonce (part of what an approver signs) and
+    // the signature it was approved with; what each machine's agent pins; operators that
+    // require signed approvals
+    "ALTER TABLE sessions ADD COLUMN approval_nonce TEXT;
+    UPDATE sessions SET approval_nonce = lower(hex(randomblob(16)));
+    ALTER TABLE sessions ADD COLUMN approval_key TEXT;
+    ALTER TABLE sessions ADD COLUMN approval_signature TEXT;
+    ALTER TABLE machines ADD COLUMN trust TEXT;
+    ALTER TABLE machines ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE orgs ADD COLUMN require_signed INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

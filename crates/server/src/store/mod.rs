@@ -17,9 +17,9 @@ use fernwart_proto::chain;
 
 use crate::{
     audit::Entry,
-    authz::{PrepareFacts, Refusal, Release},
+    authz::{PrepareFacts, Refusal, Release, SigningFacts},
     domain::{
-        session::Session,
+        session::{Session, SignedApproval},
         window::{Days, Window},
         Caller, Role, SessionState, UnixSecs,
     },
@@ -109,6 +109,7 @@ pub struct OrgRecord {
     pub contracts: Vec<String>,
     pub allow_no_approval: bool,
     pub max_session_secs: Option<i64>,
+    pub require_signed: bool,
 }
 
 /// An API token as listed (never its secret).
@@ -139,6 +140,21 @@ pub struct MachineRecord {
     pub enrolled_at: Option<UnixSecs>,
     pub revoked: bool,
     pub last_seen: Option<UnixSecs>,
+    /// Its agent's trust level as it last reported it (none: never, or an agent before
+    /// operator-signed approvals).
+    pub trust: Option<String>,
+    /// The approver keys its agent pins.
+    pub approvers: Vec<String>,
+    /// Its operator requires signed approvals.
+    pub operator_requires_signed: bool,
+}
+
+/// What an agent reported of its operator's trust anchor (`agent.toml` `[trust]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentTrust {
+    /// `operator-signed` or `server` (none: unknown).
+    pub level: Option<String>,
+    pub approvers: Vec<String>,
 }
 
 /// An enrolment token, looked up by its hash.
@@ -414,12 +430,14 @@ pub trait Backend: Send + Sync + 'static {
     fn user_disable(&self, name: &str, entry: &Entry) -> Result<i64, StoreError>;
 
     // ------------------------------------------------------------ organizations
+    #[allow(clippy::too_many_arguments)]
     fn org_add(
         &self,
         name: &str,
         kind: fernwart_api::OrgKind,
         allow_no_approval: bool,
         max_session_secs: Option<i64>,
+        require_signed: bool,
         now: UnixSecs,
         entry: &Entry,
     ) -> Result<(), StoreError>;
@@ -480,16 +498,20 @@ pub trait Backend: Send + Sync + 'static {
     /// The machine that holds a certificate: (id, name, revoked).
     fn machine_by_cert(&self, fingerprint: &str)
         -> Result<Option<(i64, String, bool)>, StoreError>;
-    /// An agent came online: its targets and switch are recorded; returns the sessions its
-    /// agent should hold grants for.
+    /// An agent came online: its targets, switch and trust anchor are recorded; returns the
+    /// sessions its agent should hold grants for.
+    #[allow(clippy::too_many_arguments)]
     fn agent_online(
         &self,
         machine: i64,
         targets: &[fernwart_api::TargetInfo],
         switch_on: bool,
+        trust: &AgentTrust,
         now: UnixSecs,
         entry: &Entry,
     ) -> Result<Vec<Session>, StoreError>;
+    /// Whose signature the approvals of sessions on the machine need.
+    fn signing_facts(&self, machine: i64) -> Result<SigningFacts, StoreError>;
     fn agent_switch(&self, machine: i64, on: bool, entry: &Entry) -> Result<(), StoreError>;
     fn agent_offline(&self, machine: i64, now: UnixSecs, entry: &Entry) -> Result<(), StoreError>;
 
@@ -522,6 +544,18 @@ pub trait Backend: Send + Sync + 'static {
         id: i64,
         from: SessionState,
         to: SessionState,
+        by: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<Option<Applied>, StoreError>;
+    /// Approves a session ([`Backend::session_transition`] to `approved`) and stores the
+    /// approver's signature it comes with, together.
+    #[allow(clippy::too_many_arguments)]
+    fn session_approve(
+        &self,
+        id: i64,
+        from: SessionState,
+        approval: Option<&SignedApproval>,
         by: &str,
         now: UnixSecs,
         entry: &Entry,

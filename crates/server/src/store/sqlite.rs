@@ -11,15 +11,15 @@ use fernwart_proto::chain;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
-    migrations, AgentBatch, AgentRecord, ApiTokenRecord, Applied, Attempt, AuditFilter, Backend,
-    Checkpoint, EnrolToken, IssuedCert, LoginSubject, MachineOwner, MachineRecord, NewSession,
-    NewUser, NewWindow, OrgRecord, PrepareRule, StoreError, UserRecord,
+    migrations, AgentBatch, AgentRecord, AgentTrust, ApiTokenRecord, Applied, Attempt, AuditFilter,
+    Backend, Checkpoint, EnrolToken, IssuedCert, LoginSubject, MachineOwner, MachineRecord,
+    NewSession, NewUser, NewWindow, OrgRecord, PrepareRule, StoreError, UserRecord,
 };
 use crate::{
     audit::{Entry, Event},
-    authz::{PrepareFacts, Release, UserFacts},
+    authz::{PrepareFacts, Release, SigningFacts, UserFacts},
     domain::{
-        session::Session,
+        session::{Session, SignedApproval},
         window::{Days, Window},
         Caller, Role, SessionEvent, SessionState, UnixSecs,
     },
@@ -366,7 +366,8 @@ const VISIBLE_TO_ORG: &str =
     "(m.org = ?9 COLLATE NOCASE OR m.org IN (SELECT operator FROM contracts WHERE provider = ?9 COLLATE NOCASE))";
 
 const SESSION: &str = "SELECT s.id, s.name, s.machine_id, m.name, s.targets, s.reason, s.state, \
-     s.approval_required, s.valid_from, s.valid_until, s.created_by, s.created_at, s.decided_by, s.ended_by, m.org, s.record \
+     s.approval_required, s.valid_from, s.valid_until, s.created_by, s.created_at, s.decided_by, s.ended_by, m.org, s.record, \
+     s.approval_nonce, s.approval_key, s.approval_signature \
      FROM sessions s JOIN machines m ON m.id = s.machine_id";
 
 fn session_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
@@ -397,7 +398,32 @@ fn session_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Sessio
         decided_by: r.get(12)?,
         ended_by: r.get(13)?,
         record: r.get::<_, i64>(15)? != 0,
+        nonce: r.get::<_, Option<String>>(16)?.unwrap_or_default(),
+        approval: match (r.get::<_, Option<String>>(17)?, r.get::<_, Option<String>>(18)?) {
+            (Some(key), Some(signature)) => Some(SignedApproval { key, signature }),
+            _ => None,
+        },
     })
+}
+
+/// Whether approvals on the machine must be signed, and by whom (what its agent reported).
+fn signing_facts(c: &Connection, machine: i64) -> Result<SigningFacts, StoreError> {
+    c.prepare_cached(
+        "SELECT m.name, m.org, m.trust, m.approvers, o.require_signed FROM machines m \
+         LEFT JOIN orgs o ON o.name = m.org COLLATE NOCASE WHERE m.id = ?1",
+    )?
+    .query_row([machine], |r| {
+        Ok(SigningFacts {
+            machine: r.get(0)?,
+            machine_org: r.get(1)?,
+            agent_requires: r.get::<_, Option<String>>(2)?.as_deref()
+                == Some(fernwart_proto::approval::LEVEL_SIGNED),
+            approvers: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+            operator_requires: r.get::<_, Option<i64>>(4)?.unwrap_or(0) != 0,
+        })
+    })
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(format!("no machine {machine}")))
 }
 
 const WINDOW: &str = "SELECT w.id, w.machine_id, m.name, w.provider, w.days, w.start_min, w.end_min, \
@@ -555,6 +581,21 @@ fn transition(
     now: UnixSecs,
     entry: &Entry,
 ) -> Result<Option<Applied>, StoreError> {
+    transition_with(tx, id, from, to, None, by, now, entry)
+}
+
+/// [`transition`], storing the approver's signature of an approval with it.
+#[allow(clippy::too_many_arguments)]
+fn transition_with(
+    tx: &Transaction<'_>,
+    id: i64,
+    from: SessionState,
+    to: SessionState,
+    approval: Option<&SignedApproval>,
+    by: &str,
+    now: UnixSecs,
+    entry: &Entry,
+) -> Result<Option<Applied>, StoreError> {
     let Some(before) = session_by_id(tx, id)? else { return Ok(None) };
     let n = match to {
         SessionState::Approved | SessionState::Rejected => tx.execute(
@@ -572,6 +613,12 @@ fn transition(
     };
     if n != 1 {
         return Ok(None);
+    }
+    if let Some(a) = approval {
+        tx.execute(
+            "UPDATE sessions SET approval_key = ?2, approval_signature = ?3 WHERE id = ?1",
+            params![id, a.key, a.signature],
+        )?;
     }
     audit(tx, entry)?;
     let after = session_by_id(tx, id)?
@@ -1175,6 +1222,7 @@ impl Backend for Sqlite {
         kind: OrgKind,
         allow_no_approval: bool,
         max_session_secs: Option<i64>,
+        require_signed: bool,
         now: UnixSecs,
         entry: &Entry,
     ) -> Result<(), StoreError> {
@@ -1183,9 +1231,9 @@ impl Backend for Sqlite {
                 return Err(StoreError::Conflict(format!("organization {name} exists")));
             }
             tx.execute(
-                "INSERT INTO orgs (name, kind, created_at, allow_no_approval, max_session_secs) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![name, kind.as_str(), now, allow_no_approval, max_session_secs],
+                "INSERT INTO orgs (name, kind, created_at, allow_no_approval, max_session_secs, require_signed) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![name, kind.as_str(), now, allow_no_approval, max_session_secs, require_signed],
             )?;
             audit(tx, entry)
         })
@@ -1194,7 +1242,7 @@ impl Backend for Sqlite {
     fn orgs(&self) -> Result<Vec<OrgRecord>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, kind, allow_no_approval, max_session_secs FROM orgs ORDER BY name",
+                "SELECT name, kind, allow_no_approval, max_session_secs, require_signed FROM orgs ORDER BY name",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -1202,11 +1250,12 @@ impl Backend for Sqlite {
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)? != 0,
                     r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, i64>(4)? != 0,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (name, kind, allow_no_approval, max_session_secs) = row?;
+                let (name, kind, allow_no_approval, max_session_secs, require_signed) = row?;
                 let kind: OrgKind = kind.parse().map_err(|e: String| StoreError::Invalid(e))?;
                 let sql = match kind {
                     OrgKind::Provider => {
@@ -1220,7 +1269,14 @@ impl Backend for Sqlite {
                     .prepare_cached(sql)?
                     .query_map([&name], |r| r.get(0))?
                     .collect::<Result<Vec<String>, _>>()?;
-                out.push(OrgRecord { name, kind, contracts, allow_no_approval, max_session_secs });
+                out.push(OrgRecord {
+                    name,
+                    kind,
+                    contracts,
+                    allow_no_approval,
+                    max_session_secs,
+                    require_signed,
+                });
             }
             Ok(out)
         })
@@ -1301,7 +1357,8 @@ impl Backend for Sqlite {
     fn machines(&self, org: Option<&str>) -> Result<Vec<MachineRecord>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT m.id, m.name, m.org, m.targets, m.enrolled_at, m.revoked, m.last_seen FROM machines m \
+                "SELECT m.id, m.name, m.org, m.targets, m.enrolled_at, m.revoked, m.last_seen, m.trust, m.approvers, \
+                 COALESCE((SELECT o.require_signed FROM orgs o WHERE o.name = m.org COLLATE NOCASE), 0) FROM machines m \
                  WHERE (?9 IS NULL OR {VISIBLE_TO_ORG}) ORDER BY m.name"
             ))?;
             let none: Option<i64> = None;
@@ -1315,6 +1372,9 @@ impl Backend for Sqlite {
                     enrolled_at: r.get(4)?,
                     revoked: r.get::<_, i64>(5)? != 0,
                     last_seen: r.get(6)?,
+                    trust: r.get(7)?,
+                    approvers: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+                    operator_requires_signed: r.get::<_, i64>(9)? != 0,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1436,14 +1496,16 @@ impl Backend for Sqlite {
         machine: i64,
         targets: &[TargetInfo],
         switch_on: bool,
+        trust: &AgentTrust,
         now: UnixSecs,
         entry: &Entry,
     ) -> Result<Vec<Session>, StoreError> {
         let targets = serde_json::to_string(targets).unwrap_or_else(|_| "[]".into());
+        let approvers = serde_json::to_string(&trust.approvers).unwrap_or_else(|_| "[]".into());
         self.tx(|tx| {
             tx.execute(
-                "UPDATE machines SET targets = ?2, switch_on = ?3, last_seen = ?4 WHERE id = ?1",
-                params![machine, targets, switch_on, now],
+                "UPDATE machines SET targets = ?2, switch_on = ?3, last_seen = ?4, trust = ?5, approvers = ?6 WHERE id = ?1",
+                params![machine, targets, switch_on, now, trust.level, approvers],
             )?;
             audit(tx, entry)?;
             sessions_where(
@@ -1455,6 +1517,10 @@ impl Backend for Sqlite {
                 params![machine, now],
             )
         })
+    }
+
+    fn signing_facts(&self, machine: i64) -> Result<SigningFacts, StoreError> {
+        self.read(|c| signing_facts(c, machine))
     }
 
     fn agent_switch(&self, machine: i64, on: bool, entry: &Entry) -> Result<(), StoreError> {
@@ -1525,6 +1591,7 @@ impl Backend for Sqlite {
                     facts.operator_max_session = max;
                 }
             }
+            facts.signatures_required = signing_facts(tx, machine_id)?.required();
             let mut user_ids = Vec::new();
             for u in &s.users {
                 let row: Option<(i64, String, String, i64, Option<String>)> = tx
@@ -1546,8 +1613,8 @@ impl Backend for Sqlite {
             targets.sort();
             targets.dedup();
             tx.execute(
-                "INSERT INTO sessions (name, machine_id, targets, reason, state, approval_required, valid_from, valid_until, created_by, created_at, record) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO sessions (name, machine_id, targets, reason, state, approval_required, valid_from, valid_until, created_by, created_at, record, approval_nonce) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, lower(hex(randomblob(16))))",
                 params![
                     s.name,
                     machine_id,
@@ -1720,6 +1787,20 @@ impl Backend for Sqlite {
         entry: &Entry,
     ) -> Result<Option<Applied>, StoreError> {
         self.tx(|tx| transition(tx, id, from, to, by, now, entry))
+    }
+
+    fn session_approve(
+        &self,
+        id: i64,
+        from: SessionState,
+        approval: Option<&SignedApproval>,
+        by: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<Option<Applied>, StoreError> {
+        self.tx(|tx| {
+            transition_with(tx, id, from, SessionState::Approved, approval, by, now, entry)
+        })
     }
 
     fn tunnel_check(

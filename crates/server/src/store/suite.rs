@@ -8,8 +8,8 @@ use std::sync::Arc;
 use fernwart_api::{Scope, TargetInfo, TargetProtocol};
 
 use super::{
-    AgentBatch, Attempt, AuditFilter, Backend, IssuedCert, NewSession, NewUser, NewWindow,
-    StoreError,
+    AgentBatch, AgentTrust, Attempt, AuditFilter, Backend, IssuedCert, NewSession, NewUser,
+    NewWindow, StoreError,
 };
 use crate::{
     audit::{Entry, Event, LoginFailure},
@@ -33,6 +33,46 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     api_tokens_act_under_their_own_name(fresh().as_ref());
     a_window_releases_a_session_in_its_transaction(fresh().as_ref());
     agent_records_are_stored_only_where_they_link_up(fresh().as_ref());
+    signed_approvals_are_stored_with_their_session(fresh().as_ref());
+}
+
+fn signed_approvals_are_stored_with_their_session(b: &dyn Backend) {
+    use crate::domain::session::SignedApproval;
+    let (m, sid) = machine_with_session(b);
+    let s = b.session_by_id(sid).unwrap().unwrap();
+    assert_eq!(s.nonce.len(), 32, "{}", s.nonce);
+    assert_eq!(s.approval, None);
+    // Nobody asks for signatures yet.
+    let facts = b.signing_facts(m).unwrap();
+    assert!(!facts.required(), "{facts:?}");
+    // The agent pins approvers and requires them.
+    let key = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".to_owned();
+    let trust = AgentTrust { level: Some("operator-signed".into()), approvers: vec![key.clone()] };
+    let online = entry(Event::AgentConnect {
+        machine: "m1".into(),
+        agent: "t".into(),
+        switch_on: true,
+        targets: vec![],
+    });
+    let targets = b.machines(None).unwrap()[0].targets.clone();
+    b.agent_online(m, &targets, true, &trust, NOW, &online).unwrap();
+    let facts = b.signing_facts(m).unwrap();
+    assert!(facts.agent_requires && !facts.operator_requires);
+    assert_eq!(facts.approvers, vec![key.clone()]);
+    let listed = &b.machines(None).unwrap()[0];
+    assert_eq!(listed.trust.as_deref(), Some("operator-signed"));
+    assert_eq!(listed.approvers, vec![key.clone()]);
+    // Approved with a signature: stored with the session, in the same compare-and-set.
+    let signed = SignedApproval { key, signature: "c2ln".into() };
+    let e = change(SessionEvent::Approve, SessionState::Prepared, SessionState::Approved);
+    let lost = b.session_approve(sid, SessionState::Requested, Some(&signed), "op1", NOW, &e);
+    assert!(lost.unwrap().is_none());
+    assert_eq!(b.session_by_id(sid).unwrap().unwrap().approval, None);
+    let done = b.session_approve(sid, SessionState::Prepared, Some(&signed), "op1", NOW, &e);
+    let after = done.unwrap().unwrap().after;
+    assert_eq!(after.state, SessionState::Approved);
+    assert_eq!(after.approval, Some(signed));
+    assert_eq!(after.nonce, s.nonce);
 }
 
 /// The rule of staff of no organization preparing a session that needs an approval.
@@ -62,8 +102,12 @@ fn staff_rule(facts: &PrepareFacts) -> Result<Release, Refusal> {
 
 fn a_window_releases_a_session_in_its_transaction(b: &dyn Backend) {
     let (m, _) = machine_with_session(b);
-    let e = entry(Event::OrgAdd { name: "builder".into(), kind: fernwart_api::OrgKind::Provider });
-    b.org_add("builder", fernwart_api::OrgKind::Provider, false, None, NOW, &e).unwrap();
+    let e = entry(Event::OrgAdd {
+        name: "builder".into(),
+        kind: fernwart_api::OrgKind::Provider,
+        require_signed: false,
+    });
+    b.org_add("builder", fernwart_api::OrgKind::Provider, false, None, false, NOW, &e).unwrap();
     let new = NewWindow {
         machine_id: m,
         provider: "builder".into(),
@@ -354,7 +398,8 @@ fn machine_with_session(b: &dyn Backend) -> (i64, i64) {
         switch_on: true,
         targets: vec![],
     });
-    assert!(b.agent_online(m, &targets, true, NOW, &online).unwrap().is_empty());
+    let trust = AgentTrust::default();
+    assert!(b.agent_online(m, &targets, true, &trust, NOW, &online).unwrap().is_empty());
     let s = NewSession {
         name: "s1".into(),
         machine: "m1".into(),
