@@ -87,6 +87,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: WindowCmd,
     },
+    /// The approver's own signing key (kept in FERNWART_HOME): `session approve` signs the
+    /// session's grant with it, and agents that pin its public key check the signature.
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
     /// API tokens for automation (admin).
     Token {
         #[command(subcommand)]
@@ -199,6 +205,10 @@ enum OrgCmd {
         /// An operator's longest session on its machines, e.g. 8h.
         #[arg(long)]
         max_session: Option<String>,
+        /// An operator takes only approvals signed by an approver's own key (`fernwart key`)
+        /// on its machines.
+        #[arg(long)]
+        require_signed: bool,
     },
     List,
 }
@@ -240,6 +250,20 @@ enum WindowCmd {
     Remove {
         id: i64,
     },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Make the key (Ed25519) and print its public key for the operator's agent.toml.
+    #[command(alias = "generate")]
+    Init {
+        /// Replace an existing key (approvals signed with it stop verifying where only it is
+        /// pinned).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the public key and its fingerprint.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -360,7 +384,7 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         },
         Cmd::Session { cmd } => match cmd {
             SessionCmd::Create(args) => commands::session::create(&ctx, args).await,
-            SessionCmd::Approve { name } => commands::session::action(&ctx, &name, "approve").await,
+            SessionCmd::Approve { name } => commands::session::approve(&ctx, &name).await,
             SessionCmd::Reject { name } => commands::session::action(&ctx, &name, "reject").await,
             SessionCmd::Revoke { name } => commands::session::action(&ctx, &name, "revoke").await,
             SessionCmd::End { name } => commands::session::action(&ctx, &name, "end").await,
@@ -372,9 +396,14 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--wait {wait:?}: {e}"))?;
             commands::connect::run(&ctx, &name, bind, wait).await
         }
-        Cmd::Org { cmd: OrgCmd::Add { name, kind, allow_no_approval, max_session } } => {
-            commands::org::add(&ctx, &name, &kind, allow_no_approval, max_session).await
+        Cmd::Org {
+            cmd: OrgCmd::Add { name, kind, allow_no_approval, max_session, require_signed },
+        } => {
+            commands::org::add(&ctx, &name, &kind, allow_no_approval, max_session, require_signed)
+                .await
         }
+        Cmd::Key { cmd: KeyCmd::Init { force } } => commands::key::init(&ctx, force),
+        Cmd::Key { cmd: KeyCmd::Show } => commands::key::show(&ctx),
         Cmd::Org { cmd: OrgCmd::List } => commands::org::list(&ctx).await,
         Cmd::Contract { cmd: ContractCmd::Add { provider, operator } } => {
             commands::org::contract_add(&ctx, &provider, &operator).await

@@ -82,10 +82,11 @@ pub async fn machine_list(ctx: &Context) -> anyhow::Result<()> {
         for m in &machines {
             let targets: Vec<&str> = m.targets.iter().map(|t| t.name.as_str()).collect();
             crate::out!(
-                "{:<20} {:<8} switch={:<8} targets={}",
+                "{:<20} {:<8} switch={:<8} trust={:<15} targets={}",
                 m.name,
                 if m.online { "online" } else { "offline" },
                 m.switch,
+                m.trust,
                 output::list(&targets)
             );
         }

@@ -10,6 +10,7 @@ pub async fn add(
     kind: &str,
     allow_no_approval: bool,
     max_session: Option<String>,
+    require_signed: bool,
 ) -> anyhow::Result<()> {
     let kind: OrgKind = kind.parse().map_err(anyhow::Error::msg)?;
     let req = OrgAddRequest {
@@ -17,13 +18,18 @@ pub async fn add(
         kind,
         allow_no_approval,
         max_session,
-        require_signed: false,
+        require_signed,
     };
     let resp: OrgInfo = ctx.post("/v1/orgs", &req).await?;
     if ctx.json {
         output::print_json(&resp);
     } else {
-        crate::out!("organization {} added ({})", resp.name, resp.kind);
+        crate::out!(
+            "organization {} added ({}){}",
+            resp.name,
+            resp.kind,
+            if resp.require_signed { "; approvals on its machines must be signed" } else { "" }
+        );
     }
     Ok(())
 }
@@ -34,7 +40,13 @@ pub async fn list(ctx: &Context) -> anyhow::Result<()> {
         output::print_json(&orgs);
     } else {
         for o in &orgs {
-            crate::out!("{:<24} {:<9} {}", o.name, o.kind, o.contracts.join(","));
+            crate::out!(
+                "{:<24} {:<9} {}{}",
+                o.name,
+                o.kind,
+                o.contracts.join(","),
+                if o.require_signed { " require-signed" } else { "" }
+            );
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! `session create | approve | reject | end | list | show`.
 
 use anyhow::bail;
-use fernwart_api::{Empty, SessionCreateRequest, SessionInfo};
+use fernwart_api::{ApproveRequest, Empty, SessionCreateRequest, SessionGrant, SessionInfo};
 
 use super::admin::enc;
 use crate::{output, Context};
@@ -74,6 +74,29 @@ pub async fn create(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `session approve NAME`: with an approver key in FERNWART_HOME, the session's grant is
+/// fetched, shown and signed here, and the signature goes with the approval; without one, the
+/// approval is the server's only (refused where the machine takes only signed approvals).
+pub async fn approve(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    let Some(key) = super::key::load(&super::key::key_path(ctx))? else {
+        return action(ctx, name, "approve").await;
+    };
+    let grant: SessionGrant = ctx.get(&format!("/v1/sessions/{}/grant", enc(name))).await?;
+    let approval = super::key::sign(ctx, &key, name, &grant)?;
+    let req = ApproveRequest { key: Some(approval.key), signature: Some(approval.signature) };
+    let s: SessionInfo = ctx.post(&format!("/v1/sessions/{}/approve", enc(name)), &req).await?;
+    if ctx.json {
+        output::print_json(&s)
+    } else {
+        crate::out!(
+            "session {name} is {} (signed by {})",
+            s.state,
+            s.signed_by.as_deref().unwrap_or("?")
+        )
+    }
+    Ok(())
+}
+
 pub async fn action(ctx: &Context, name: &str, action: &str) -> anyhow::Result<()> {
     let s: SessionInfo =
         ctx.post(&format!("/v1/sessions/{}/{action}", enc(name)), &Empty {}).await?;
@@ -112,6 +135,7 @@ pub async fn show(ctx: &Context, name: &str) -> anyhow::Result<()> {
             ("reason", Some(s.reason.as_str())),
             ("created_by", Some(s.created_by.as_str())),
             ("decided_by", s.decided_by.as_deref()),
+            ("signed_by", s.signed_by.as_deref()),
             ("ended_by", s.ended_by.as_deref()),
         ] {
             if let Some(v) = v {
