@@ -196,7 +196,13 @@ impl AgentConfig {
     }
 }
 
+/// The most approver keys an agent pins (the server takes no more in a hello).
+const MAX_APPROVERS: usize = 64;
+
 fn parse_trust(raw: RawTrust) -> Result<Trust, String> {
+    if raw.approvers.len() > MAX_APPROVERS {
+        return Err(format!("[trust] approvers: at most {MAX_APPROVERS} keys"));
+    }
     let mut approvers: Vec<ApproverKey> = Vec::new();
     for k in &raw.approvers {
         let key: ApproverKey = k.parse().map_err(|e| format!("[trust] approvers: {e}"))?;
@@ -319,6 +325,8 @@ mod tests {
         .unwrap();
         assert!(!c.trust.required);
         assert_eq!(c.announced_trust().unwrap().level, "server");
+        let many = vec![format!("\"{key}\""); 65].join(", ");
+        assert!(AgentConfig::parse(&format!("[trust]\napprovers = [{many}]\n")).is_err());
         for bad in [
             "[trust]\nrequire_signed = true\n",
             "[trust]\napprovers = [\"ssh-ed25519 AAAA\"]\n",

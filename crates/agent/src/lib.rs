@@ -232,10 +232,18 @@ impl Agent {
                 true
             }
             Err(r) => {
-                lock(&self.grants).remove(&grant.session);
+                let held = lock(&self.grants).remove(&grant.session);
                 self.grant_refused(&grant, &r);
                 if let Some(t) = lock(&self.grant_tokens).remove(&grant.session) {
                     t.cancel();
+                }
+                if let Some(held) = held {
+                    self.audit_as(
+                        Some(&held.users.join(",")),
+                        "revoke",
+                        &grant.session,
+                        serde_json::json!({"session": grant.session, "reason": "its new grant was refused"}),
+                    );
                 }
                 false
             }
@@ -580,8 +588,19 @@ mod tests {
         let actions: Vec<&str> = rec.iter().map(|(a, _)| a.as_str()).collect();
         assert_eq!(actions, ["grant", "grant.refused", "revoke"]);
         // The approval was not spent: the session's true grant is held again.
-        a.set_grants(vec![good]);
+        a.set_grants(vec![good.clone()]);
         assert!(lock(&a.grants).get("s1").is_some());
+        // A grant frame changed in flight does the same.
+        let tunnels = a.grant_token("s1");
+        let mut later = good;
+        later.until += 60;
+        assert!(!a.add_grant(later));
+        assert!(tunnels.is_cancelled());
+        assert!(lock(&a.grants).get("s1").is_none());
+        a.audit_flush();
+        let rec = records(dir.path());
+        let actions: Vec<&str> = rec.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(actions[3..], ["grant", "grant.refused", "revoke"]);
     }
 
     #[test]
