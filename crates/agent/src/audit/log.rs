@@ -134,7 +134,11 @@ impl AuditLog {
         match result {
             Ok(()) => Ok(()),
             Err((e, written)) => {
-                let lost = if matches!(e, Error::Io { op: "syncing", .. }) { total } else { total - written };
+                let lost = if matches!(e, Error::Io { op: "syncing", .. }) {
+                    total
+                } else {
+                    total - written
+                };
                 self.failed(&mut st, &e, lost);
                 Err(e)
             }

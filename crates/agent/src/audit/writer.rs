@@ -53,7 +53,9 @@ impl AuditWriter {
         let body = match &self.tx {
             Some(tx) => match tx.try_send(Msg::Record(body)) {
                 Ok(()) => return,
-                Err(TrySendError::Full(Msg::Record(b)) | TrySendError::Disconnected(Msg::Record(b))) => b,
+                Err(
+                    TrySendError::Full(Msg::Record(b)) | TrySendError::Disconnected(Msg::Record(b)),
+                ) => b,
                 Err(_) => return,
             },
             None => body,
