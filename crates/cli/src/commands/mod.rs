@@ -5,6 +5,7 @@ pub mod admin;
 pub mod audit;
 pub mod connect;
 pub mod key;
+pub mod e2e;
 pub mod org;
 pub mod recording;
 pub mod session;

@@ -13,7 +13,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    grant_for,
     tunnel::{self, Guards},
     Relay,
 };
@@ -97,8 +96,10 @@ pub async fn serve(
         mux.close();
         return;
     };
-    match read_frame_within::<ClientToServer, _>(&mut control, HANDSHAKE_TIMEOUT).await {
-        Ok(ClientToServer::Hello { version, .. }) if negotiate(version).is_ok() => {}
+    let e2e_key = match read_frame_within::<ClientToServer, _>(&mut control, HANDSHAKE_TIMEOUT)
+        .await
+    {
+        Ok(ClientToServer::Hello { version, e2e_key, .. }) if negotiate(version).is_ok() => e2e_key,
         Ok(ClientToServer::Pong { .. }) => {
             mux.close();
             return;
@@ -113,6 +114,22 @@ pub async fn serve(
         }
         Err(e) => {
             tracing::info!(error = %e, "technician handshake failed");
+            mux.close();
+            return;
+        }
+    };
+    // Tunnels are end-to-end encrypted (docs/design-choices.md): the session's grant names the
+    // key of each technician who connects, and agents refuse tunnels without it.
+    match e2e_key.as_deref().map(str::parse::<fernwart_proto::e2e::PublicKey>) {
+        Some(Ok(key)) => app.hub.add_tech_key(session_id, key.to_string()),
+        Some(Err(_)) | None => {
+            let reason = if e2e_key.is_some() {
+                "your end-to-end key is malformed"
+            } else {
+                "this server's tunnels are end-to-end encrypted: update fernwart"
+            };
+            let refused = ServerToClient::Closed { state: "refused".into(), reason: reason.into() };
+            write_last_frame(control, &refused).await;
             mux.close();
             return;
         }
@@ -221,13 +238,20 @@ pub async fn serve(
                     }
                     continue;
                 }
-                if !app.hub.grant(s.machine_id, grant_for(&s)).await {
+                if !app.hub.grant(s.machine_id, app.hub.grant_with_keys(&s)).await {
                     tracing::info!(session = %s.name, "agent did not acknowledge the grant (offline?)");
                 }
+                let machine_id = s.machine_id;
+                let agent_key = match app.store.run(move |b| b.machine_e2e_key(machine_id)).await {
+                    Ok(k) => k,
+                    Err(e) => break (Closing::Error, format!("server error: {e}")),
+                };
                 let msg = ServerToClient::Ready {
                     version: PROTOCOL_VERSION,
                     session: s.name.clone(),
                     targets: s.targets.clone(),
+                    machine: Some(s.machine.clone()),
+                    agent_key,
                 };
                 if write_frame(&mut control, &msg).await.is_err() {
                     break (Closing::Left, "technician left".into());

@@ -187,6 +187,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE machines ADD COLUMN trust TEXT;
     ALTER TABLE machines ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE orgs ADD COLUMN require_signed INTEGER NOT NULL DEFAULT 0;",
+    // 14: the agent's end-to-end key (X25519, base64), recorded from its first hello
+    "ALTER TABLE machines ADD COLUMN e2e_key TEXT;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -65,6 +65,17 @@ pub enum StoreError {
     Worker,
 }
 
+/// What [`Backend::agent_e2e_key`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum E2eKeySeen {
+    /// The machine had no key: this one is recorded now.
+    Recorded,
+    /// The key recorded before.
+    Same,
+    /// Another key than the one recorded (which is given).
+    Different(String),
+}
+
 /// What a login needs to know about the user it names.
 #[derive(Debug, Clone)]
 pub struct LoginSubject {
@@ -514,6 +525,14 @@ pub trait Backend: Send + Sync + 'static {
     fn signing_facts(&self, machine: i64) -> Result<SigningFacts, StoreError>;
     fn agent_switch(&self, machine: i64, on: bool, entry: &Entry) -> Result<(), StoreError>;
     fn agent_offline(&self, machine: i64, now: UnixSecs, entry: &Entry) -> Result<(), StoreError>;
+    /// The end-to-end key an agent said in its hello: recorded the first time (an agent
+    /// from before end-to-end encryption has none until then), compared afterwards. A
+    /// different key is refused and not recorded.
+    fn agent_e2e_key(&self, machine: i64, key: &str) -> Result<E2eKeySeen, StoreError>;
+    /// The machine's recorded end-to-end key.
+    fn machine_e2e_key(&self, machine: i64) -> Result<Option<String>, StoreError>;
+    /// Every machine's recorded end-to-end key, by machine id.
+    fn machine_e2e_keys(&self) -> Result<Vec<(i64, String)>, StoreError>;
 
     // ------------------------------------------------------------ sessions
     /// Prepares a session in one transaction: gathers the facts of organizations, contracts

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
     migrations, AgentBatch, AgentRecord, AgentTrust, ApiTokenRecord, Applied, Attempt, AuditFilter,
-    Backend, Checkpoint, EnrolToken, IssuedCert, LoginSubject, MachineOwner, MachineRecord,
+    Backend, Checkpoint, E2eKeySeen, EnrolToken, IssuedCert, LoginSubject, MachineOwner, MachineRecord,
     NewSession, NewUser, NewWindow, OrgRecord, PrepareRule, StoreError, UserRecord,
 };
 use crate::{
@@ -1527,6 +1527,45 @@ impl Backend for Sqlite {
         self.tx(|tx| {
             tx.execute("UPDATE machines SET switch_on = ?2 WHERE id = ?1", params![machine, on])?;
             audit(tx, entry)
+        })
+    }
+
+    fn agent_e2e_key(&self, machine: i64, key: &str) -> Result<E2eKeySeen, StoreError> {
+        self.tx(|tx| {
+            let held: Option<String> = tx
+                .query_row("SELECT e2e_key FROM machines WHERE id = ?1", [machine], |r| r.get(0))
+                .optional()?
+                .flatten();
+            Ok(match held {
+                Some(k) if k == key => E2eKeySeen::Same,
+                Some(k) => E2eKeySeen::Different(k),
+                None => {
+                    tx.execute(
+                        "UPDATE machines SET e2e_key = ?2 WHERE id = ?1",
+                        params![machine, key],
+                    )?;
+                    E2eKeySeen::Recorded
+                }
+            })
+        })
+    }
+
+    fn machine_e2e_key(&self, machine: i64) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT e2e_key FROM machines WHERE id = ?1")?
+                .query_row([machine], |r| r.get(0))
+                .optional()?
+                .flatten())
+        })
+    }
+
+    fn machine_e2e_keys(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, e2e_key FROM machines WHERE e2e_key IS NOT NULL ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 

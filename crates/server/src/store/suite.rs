@@ -34,6 +34,7 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     a_window_releases_a_session_in_its_transaction(fresh().as_ref());
     agent_records_are_stored_only_where_they_link_up(fresh().as_ref());
     signed_approvals_are_stored_with_their_session(fresh().as_ref());
+    an_agents_end_to_end_key_is_recorded_once(fresh().as_ref());
 }
 
 fn signed_approvals_are_stored_with_their_session(b: &dyn Backend) {
@@ -73,6 +74,18 @@ fn signed_approvals_are_stored_with_their_session(b: &dyn Backend) {
     assert_eq!(after.state, SessionState::Approved);
     assert_eq!(after.approval, Some(signed));
     assert_eq!(after.nonce, s.nonce);
+}
+
+fn an_agents_end_to_end_key_is_recorded_once(b: &dyn Backend) {
+    use super::E2eKeySeen;
+    let (m, _) = machine_with_session(b);
+    assert_eq!(b.machine_e2e_key(m).unwrap(), None);
+    assert_eq!(b.agent_e2e_key(m, "k1").unwrap(), E2eKeySeen::Recorded);
+    assert_eq!(b.agent_e2e_key(m, "k1").unwrap(), E2eKeySeen::Same);
+    // Another key is refused and changes nothing.
+    assert_eq!(b.agent_e2e_key(m, "k2").unwrap(), E2eKeySeen::Different("k1".into()));
+    assert_eq!(b.machine_e2e_key(m).unwrap().as_deref(), Some("k1"));
+    assert_eq!(b.machine_e2e_keys().unwrap(), vec![(m, "k1".to_owned())]);
 }
 
 /// The rule of staff of no organization preparing a session that needs an approval.
