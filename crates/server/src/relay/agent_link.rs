@@ -12,7 +12,7 @@ use fernwart_transport::{
 };
 use tokio::sync::mpsc;
 
-use super::{agent_audit::Collector, Relay};
+use super::{agent_audit::Collector, grant_for, Relay};
 use crate::{
     audit::{Entry, Event},
     store::E2eKeySeen,
@@ -122,7 +122,7 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
         .run(move |b| b.agent_online(machine_id, &announced, switch_on, &trust, now, &entry))
         .await;
     let grants = match grants {
-        Ok(g) => g.iter().map(|s| app.hub.grant_with_keys(s)).collect(),
+        Ok(g) => g.iter().map(grant_for).collect(),
         Err(e) => {
             tracing::error!(error = %e, "cannot record agent connect");
             mux.close();

@@ -74,7 +74,7 @@ pub fn grant_for(s: &Session) -> Grant {
         until: s.until,
         users: s.user_names(),
         record: s.record,
-        tech_keys: Vec::new(),
+        tech_keys: s.tech_keys.clone(),
         approval: s.approval.as_ref().map(|a| Approval {
             key: a.key.clone(),
             signature: a.signature.clone(),
@@ -87,8 +87,6 @@ pub fn grant_for(s: &Session) -> Grant {
 pub fn grant_fields(s: &Session) -> GrantFields {
     GrantFields::of(&grant_for(s), &s.machine, &s.nonce)
 }
-/// The most technicians' end-to-end keys a session's grant names (the latest ones).
-const MAX_TECH_KEYS: usize = 16;
 
 impl Subscriber for Hub {
     fn on_change(&self, change: &Change) {
@@ -101,7 +99,7 @@ impl Subscriber for Hub {
                 } else if s.state == SessionState::Approved {
                     // Released: the agent holds the grant before the technician connects.
                     // (Activation pushes it from the technician's link, which waits for it.)
-                    if let Some(push) = self.grant_push(s.machine_id, self.grant_with_keys(s)) {
+                    if let Some(push) = self.grant_push(s.machine_id, grant_for(s)) {
                         tokio::spawn(push);
                     }
                 }
@@ -166,18 +164,11 @@ struct AgentEntry {
 struct SessionEntry {
     changed: watch::Sender<u64>,
     token: CancellationToken,
-    /// The end-to-end keys of the technicians who connected to the session since the server
-    /// started, oldest first: its grant names them.
-    tech_keys: Vec<String>,
 }
 
 impl SessionEntry {
     fn new() -> Self {
-        Self {
-            changed: watch::channel(0).0,
-            token: CancellationToken::new(),
-            tech_keys: Vec::new(),
-        }
+        Self { changed: watch::channel(0).0, token: CancellationToken::new() }
     }
 }
 
@@ -323,27 +314,6 @@ impl Hub {
         if let Some(control) = control {
             let _ = control.try_send(ServerToAgent::Revoke { session: session.to_owned() });
         }
-    }
-
-    /// A technician connected to `session` with this end-to-end key: the session's grants
-    /// name it from now on (at most [`MAX_TECH_KEYS`], the latest).
-    pub fn add_tech_key(&self, session: i64, key: String) {
-        let mut inner = self.lock();
-        let keys = &mut inner.sessions.entry(session).or_insert_with(SessionEntry::new).tech_keys;
-        keys.retain(|k| *k != key);
-        keys.push(key);
-        if keys.len() > MAX_TECH_KEYS {
-            keys.remove(0);
-        }
-    }
-
-    /// The grant an agent holds for `s`: [`grant_for`] with the keys of its technicians.
-    pub fn grant_with_keys(&self, s: &Session) -> Grant {
-        let mut g = grant_for(s);
-        if let Some(e) = self.lock().sessions.get(&s.id) {
-            g.tech_keys.clone_from(&e.tech_keys);
-        }
-        g
     }
 
     pub fn session_watch(&self, session: i64) -> watch::Receiver<u64> {

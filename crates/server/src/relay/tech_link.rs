@@ -13,13 +13,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    grant_for,
     tunnel::{self, Guards},
     Relay,
 };
 use crate::{
     audit::{Entry, Event},
     domain::{SessionEvent, SessionState, UnixSecs},
-    sessions, util,
+    sessions,
+    store::TechKey,
+    util,
 };
 
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -120,16 +123,39 @@ pub async fn serve(
     };
     // Tunnels are end-to-end encrypted (docs/design-choices.md): the session's grant names the
     // key of each technician who connects, and agents refuse tunnels without it.
-    match e2e_key.as_deref().map(str::parse::<fernwart_proto::e2e::PublicKey>) {
-        Some(Ok(key)) => app.hub.add_tech_key(session_id, key.to_string()),
-        Some(Err(_)) | None => {
-            let reason = if e2e_key.is_some() {
-                "your end-to-end key is malformed"
-            } else {
-                "this server's tunnels are end-to-end encrypted: update fernwart"
-            };
-            let refused = ServerToClient::Closed { state: "refused".into(), reason: reason.into() };
-            write_last_frame(control, &refused).await;
+    // An approver's signature covers the keys: a key that comes after a signed approval is
+    // not added (the agent would refuse the whole grant), and the technician hears why their
+    // tunnels will be refused.
+    let mut unsigned_key = false;
+    let reason = match e2e_key.as_deref().map(str::parse::<fernwart_proto::e2e::PublicKey>) {
+        Some(Ok(key)) => {
+            let key = key.to_string();
+            match app.store.run(move |b| b.session_tech_key(session_id, &key)).await {
+                Ok(TechKey::Named | TechKey::Added) => None,
+                Ok(TechKey::SignedWithout) => {
+                    unsigned_key = true;
+                    None
+                }
+                Err(e) => Some(format!("server error: {e}")),
+            }
+        }
+        Some(Err(_)) => Some("your end-to-end key is malformed".to_owned()),
+        None => Some("this server's tunnels are end-to-end encrypted: update fernwart".to_owned()),
+    };
+    if let Some(reason) = reason {
+        let refused = ServerToClient::Closed { state: "refused".into(), reason };
+        write_last_frame(control, &refused).await;
+        mux.close();
+        return;
+    }
+    if unsigned_key {
+        let msg = ServerToClient::Notice {
+            message: "its signed approval does not name this fernwart's end-to-end key (it was \
+                      approved before you connected from here), so the machine will refuse \
+                      its tunnels: the approver signs the keys of the technicians who connected"
+                .into(),
+        };
+        if write_frame(&mut control, &msg).await.is_err() {
             mux.close();
             return;
         }
@@ -238,7 +264,7 @@ pub async fn serve(
                     }
                     continue;
                 }
-                if !app.hub.grant(s.machine_id, app.hub.grant_with_keys(&s)).await {
+                if !app.hub.grant(s.machine_id, grant_for(&s)).await {
                     tracing::info!(session = %s.name, "agent did not acknowledge the grant (offline?)");
                 }
                 let machine_id = s.machine_id;
