@@ -12,14 +12,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fernwart_proto::{OpenReply, OpenRequest, StreamRequest, HANDSHAKE_TIMEOUT};
+use bytes::BytesMut;
+use fernwart_proto::{
+    e2e::{self, FirstMessage, Responder, Transport},
+    OpenReply, OpenRequest, StreamRequest, HANDSHAKE_TIMEOUT,
+};
 use fernwart_recording::Direction;
 use fernwart_transport::{
+    error_chain,
     frame_io::{read_frame_within, write_last_frame},
-    pipe, write_frame, MuxReader, MuxStream, MuxWriter,
+    sealed, MuxReader, MuxStream, MuxWriter,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
         TcpStream,
@@ -55,12 +60,21 @@ pub async fn serve(
         let grants = agent.grants.lock().unwrap_or_else(|p| p.into_inner());
         policy::check(&agent.cfg, &grants, *agent.switch.borrow(), &req.session, &req.target, now)
             .map(|()| match grants.get(&req.session) {
-                Some(g) => (g.until, g.record, g.users.clone()),
-                None => (now, false, Vec::new()),
+                Some(g) => (g.until, g.record, g.users.clone(), g.tech_keys.clone()),
+                None => (now, false, Vec::new(), Vec::new()),
             })
     };
-    let (until, record, users) = match checked {
+    let (until, record, users, tech_keys) = match checked {
         Ok(u) => u,
+        Err(reason) => {
+            refuse(&agent, stream, &req, reason).await;
+            return;
+        }
+    };
+    // Only end-to-end encrypted tunnels, only from a technician key the grant names: checked
+    // before the target is touched.
+    let (responder, first) = match handshake(&agent, &mut stream, &req, &tech_keys).await {
+        Ok(h) => h,
         Err(reason) => {
             refuse(&agent, stream, &req, reason).await;
             return;
@@ -110,7 +124,20 @@ pub async fn serve(
     } else {
         None
     };
-    if write_frame(&mut stream, &OpenReply::ok()).await.is_err() {
+    // The answer and the second Noise message leave together.
+    let mut answer = match fernwart_proto::encode(&OpenReply::ok()) {
+        Ok(frame) => BytesMut::from(&frame[..]),
+        Err(_) => return,
+    };
+    let transport = match responder.reply(&mut answer) {
+        Ok(t) => t,
+        Err(e) => {
+            let why = format!("end-to-end handshake failed: {}", error_chain(&e));
+            refuse(&agent, stream, &req, why).await;
+            return;
+        }
+    };
+    if stream.write_all(&answer).await.is_err() {
         if let Some(r) = recorder {
             finish_recording(&agent, &req, r, "the server went away before the tunnel opened")
                 .await;
@@ -135,9 +162,11 @@ pub async fn serve(
     let recording_failed = recorder.as_ref().map(|r| r.failed()).unwrap_or_default();
     let relay = async {
         let counters = (&to_target, &from_target);
+        let t = (t_rd, t_wr);
+        let early = &first.early[..];
         match &recorder {
-            Some(r) => relay(&mut m_rd, &mut m_wr, t_rd, t_wr, counters, r.tap()).await,
-            None => relay(&mut m_rd, &mut m_wr, t_rd, t_wr, counters, &NoTap).await,
+            Some(r) => relay(&mut m_rd, &mut m_wr, t, transport, early, counters, r.tap()).await,
+            None => relay(&mut m_rd, &mut m_wr, t, transport, early, counters, &NoTap).await,
         }
     };
     let outcome = tokio::select! {
@@ -168,19 +197,61 @@ pub async fn serve(
     }
 }
 
-/// Both directions of a tunnel, each chunk counted and handed to `tap` (monomorphised: with
-/// [`NoTap`] this is the plain relay).
+/// Both directions of a tunnel, decrypted towards the target and encrypted from it, each
+/// chunk counted and handed to `tap` (monomorphised: with [`NoTap`] this is the plain relay).
+/// `early` (the technician's first bytes, from the handshake) reaches the target first.
 async fn relay<P: Tap>(
     m_rd: &mut MuxReader,
     m_wr: &mut MuxWriter,
-    t_rd: OwnedReadHalf,
-    t_wr: OwnedWriteHalf,
+    (t_rd, t_wr): (OwnedReadHalf, OwnedWriteHalf),
+    transport: Transport,
+    early: &[u8],
     (to_target, from_target): (&AtomicU64, &AtomicU64),
     tap: &P,
 ) -> io::Result<(u64, u64)> {
+    let Transport { mut sealer, mut opener } = transport;
     let mut t_wr = Counted { inner: t_wr, bytes: to_target, tap, dir: Direction::ToTarget };
     let t_rd = Counted { inner: t_rd, bytes: from_target, tap, dir: Direction::FromTarget };
-    tokio::try_join!(pipe::mux_to_socket(m_rd, &mut t_wr), pipe::socket_to_mux(t_rd, m_wr))
+    let down = async {
+        t_wr.write_all(early).await?;
+        let n = sealed::mux_to_socket(m_rd, &mut opener, &mut t_wr).await?;
+        Ok::<_, io::Error>(n + early.len() as u64)
+    };
+    tokio::try_join!(down, sealed::socket_to_mux(t_rd, m_wr, &mut sealer, &[]))
+}
+
+/// The agent's side of the tunnel's end-to-end handshake: the first Noise message follows the
+/// open request; it must come from a technician key the session's grant names. `Err` says
+/// why the tunnel is refused.
+async fn handshake(
+    agent: &Agent,
+    stream: &mut MuxStream,
+    req: &OpenRequest,
+    tech_keys: &[String],
+) -> Result<(Responder, FirstMessage), String> {
+    if req.e2e != Some(e2e::VERSION) {
+        return Err(match req.e2e {
+            None => "this machine takes only end-to-end encrypted tunnels: update fernwart".into(),
+            Some(v) => format!(
+                "end-to-end encryption version {v} is not supported here (this agent: {})",
+                e2e::VERSION
+            ),
+        });
+    }
+    if agent.e2e.public().is_none() {
+        return Err("this machine has no end-to-end key (see the agent's log)".into());
+    }
+    let msg = sealed::read_record(stream, HANDSHAKE_TIMEOUT)
+        .await
+        .map_err(|e| format!("no end-to-end handshake: {e}"))?;
+    let (responder, first) = agent.e2e.accept(&req.session, &req.target, &msg)?;
+    if !e2e::grant_names(tech_keys, &first.initiator) {
+        return Err(format!(
+            "the technician's end-to-end key {} is not one the session's grant names",
+            first.initiator
+        ));
+    }
+    Ok((responder, first))
 }
 
 /// Ends a tunnel's recording and puts it in the audit chain (`recording.saved`, or

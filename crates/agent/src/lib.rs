@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub mod approvals;
 pub mod audit;
 pub mod config;
+pub mod e2e;
 pub mod forward;
 pub mod identity;
 pub mod link;
@@ -50,6 +51,8 @@ pub struct AgentInner {
     pub recordings: recording::Recordings,
     /// The operator-signed approvals held (see [`approvals`]).
     approvals: Mutex<Nonces>,
+    /// The end-to-end key and the handshakes seen (see [`e2e`]).
+    pub e2e: e2e::E2e,
 }
 
 impl std::ops::Deref for Agent {
@@ -84,8 +87,10 @@ impl Agent {
             tracing::error!(error = %fernwart_transport::error_chain(&e), "cannot open the agent's audit trail; trying again at each record");
         }
         let approvals = Mutex::new(approvals::load(&dir));
+        let e2e = e2e::E2e::load(&dir);
         Agent(Arc::new(AgentInner {
             approvals,
+            e2e,
             switch: watch::channel(on).0,
             dir,
             cfg,

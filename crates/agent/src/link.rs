@@ -112,6 +112,7 @@ async fn connect_once(agent: &Agent, offer: u16) -> Result<String, Failure> {
         targets: agent.cfg.announced(),
         switch_on: *switch_rx.borrow_and_update(),
         trust: agent.cfg.announced_trust(),
+        e2e_key: agent.e2e.public().map(|k| k.to_string()),
     };
     write_frame(&mut control, &hello).await.map_err(|e| error_chain(&e))?;
     let version = match read_frame_within::<ServerToAgent, _>(&mut control, HANDSHAKE_TIMEOUT)

@@ -52,6 +52,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// This machine's end-to-end key (made if missing): technicians compare it with the one
+    /// their `fernwart connect` pinned.
+    E2eKey {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The machine's own audit trail in DIR/audit: read on the gateway, no server needed.
     Audit {
         #[command(subcommand)]
@@ -198,6 +206,15 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
                 println!("key switch {word}");
             } else {
                 println!("key switch {word} (agent not running; applies when it starts)");
+            }
+            Ok(())
+        }
+        Cmd::E2eKey { data, json } => {
+            let key = fernwart_agent::e2e::load_or_create(&data).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::json!({"e2e_key": key.public().to_string()}));
+            } else {
+                println!("{}", key.public());
             }
             Ok(())
         }

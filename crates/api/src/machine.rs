@@ -59,6 +59,10 @@ pub struct MachineInfo {
     /// Whether approvals of its sessions must be signed (its agent or its operator says so).
     #[serde(default)]
     pub signature_required: bool,
+    /// Its agent's end-to-end key (X25519, base64), recorded from its first link; technicians'
+    /// CLIs pin it. None before the agent linked with end-to-end encryption.
+    #[serde(default)]
+    pub e2e_key: Option<String>,
 }
 
 fn unknown() -> String {

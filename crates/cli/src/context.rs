@@ -84,6 +84,16 @@ impl Context {
         write_private(&self.login_path(), serde_json::to_string_pretty(login)?.as_bytes())
     }
 
+    /// FERNWART_HOME, made owner-only if it does not exist.
+    pub fn ensure_home(&self) -> anyhow::Result<()> {
+        if !self.home.exists() {
+            std::fs::create_dir_all(&self.home)
+                .with_context(|| format!("creating {}", self.home.display()))?;
+            set_mode(&self.home, 0o700);
+        }
+        Ok(())
+    }
+
     pub fn forget_login(&self) {
         let _ = std::fs::remove_file(self.login_path());
     }

@@ -168,6 +168,11 @@ enum MachineCmd {
     Revoke {
         name: String,
     },
+    /// Forget the end-to-end key pinned for the machine: the next connection pins the key the
+    /// server gives (after its agent was replaced; compare the key with the machine's first).
+    ForgetKey {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -381,6 +386,7 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             }
             MachineCmd::List => commands::admin::machine_list(&ctx).await,
             MachineCmd::Revoke { name } => commands::admin::machine_revoke(&ctx, &name).await,
+            MachineCmd::ForgetKey { name } => commands::e2e::forget_key(&ctx, &name),
         },
         Cmd::Session { cmd } => match cmd {
             SessionCmd::Create(args) => commands::session::create(&ctx, args).await,

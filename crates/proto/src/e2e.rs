@@ -34,10 +34,11 @@ use std::{collections::HashMap, fmt, str::FromStr};
 
 use base64::Engine as _;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use ring::aead;
 use snow::{
     params::{CipherChoice, DHChoice, HashChoice},
-    resolvers::{CryptoResolver, DefaultResolver, RingResolver},
+    resolvers::{CryptoResolver, RingResolver},
     types::{Cipher, Dh, Hash, Random},
     HandshakeState,
 };
@@ -156,11 +157,7 @@ impl StaticKey {
     pub fn from_secret(secret: &[u8]) -> Result<Self, E2eError> {
         let secret: [u8; KEY_LEN] =
             secret.try_into().map_err(|_| E2eError::BadKey("a secret key has 32 bytes"))?;
-        let mut dh = DefaultResolver
-            .resolve_dh(&DHChoice::Curve25519)
-            .ok_or(E2eError::BadKey("X25519 is not available"))?;
-        dh.set(&secret);
-        let public = PublicKey::from_bytes(dh.pubkey())?;
+        let public = PublicKey(X25519::public_of(&secret));
         Ok(Self { secret: Zeroizing::new(secret), public })
     }
 
@@ -613,7 +610,10 @@ impl CryptoResolver for Resolver {
     }
 
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
-        DefaultResolver.resolve_dh(choice)
+        match choice {
+            DHChoice::Curve25519 => Some(Box::new(X25519::default())),
+            _ => None,
+        }
     }
 
     fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
@@ -622,6 +622,144 @@ impl CryptoResolver for Resolver {
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
         RingResolver.resolve_cipher(choice)
+    }
+}
+
+/// X25519 as snow's own (RFC 7748, the same bytes in and out), made faster for the handshake
+/// on the connect path: public keys from the basepoint table; shared secrets through the
+/// Edwards form, whose variable-base multiplication uses AVX2 where the CPU has it (points
+/// that have no Edwards form, on the twist, take the Montgomery ladder); and a static key's
+/// public half and its shared secret with a static peer (`ss`, the same for every tunnel
+/// between one CLI home and one agent) remembered in a small table.
+#[derive(Default)]
+struct X25519 {
+    secret: Zeroizing<[u8; KEY_LEN]>,
+    public: [u8; KEY_LEN],
+    /// Set with [`Dh::set`]: a static key (ephemeral keys come from [`Dh::generate`]).
+    fixed: bool,
+}
+
+impl X25519 {
+    fn public_of(secret: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+        MontgomeryPoint::mul_base_clamped(*secret).to_bytes()
+    }
+
+    fn shared(secret: &[u8; KEY_LEN], peer: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+        let point = MontgomeryPoint(*peer);
+        match point.to_edwards(0) {
+            // [k]P and [k](-P) have the same u: either sign gives X25519's answer.
+            Some(p) => p.mul_clamped(*secret).to_montgomery().to_bytes(),
+            None => point.mul_clamped(*secret).to_bytes(),
+        }
+    }
+}
+
+/// Static keys' public halves and static-static shared secrets, remembered (they are as
+/// secret as the static keys, which the process holds anyway).
+struct StaticCache {
+    publics: Vec<(Zeroizing<[u8; KEY_LEN]>, [u8; KEY_LEN])>,
+    /// Peers a static key met once: a shared secret is kept from the second time on, so that
+    /// ephemeral peers (never seen twice) do not push out the static ones.
+    met: std::collections::VecDeque<([u8; KEY_LEN], [u8; KEY_LEN])>,
+    shared: std::collections::VecDeque<SharedSecret>,
+}
+
+/// (our public key, the peer's public key, the shared secret).
+type SharedSecret = ([u8; KEY_LEN], [u8; KEY_LEN], Zeroizing<[u8; KEY_LEN]>);
+
+const STATIC_CACHE: usize = 32;
+
+fn static_cache() -> std::sync::MutexGuard<'static, StaticCache> {
+    static CACHE: std::sync::Mutex<StaticCache> = std::sync::Mutex::new(StaticCache {
+        publics: Vec::new(),
+        met: std::collections::VecDeque::new(),
+        shared: std::collections::VecDeque::new(),
+    });
+    CACHE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Dh for X25519 {
+    fn name(&self) -> &'static str {
+        "25519"
+    }
+
+    fn pub_len(&self) -> usize {
+        KEY_LEN
+    }
+
+    fn priv_len(&self) -> usize {
+        KEY_LEN
+    }
+
+    fn set(&mut self, privkey: &[u8]) {
+        let mut secret = Zeroizing::new([0u8; KEY_LEN]);
+        let n = privkey.len().min(KEY_LEN);
+        secret[..n].copy_from_slice(&privkey[..n]);
+        let known = static_cache().publics.iter().find(|(s, _)| **s == *secret).map(|(_, p)| *p);
+        self.public = match known {
+            Some(p) => p,
+            None => {
+                let p = Self::public_of(&secret);
+                let mut cache = static_cache();
+                if cache.publics.len() >= STATIC_CACHE {
+                    cache.publics.remove(0);
+                }
+                cache.publics.push((secret.clone(), p));
+                p
+            }
+        };
+        self.secret = secret;
+        self.fixed = true;
+    }
+
+    fn generate(&mut self, rng: &mut dyn Random) -> Result<(), snow::Error> {
+        rng.try_fill_bytes(&mut self.secret[..])?;
+        self.public = Self::public_of(&self.secret);
+        self.fixed = false;
+        Ok(())
+    }
+
+    fn pubkey(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn privkey(&self) -> &[u8] {
+        &self.secret[..]
+    }
+
+    fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        let peer: [u8; KEY_LEN] =
+            pubkey.get(..KEY_LEN).and_then(|p| p.try_into().ok()).ok_or(snow::Error::Dh)?;
+        let out = out.get_mut(..KEY_LEN).ok_or(snow::Error::Dh)?;
+        if !self.fixed {
+            out.copy_from_slice(&Self::shared(&self.secret, &peer));
+            return Ok(());
+        }
+        {
+            let cache = static_cache();
+            let hit = cache.shared.iter().find(|(me, p, _)| *me == self.public && *p == peer);
+            if let Some((_, _, secret)) = hit {
+                out.copy_from_slice(&secret[..]);
+                return Ok(());
+            }
+        }
+        let secret = Zeroizing::new(Self::shared(&self.secret, &peer));
+        out.copy_from_slice(&secret[..]);
+        let mut cache = static_cache();
+        let pair = (self.public, peer);
+        if let Some(at) = cache.met.iter().position(|m| *m == pair) {
+            cache.met.remove(at);
+            if cache.shared.len() >= STATIC_CACHE {
+                cache.shared.pop_front();
+            }
+            cache.shared.push_back((self.public, peer, secret));
+        } else {
+            if cache.met.len() >= 4 * STATIC_CACHE {
+                cache.met.pop_front();
+            }
+            cache.met.push_back(pair);
+        }
+        Ok(())
     }
 }
 

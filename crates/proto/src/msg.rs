@@ -80,6 +80,8 @@ pub enum AgentToServer {
     /// The first frame: the link version offered, the operator's targets, the key switch.
     /// `trust`: the operator's approver keys pinned at the agent, left out when there are
     /// none (a server before operator-signed approvals refuses the field).
+    /// `e2e_key`: the agent's end-to-end key ([`crate::e2e`], base64), left out by agents
+    /// before end-to-end encryption.
     Hello {
         version: u16,
         agent: String,
@@ -87,6 +89,7 @@ pub enum AgentToServer {
         switch_on: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         trust: Option<AgentTrust>,
+        e2e_key: Option<String>,
     },
     /// The key switch changed.
     Switch { on: bool },
@@ -130,8 +133,17 @@ pub enum ServerToAgent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientToServer {
-    Hello { version: u16, client: String },
-    Pong { nonce: u64 },
+    /// `e2e_key`: the technician's end-to-end key ([`crate::e2e`], base64), which the
+    /// session's grant then names.
+    Hello {
+        version: u16,
+        client: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        e2e_key: Option<String>,
+    },
+    Pong {
+        nonce: u64,
+    },
 }
 
 /// Server → technician on the control stream.
@@ -140,8 +152,18 @@ pub enum ClientToServer {
 pub enum ServerToClient {
     /// The session waits for something (approval, its time window); the link stays open.
     Waiting { state: String, message: String },
-    /// The session is usable: open one local forward per target.
-    Ready { version: u16, session: String, targets: Vec<String> },
+    /// The session is usable: open one local forward per target. `machine` and its agent's
+    /// end-to-end key (`agent_key`, none while its agent never said it) let the CLI check
+    /// the key it pinned for the machine.
+    Ready {
+        version: u16,
+        session: String,
+        targets: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        machine: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_key: Option<String>,
+    },
     /// The session is over (ended, rejected, expired, revoked) or the link is refused.
     Closed { state: String, reason: String },
     /// Keepalive: answer with `pong`; a technician silent for 45 s is disconnected.
@@ -156,6 +178,11 @@ pub enum ServerToClient {
 pub struct OpenRequest {
     pub session: String,
     pub target: String,
+    /// The tunnel is end-to-end encrypted with this version of [`crate::e2e`]: the first
+    /// Noise message follows the frame. The server passes it on unchanged; agents refuse
+    /// tunnels without it, and agents before it refuse the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e: Option<u8>,
 }
 
 /// Answer to an [`OpenRequest`]; on `ok` the stream carries the target's bytes from then on.
@@ -313,7 +340,7 @@ mod recording_tests {
 
     #[test]
     fn the_first_frame_of_a_stream_is_a_tunnel_or_a_recording_question() {
-        let open = OpenRequest { session: "s1".into(), target: "plc".into() };
+        let open = OpenRequest { session: "s1".into(), target: "plc".into(), e2e: Some(1) };
         let text = serde_json::to_string(&open).unwrap();
         assert_eq!(
             serde_json::from_str::<StreamRequest>(&text).unwrap(),

@@ -709,6 +709,7 @@ mod tests {
             record: false,
             nonce: "n1".into(),
             approval: None,
+            tech_keys: vec![],
         }
     }
 

@@ -179,7 +179,7 @@ async fn wrong_protocol_version_gets_a_clear_refusal() {
     let mut control = mux.open().await.unwrap();
     write_frame(
         &mut control,
-        &ClientToServer::Hello { version: PROTOCOL_VERSION + 7, client: "x".into() },
+        &ClientToServer::Hello { version: PROTOCOL_VERSION + 7, client: "x".into(), e2e_key: None },
     )
     .await
     .unwrap();
@@ -201,7 +201,13 @@ async fn bad_open_request_on_a_data_stream_leaves_the_link_usable() {
     let mut control = mux.open().await.unwrap();
     write_frame(
         &mut control,
-        &ClientToServer::Hello { version: PROTOCOL_VERSION, client: "x".into() },
+        &ClientToServer::Hello {
+            version: PROTOCOL_VERSION,
+            client: "x".into(),
+            e2e_key: Some(
+                fernwart_proto::e2e::StaticKey::from_secret(&[1; 32]).unwrap().public().to_string(),
+            ),
+        },
     )
     .await
     .unwrap();
@@ -216,7 +222,7 @@ async fn bad_open_request_on_a_data_stream_leaves_the_link_usable() {
     let mut s = mux.open().await.unwrap();
     write_frame(
         &mut s,
-        &fernwart_proto::OpenRequest { session: "s1".into(), target: "ssh".into() },
+        &fernwart_proto::OpenRequest { session: "s1".into(), target: "ssh".into(), e2e: None },
     )
     .await
     .unwrap();
@@ -228,7 +234,7 @@ async fn bad_open_request_on_a_data_stream_leaves_the_link_usable() {
     let mut s = mux.open().await.unwrap();
     write_frame(
         &mut s,
-        &fernwart_proto::OpenRequest { session: "s1".into(), target: "plc".into() },
+        &fernwart_proto::OpenRequest { session: "s1".into(), target: "plc".into(), e2e: None },
     )
     .await
     .unwrap();

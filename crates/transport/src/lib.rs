@@ -12,6 +12,7 @@ pub mod malloc;
 pub mod mux;
 pub mod pipe;
 pub mod read_ahead;
+pub mod sealed;
 pub mod tls;
 
 pub use dial::{Dialer, ProxyConfig};

@@ -146,12 +146,14 @@ fn the_agent_holds_only_grants_its_operators_approvers_signed() -> Result<()> {
     let wrong = w.fw_raw("ap2", &["session", "approve", "s1"], None)?;
     ensure!(wrong.reason()?.contains("not one of machine m1's approvers"), "{}", wrong.reason()?);
 
-    // --- A signed approval: held, and traffic flows.
+    // --- A signed approval: held, and traffic flows. The technician connects first: the
+    // approver signs the end-to-end keys of the technicians who connected.
+    let mut conn = w.spawn_connect("s1", "t1")?;
+    w.wait_session_state("s1", "requested", T)?;
     let approved = w.fw_json("ap1", &["session", "approve", "s1"])?;
     ensure!(text(&approved, "signed_by") == fp1, "session approve: {approved}");
     let held = wait_records(&w, "grant", "s1", 1)?;
     ensure!(held[0]["approved_by"] == fp1.as_str(), "{:?}", held);
-    let mut conn = w.spawn_connect("s1", "t1")?;
     conn.wait_forwards(T)?;
     roundtrip(conn.forward("plc")?, b"signed", T)?;
 

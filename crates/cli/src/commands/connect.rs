@@ -1,24 +1,39 @@
 //! `fernwart connect`: wait for the session's release, then one local port per target.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context as _};
+use bytes::{Bytes, BytesMut};
 use fernwart_proto::{
+    e2e::{self, Initiator, PublicKey, StaticKey},
     ClientToServer, OpenReply, OpenRequest, ServerToClient, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
 };
 use fernwart_transport::{
     frame_io::read_frame_within,
-    pipe::{self, mux_to_socket, socket_to_mux, Halt},
-    read_frame, write_frame, Mode, Mux,
+    pipe::{self, Halt},
+    read_frame, sealed, write_frame, Mode, Mux,
 };
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::AsyncReadExt,
+    net::{TcpListener, TcpStream},
+};
 
 use super::admin::enc;
 use crate::{output, Context};
 
 /// The server pings every 15 s; a link silent for this long is dead (DESIGN: connect notices).
 const SERVER_SILENCE: Duration = Duration::from_secs(45);
+/// How long a new tunnel waits for the local tool's first bytes, which then travel inside the
+/// end-to-end handshake's first message (no round trip of their own). Tools that wait for the
+/// target to speak first (VNC, …) start this much later.
+const FIRST_BYTES_WAIT: Duration = Duration::from_millis(2);
+
+/// Both ends' end-to-end keys for the tunnels of one `connect`.
+struct Keys {
+    tech: StaticKey,
+    agent: PublicKey,
+}
 
 /// `connect --json`: the one line printed once every forward listens.
 #[derive(Serialize)]
@@ -36,6 +51,7 @@ struct Forward<'a> {
 
 pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> anyhow::Result<()> {
     let login = ctx.load_login()?;
+    let tech_key = super::e2e::tech_key(ctx)?;
     let client = ctx.client()?;
     let io = client.link(&format!("/v1/connect/{}", enc(session)), Some(&login.token)).await?;
     let (mux, _inbound) = Mux::start(io, Mode::Client).await.context("starting the link")?;
@@ -45,6 +61,7 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
         &ClientToServer::Hello {
             version: PROTOCOL_VERSION,
             client: format!("fernwart {}", env!("CARGO_PKG_VERSION")),
+            e2e_key: Some(tech_key.public().to_string()),
         },
     )
     .await?;
@@ -60,7 +77,7 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
     });
     let deadline = tokio::time::Instant::now() + wait;
     let mut said = String::new();
-    let targets = loop {
+    let (targets, machine, agent_key) = loop {
         let frame = tokio::select! {
             f = tokio::time::timeout(SERVER_SILENCE, read_frame::<ServerToClient, _>(&mut rd)) => {
                 f.map_err(|_| anyhow::anyhow!("connection to the server lost: silent for {}s", SERVER_SILENCE.as_secs()))?
@@ -75,7 +92,9 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
                     said = message;
                 }
             }
-            ServerToClient::Ready { targets, .. } => break targets,
+            ServerToClient::Ready { targets, machine, agent_key, .. } => {
+                break (targets, machine, agent_key)
+            }
             ServerToClient::Notice { message } => eprintln!("session {session}: {message}"),
             ServerToClient::Closed { reason, .. } => bail!("{reason}"),
             ServerToClient::Ping { nonce } => {
@@ -83,6 +102,11 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
             }
         }
     };
+    let Some(machine) = machine else {
+        bail!("the server did not name the session's machine: it is older than this fernwart");
+    };
+    let agent = super::e2e::check_agent_key(ctx, &login.server, &machine, agent_key.as_deref())?;
+    let keys = Arc::new(Keys { tech: tech_key, agent });
     let mut forwards = Vec::new();
     for t in &targets {
         let listener = TcpListener::bind((bind, 0))
@@ -90,7 +114,8 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
             .with_context(|| format!("cannot listen on {bind} for target {t}"))?;
         let local = listener.local_addr()?;
         forwards.push(Forward { target: t, local: local.to_string() });
-        tokio::spawn(accept_loop(listener, mux.clone(), session.to_owned(), t.clone()));
+        let keys = keys.clone();
+        tokio::spawn(accept_loop(listener, mux.clone(), session.to_owned(), t.clone(), keys));
     }
     if ctx.json {
         output::print_json(&Opened { session, forwards });
@@ -126,7 +151,13 @@ pub async fn run(ctx: &Context, session: &str, bind: IpAddr, wait: Duration) -> 
     }
 }
 
-async fn accept_loop(listener: TcpListener, mux: Mux, session: String, target: String) {
+async fn accept_loop(
+    listener: TcpListener,
+    mux: Mux,
+    session: String,
+    target: String,
+    keys: Arc<Keys>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -134,20 +165,65 @@ async fn accept_loop(listener: TcpListener, mux: Mux, session: String, target: S
         };
         let Ok((tcp, _)) = accepted else { continue };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(tunnel(tcp, mux.clone(), session.clone(), target.clone()));
+        tokio::spawn(tunnel(tcp, mux.clone(), session.clone(), target.clone(), keys.clone()));
     }
 }
 
-async fn tunnel(tcp: TcpStream, mux: Mux, session: String, target: String) {
-    let Ok(mut stream) = mux.open().await else { return };
-    if write_frame(&mut stream, &OpenRequest { session, target: target.clone() }).await.is_err() {
-        return;
+async fn tunnel(tcp: TcpStream, mux: Mux, session: String, target: String, keys: Arc<Keys>) {
+    if let Err(why) = tunnel_inner(tcp, mux, &session, &target, &keys).await {
+        eprintln!("connection to {target} {why}");
     }
-    // The local side's first bytes go out at once, behind the open request; the far side
-    // reads them only once the server and the agent have both said yes.
+}
+
+/// One tunnel, end-to-end encrypted: the open request leaves at once (the server checks while
+/// the local tool says its first bytes), then the first Noise message with those bytes; the
+/// answer brings the agent's. `Err` is a refusal or a failed handshake, to tell the user;
+/// once open, an I/O error is one side hanging up, as with copy_bidirectional: no message.
+async fn tunnel_inner(
+    tcp: TcpStream,
+    mux: Mux,
+    session: &str,
+    target: &str,
+    keys: &Keys,
+) -> Result<(), String> {
+    let Ok(stream) = mux.open().await else { return Ok(()) };
     let (mut s_rd, mut s_wr) = stream.into_split();
-    let (t_rd, mut t_wr) = tcp.into_split();
-    let up = socket_to_mux(t_rd, &mut s_wr);
+    let req = OpenRequest {
+        session: session.to_owned(),
+        target: target.to_owned(),
+        e2e: Some(e2e::VERSION),
+    };
+    let frame = fernwart_proto::encode(&req).map_err(|e| format!("failed: {e}"))?;
+    if s_wr.send_all(Bytes::from(frame)).await.is_err() {
+        return Ok(());
+    }
+    let (mut t_rd, mut t_wr) = tcp.into_split();
+    let mut early = BytesMut::with_capacity(e2e::MAX_EARLY_DATA);
+    let _ = tokio::time::timeout(FIRST_BYTES_WAIT, t_rd.read_buf(&mut early)).await;
+    let mut msg1 = BytesMut::new();
+    let (initiator, took) = Initiator::start(
+        &keys.tech,
+        &keys.agent,
+        session,
+        target,
+        rand::random(),
+        now_ms(),
+        &early,
+        &mut msg1,
+    )
+    .map_err(|e| format!("failed: {}", fernwart_transport::error_chain(&e)))?;
+    if s_wr.send_all(msg1.freeze()).await.is_err() {
+        return Ok(());
+    }
+    let rest = early.split_off(took);
+    // The sending half waits for the keys of the agent's answer.
+    let (sealer_tx, sealer_rx) = tokio::sync::oneshot::channel();
+    let up = async {
+        let Ok(mut sealer) = sealer_rx.await else {
+            return Err(std::io::Error::other("no end-to-end handshake"));
+        };
+        sealed::socket_to_mux(t_rd, &mut s_wr, &mut sealer, &rest).await
+    };
     let down = async {
         match read_frame_within::<OpenReply, _>(&mut s_rd, HANDSHAKE_TIMEOUT * 2).await {
             Ok(r) if r.ok => {}
@@ -156,12 +232,29 @@ async fn tunnel(tcp: TcpStream, mux: Mux, session: String, target: String) {
             }
             Err(e) => return Err(Halt::Refused(format!("failed: {e}"))),
         }
-        mux_to_socket(&mut s_rd, &mut t_wr).await.map_err(Halt::Io)
+        let reply = sealed::read_record(&mut s_rd, HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|e| Halt::Refused(format!("failed: {e}")))?;
+        let e2e::Transport { sealer, mut opener } = initiator.finish(&reply).map_err(|e| {
+            Halt::Refused(format!(
+                "failed: {} (is this the agent whose key is pinned?)",
+                fernwart_transport::error_chain(&e)
+            ))
+        })?;
+        let _ = sealer_tx.send(sealer);
+        sealed::mux_to_socket(&mut s_rd, &mut opener, &mut t_wr).await.map_err(Halt::Io)
     };
-    // Once open, an I/O error is one side hanging up, as with copy_bidirectional: no message.
-    if let Err(Halt::Refused(why)) = pipe::both(up, down).await {
-        eprintln!("connection to {target} {why}");
+    match pipe::both(up, down).await {
+        Err(Halt::Refused(why)) => Err(why),
+        _ => Ok(()),
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ pub mod account;
 pub mod admin;
 pub mod audit;
 pub mod connect;
+pub mod e2e;
 pub mod key;
 pub mod org;
 pub mod recording;

@@ -1,4 +1,6 @@
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use proptest::prelude::*;
+use snow::types::Dh;
 
 use super::*;
 
@@ -340,4 +342,49 @@ proptest! {
         };
         prop_assert!(broke);
     }
+}
+
+proptest! {
+    /// Our X25519 gives RFC 7748's answer for any input (points on the curve, on the twist,
+    /// of small order), static or ephemeral, cached or not.
+    #[test]
+    fn our_x25519_is_x25519(secret in any::<[u8; 32]>(), peer in any::<[u8; 32]>()) {
+        let want = MontgomeryPoint(peer).mul_clamped(secret).to_bytes();
+        let mut ephemeral = X25519::default();
+        let mut seed = SeededRng { seed: Zeroizing::new(secret), counter: 0 };
+        ephemeral.generate(&mut seed).unwrap();
+        let mut fixed = X25519::default();
+        fixed.set(&secret);
+        prop_assert_eq!(fixed.pubkey(), &MontgomeryPoint::mul_base_clamped(secret).to_bytes()[..]);
+        for _ in 0..3 {
+            let mut out = [0u8; 32];
+            fixed.dh(&peer, &mut out).unwrap();
+            prop_assert_eq!(out, want);
+        }
+        let mut out = [0u8; 32];
+        ephemeral.dh(&peer, &mut out).unwrap();
+        let e_secret: [u8; 32] = ephemeral.privkey().try_into().unwrap();
+        prop_assert_eq!(out, MontgomeryPoint(peer).mul_clamped(e_secret).to_bytes());
+    }
+}
+
+#[test]
+fn x25519_matches_the_rfc_7748_vector() {
+    // RFC 7748 section 5.2, first vector.
+    let k = hex_bytes("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4");
+    let u = hex_bytes("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c");
+    let want = hex_bytes("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552");
+    let mut out = [0u8; 32];
+    let mut d = X25519::default();
+    d.set(&k);
+    d.dh(&u, &mut out).unwrap();
+    assert_eq!(out, want);
+}
+
+fn hex_bytes(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
 }

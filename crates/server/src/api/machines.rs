@@ -52,7 +52,9 @@ pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<Machi
     a.allow(&app, Action::MachineList, Object::None)?;
     let hide_addresses = !authz::sees_addresses(&a.caller);
     let org = authz::machine_scope(&a.caller);
-    let machines = app.store.run(move |b| b.machines(org.as_deref())).await?;
+    let (machines, keys) =
+        app.store.run(move |b| Ok((b.machines(org.as_deref())?, b.machine_e2e_keys()?))).await?;
+    let keys: std::collections::HashMap<i64, String> = keys.into_iter().collect();
     Ok(Json(
         machines
             .into_iter()
@@ -78,6 +80,7 @@ pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<Machi
                         || m.trust.as_deref() == Some(fernwart_proto::approval::LEVEL_SIGNED),
                     trust: m.trust.unwrap_or_else(|| "unknown".to_owned()),
                     approvers: m.approvers,
+                    e2e_key: keys.get(&m.id).cloned(),
                 }
             })
             .collect(),

@@ -124,6 +124,9 @@ pub struct Session {
     pub nonce: String,
     /// The approver's signature it was released with (operator-signed approvals).
     pub approval: Option<SignedApproval>,
+    /// The end-to-end keys of its technicians' CLIs, each registered when it connected (the
+    /// grant names them; an approver's signature covers them).
+    pub tech_keys: Vec<String>,
 }
 
 /// An approver's signature over a session's grant, made on their own device.
@@ -261,6 +264,7 @@ mod tests {
             record: false,
             nonce: "n1".into(),
             approval: None,
+            tech_keys: vec![],
         }
     }
 

@@ -235,6 +235,7 @@ mod tests {
             targets: vec![],
             switch_on: true,
             trust: None,
+            e2e_key: None,
         };
         write_frame(&mut control, &hello).await.unwrap();
         let welcome: ServerToAgent = read_frame_within(&mut control, WAIT).await.unwrap();

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::{agent_audit::Collector, grant_for, Relay};
 use crate::{
     audit::{Entry, Event},
+    store::E2eKeySeen,
     util,
 };
 
@@ -66,7 +67,7 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
             return;
         }
     };
-    let AgentToServer::Hello { version, agent, targets, switch_on, trust } = hello else {
+    let AgentToServer::Hello { version, agent, targets, switch_on, trust, e2e_key } = hello else {
         let refused = ServerToAgent::Refused { reason: "expected hello".into() };
         write_last_frame(control, &refused).await;
         mux.close();
@@ -82,6 +83,12 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
             return;
         }
     };
+    if let Err(reason) = e2e_key_check(&app, machine_id, e2e_key).await {
+        tracing::warn!(%machine, %reason, "agent link refused");
+        write_last_frame(control, &ServerToAgent::Refused { reason }).await;
+        mux.close();
+        return;
+    }
     let now = util::now();
     let entry = Entry::new(
         &machine,
@@ -195,5 +202,33 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
     let now = util::now();
     if let Err(e) = app.store.run(move |b| b.agent_offline(machine_id, now, &entry)).await {
         tracing::error!(error = %e, "cannot record agent disconnect");
+    }
+}
+
+/// The agent's end-to-end key: recorded with the machine the first time it says one (agents
+/// enrolled before end-to-end encryption make theirs at their next start), the same ever after.
+/// A different key means another device holds the machine's certificate, or its directory was
+/// replaced: the link is refused, and the operator re-enrols the machine.
+async fn e2e_key_check(app: &Relay, machine_id: i64, key: Option<String>) -> Result<(), String> {
+    let Some(key) = key else {
+        // An agent from before end-to-end encryption: it links (the operator sees it online),
+        // but technicians' tunnels need its key, so they are refused until it is updated.
+        return Ok(());
+    };
+    if key.parse::<fernwart_proto::e2e::PublicKey>().is_err() {
+        return Err("the agent's end-to-end key is malformed".into());
+    }
+    let k = key.clone();
+    match app.store.run(move |b| b.agent_e2e_key(machine_id, &k)).await {
+        Ok(E2eKeySeen::Recorded) => {
+            tracing::info!(machine_id, e2e_key = %key, "agent end-to-end key recorded");
+            Ok(())
+        }
+        Ok(E2eKeySeen::Same) => Ok(()),
+        Ok(E2eKeySeen::Different(held)) => Err(format!(
+            "the agent's end-to-end key {key} is not the machine's ({held}): re-enrol the machine \
+             if its agent was replaced"
+        )),
+        Err(e) => Err(format!("server error: {e}")),
     }
 }

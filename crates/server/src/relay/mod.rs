@@ -74,7 +74,7 @@ pub fn grant_for(s: &Session) -> Grant {
         until: s.until,
         users: s.user_names(),
         record: s.record,
-        tech_keys: Vec::new(),
+        tech_keys: s.tech_keys.clone(),
         approval: s.approval.as_ref().map(|a| Approval {
             key: a.key.clone(),
             signature: a.signature.clone(),

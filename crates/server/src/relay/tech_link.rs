@@ -20,7 +20,9 @@ use super::{
 use crate::{
     audit::{Entry, Event},
     domain::{SessionEvent, SessionState, UnixSecs},
-    sessions, util,
+    sessions,
+    store::TechKey,
+    util,
 };
 
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -97,8 +99,10 @@ pub async fn serve(
         mux.close();
         return;
     };
-    match read_frame_within::<ClientToServer, _>(&mut control, HANDSHAKE_TIMEOUT).await {
-        Ok(ClientToServer::Hello { version, .. }) if negotiate(version).is_ok() => {}
+    let e2e_key = match read_frame_within::<ClientToServer, _>(&mut control, HANDSHAKE_TIMEOUT)
+        .await
+    {
+        Ok(ClientToServer::Hello { version, e2e_key, .. }) if negotiate(version).is_ok() => e2e_key,
         Ok(ClientToServer::Pong { .. }) => {
             mux.close();
             return;
@@ -113,6 +117,45 @@ pub async fn serve(
         }
         Err(e) => {
             tracing::info!(error = %e, "technician handshake failed");
+            mux.close();
+            return;
+        }
+    };
+    // Tunnels are end-to-end encrypted (docs/design-choices.md): the session's grant names the
+    // key of each technician who connects, and agents refuse tunnels without it.
+    // An approver's signature covers the keys: a key that comes after a signed approval is
+    // not added (the agent would refuse the whole grant), and the technician hears why their
+    // tunnels will be refused.
+    let mut unsigned_key = false;
+    let reason = match e2e_key.as_deref().map(str::parse::<fernwart_proto::e2e::PublicKey>) {
+        Some(Ok(key)) => {
+            let key = key.to_string();
+            match app.store.run(move |b| b.session_tech_key(session_id, &key)).await {
+                Ok(TechKey::Named | TechKey::Added) => None,
+                Ok(TechKey::SignedWithout) => {
+                    unsigned_key = true;
+                    None
+                }
+                Err(e) => Some(format!("server error: {e}")),
+            }
+        }
+        Some(Err(_)) => Some("your end-to-end key is malformed".to_owned()),
+        None => Some("this server's tunnels are end-to-end encrypted: update fernwart".to_owned()),
+    };
+    if let Some(reason) = reason {
+        let refused = ServerToClient::Closed { state: "refused".into(), reason };
+        write_last_frame(control, &refused).await;
+        mux.close();
+        return;
+    }
+    if unsigned_key {
+        let msg = ServerToClient::Notice {
+            message: "its signed approval does not name this fernwart's end-to-end key (it was \
+                      approved before you connected from here), so the machine will refuse \
+                      its tunnels: the approver signs the keys of the technicians who connected"
+                .into(),
+        };
+        if write_frame(&mut control, &msg).await.is_err() {
             mux.close();
             return;
         }
@@ -224,10 +267,17 @@ pub async fn serve(
                 if !app.hub.grant(s.machine_id, grant_for(&s)).await {
                     tracing::info!(session = %s.name, "agent did not acknowledge the grant (offline?)");
                 }
+                let machine_id = s.machine_id;
+                let agent_key = match app.store.run(move |b| b.machine_e2e_key(machine_id)).await {
+                    Ok(k) => k,
+                    Err(e) => break (Closing::Error, format!("server error: {e}")),
+                };
                 let msg = ServerToClient::Ready {
                     version: PROTOCOL_VERSION,
                     session: s.name.clone(),
                     targets: s.targets.clone(),
+                    machine: Some(s.machine.clone()),
+                    agent_key,
                 };
                 if write_frame(&mut control, &msg).await.is_err() {
                     break (Closing::Left, "technician left".into());

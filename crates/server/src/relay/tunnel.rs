@@ -9,7 +9,7 @@ use fernwart_proto::{OpenReply, OpenRequest, HANDSHAKE_TIMEOUT};
 use fernwart_transport::{
     frame_io::{read_frame_within, write_last_frame},
     pipe::{self, mux_to_mux, Activity, Halt},
-    write_frame, MuxStream,
+    write_frame, MuxReader, MuxStream, MuxWriter,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +43,8 @@ pub async fn serve(
         }
     };
     let target = req.target.clone();
-    let (agent_stream, switch, until, session) = match open(&app, session_id, &who, &target).await {
+    let opened = open(&app, session_id, &who, &target, req.e2e).await;
+    let (agent_stream, switch, until, session) = match opened {
         Ok(opened) => opened,
         Err(reason) => {
             refused(&app, &who, &session_label(&app, session_id).await, &target, &reason);
@@ -59,7 +60,8 @@ pub async fn serve(
     let (mut a_rd, mut a_wr) = agent_stream.into_split();
     let activity = Activity::default();
     let (bytes_up, bytes_down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let up = mux_to_mux(&mut t_rd, &mut a_wr, &activity, &bytes_up);
+    let tap = test_tap::open();
+    let up = relay(&mut t_rd, &mut a_wr, &activity, &bytes_up, tap.as_ref().map(|t| &t.up));
     let down = async {
         let reason = match read_frame_within::<OpenReply, _>(&mut a_rd, HANDSHAKE_TIMEOUT).await {
             Ok(r) if r.ok => None,
@@ -80,7 +82,9 @@ pub async fn serve(
             &who.source,
             Event::TunnelOpen { session: session.clone(), target: target.clone() },
         ));
-        mux_to_mux(&mut a_rd, &mut t_wr, &activity, &bytes_down).await.map_err(Halt::Io)
+        relay(&mut a_rd, &mut t_wr, &activity, &bytes_down, tap.as_ref().map(|t| &t.down))
+            .await
+            .map_err(Halt::Io)
     };
     let outcome = tokio::select! {
         r = pipe::both(up, down) => match r {
@@ -131,6 +135,32 @@ fn refused(app: &Relay, who: &Technician, session: &str, target: &str, reason: &
     ));
 }
 
+/// One direction of a tunnel, stream to stream. The bytes are opaque here: with end-to-end
+/// encryption they are the Noise records between CLI and agent.
+async fn relay(
+    rd: &mut MuxReader,
+    wr: &mut MuxWriter,
+    activity: &Activity,
+    carried: &AtomicU64,
+    tap: Option<&test_tap::File>,
+) -> std::io::Result<u64> {
+    match tap {
+        None => mux_to_mux(rd, wr, activity, carried).await,
+        Some(tap) => {
+            let mut total = 0u64;
+            while let Some(chunk) = rd.chunk().await? {
+                total += chunk.len() as u64;
+                activity.tick();
+                carried.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                tap.write(&chunk);
+                wr.send_all(chunk).await?;
+            }
+            wr.finish()?;
+            Ok(total)
+        }
+    }
+}
+
 /// Checks promise 2 at the server (the login, the account, the session, the target, the
 /// machine), then asks the agent, which checks again on its own and answers on the returned
 /// stream.
@@ -139,6 +169,7 @@ async fn open(
     session_id: i64,
     who: &Technician,
     target: &str,
+    e2e: Option<u8>,
 ) -> Result<(MuxStream, CancellationToken, i64, String), String> {
     let token = who.token_hash.clone();
     let (session, caller) = app
@@ -168,7 +199,9 @@ async fn open(
         return Err(format!("machine {} does not offer target {target:?}", session.machine));
     }
     let mut s = agent.mux.open().await.map_err(|e| format!("cannot reach the agent: {e}"))?;
-    let req = OpenRequest { session: session.name.clone(), target: target.to_owned() };
+    // The end-to-end version goes on unchanged; the Noise message behind the request follows
+    // with the stream's other bytes.
+    let req = OpenRequest { session: session.name.clone(), target: target.to_owned(), e2e };
     write_frame(&mut s, &req).await.map_err(|e| format!("agent link failed: {e}"))?;
     Ok((s, agent.switch_token, session.until.min(caller.valid_until()), session.name))
 }
@@ -178,5 +211,59 @@ async fn session_label(app: &Relay, session_id: i64) -> String {
     match app.store.run(move |b| b.session_by_id(session_id)).await {
         Ok(Some(s)) => s.name,
         _ => session_id.to_string(),
+    }
+}
+
+/// A test hook: in debug builds, with `FERNWART_TEST_TAP=DIR` in the server's environment,
+/// every tunnel's relayed bytes are also appended to `DIR/tunnel-N-up` and `DIR/tunnel-N-down`
+/// (what the server sees of each direction after the open request and answer), so that a test
+/// can show that plaintext never passes the server. Release builds have no such hook.
+mod test_tap {
+    use std::{
+        io::Write,
+        path::PathBuf,
+        sync::{atomic::AtomicU64, Mutex, OnceLock},
+    };
+
+    pub struct Tap {
+        pub up: File,
+        pub down: File,
+    }
+
+    pub struct File(Mutex<std::fs::File>);
+
+    impl File {
+        pub fn write(&self, bytes: &[u8]) {
+            let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = f.write_all(bytes) {
+                tracing::warn!(error = %e, "test tap: cannot write");
+            }
+        }
+    }
+
+    fn dir() -> Option<&'static PathBuf> {
+        static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+        DIR.get_or_init(|| {
+            if cfg!(debug_assertions) {
+                std::env::var_os("FERNWART_TEST_TAP").map(PathBuf::from)
+            } else {
+                None
+            }
+        })
+        .as_ref()
+    }
+
+    pub fn open() -> Option<Tap> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = dir()?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = |dir_name: &str| {
+            let path = dir.join(format!("tunnel-{n}-{dir_name}"));
+            std::fs::File::create(&path)
+                .map(|f| File(Mutex::new(f)))
+                .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "test tap"))
+                .ok()
+        };
+        Some(Tap { up: file("up")?, down: file("down")? })
     }
 }

@@ -187,6 +187,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE machines ADD COLUMN trust TEXT;
     ALTER TABLE machines ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE orgs ADD COLUMN require_signed INTEGER NOT NULL DEFAULT 0;",
+    // 14: end-to-end encryption: the agent's key (X25519, base64), recorded from its first
+    // hello; the keys of the technicians' CLIs that connected to a session (JSON list)
+    "ALTER TABLE machines ADD COLUMN e2e_key TEXT;
+    ALTER TABLE sessions ADD COLUMN tech_keys TEXT NOT NULL DEFAULT '[]';",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

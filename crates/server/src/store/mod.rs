@@ -65,6 +65,31 @@ pub enum StoreError {
     Worker,
 }
 
+/// The most technicians' end-to-end keys a session's grant names (the latest).
+pub const MAX_TECH_KEYS: usize = 16;
+
+/// What [`Backend::session_tech_key`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TechKey {
+    /// The session named the key already.
+    Named,
+    /// The key was added.
+    Added,
+    /// The session's signed approval does not cover the key: not added.
+    SignedWithout,
+}
+
+/// What [`Backend::agent_e2e_key`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum E2eKeySeen {
+    /// The machine had no key: this one is recorded now.
+    Recorded,
+    /// The key recorded before.
+    Same,
+    /// Another key than the one recorded (which is given).
+    Different(String),
+}
+
 /// What a login needs to know about the user it names.
 #[derive(Debug, Clone)]
 pub struct LoginSubject {
@@ -514,6 +539,18 @@ pub trait Backend: Send + Sync + 'static {
     fn signing_facts(&self, machine: i64) -> Result<SigningFacts, StoreError>;
     fn agent_switch(&self, machine: i64, on: bool, entry: &Entry) -> Result<(), StoreError>;
     fn agent_offline(&self, machine: i64, now: UnixSecs, entry: &Entry) -> Result<(), StoreError>;
+    /// The end-to-end key an agent said in its hello: recorded the first time (an agent
+    /// from before end-to-end encryption has none until then), compared afterwards. A
+    /// different key is refused and not recorded.
+    fn agent_e2e_key(&self, machine: i64, key: &str) -> Result<E2eKeySeen, StoreError>;
+    /// A technician connected to the session with this end-to-end key: it is added to the
+    /// session's keys (the latest [`MAX_TECH_KEYS`]), unless the session's approval was signed
+    /// without it (the signature covers the keys).
+    fn session_tech_key(&self, session: i64, key: &str) -> Result<TechKey, StoreError>;
+    /// The machine's recorded end-to-end key.
+    fn machine_e2e_key(&self, machine: i64) -> Result<Option<String>, StoreError>;
+    /// Every machine's recorded end-to-end key, by machine id.
+    fn machine_e2e_keys(&self) -> Result<Vec<(i64, String)>, StoreError>;
 
     // ------------------------------------------------------------ sessions
     /// Prepares a session in one transaction: gathers the facts of organizations, contracts

@@ -12,8 +12,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
     migrations, AgentBatch, AgentRecord, AgentTrust, ApiTokenRecord, Applied, Attempt, AuditFilter,
-    Backend, Checkpoint, EnrolToken, IssuedCert, LoginSubject, MachineOwner, MachineRecord,
-    NewSession, NewUser, NewWindow, OrgRecord, PrepareRule, StoreError, UserRecord,
+    Backend, Checkpoint, E2eKeySeen, EnrolToken, IssuedCert, LoginSubject, MachineOwner,
+    MachineRecord, NewSession, NewUser, NewWindow, OrgRecord, PrepareRule, StoreError, TechKey,
+    UserRecord, MAX_TECH_KEYS,
 };
 use crate::{
     audit::{Entry, Event},
@@ -367,7 +368,7 @@ const VISIBLE_TO_ORG: &str =
 
 const SESSION: &str = "SELECT s.id, s.name, s.machine_id, m.name, s.targets, s.reason, s.state, \
      s.approval_required, s.valid_from, s.valid_until, s.created_by, s.created_at, s.decided_by, s.ended_by, m.org, s.record, \
-     s.approval_nonce, s.approval_key, s.approval_signature \
+     s.approval_nonce, s.approval_key, s.approval_signature, s.tech_keys \
      FROM sessions s JOIN machines m ON m.id = s.machine_id";
 
 fn session_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
@@ -403,6 +404,7 @@ fn session_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Sessio
             (Some(key), Some(signature)) => Some(SignedApproval { key, signature }),
             _ => None,
         },
+        tech_keys: serde_json::from_str(&r.get::<_, String>(19)?).unwrap_or_default(),
     })
 }
 
@@ -1527,6 +1529,74 @@ impl Backend for Sqlite {
         self.tx(|tx| {
             tx.execute("UPDATE machines SET switch_on = ?2 WHERE id = ?1", params![machine, on])?;
             audit(tx, entry)
+        })
+    }
+
+    fn agent_e2e_key(&self, machine: i64, key: &str) -> Result<E2eKeySeen, StoreError> {
+        self.tx(|tx| {
+            let held: Option<String> = tx
+                .query_row("SELECT e2e_key FROM machines WHERE id = ?1", [machine], |r| r.get(0))
+                .optional()?
+                .flatten();
+            Ok(match held {
+                Some(k) if k == key => E2eKeySeen::Same,
+                Some(k) => E2eKeySeen::Different(k),
+                None => {
+                    tx.execute(
+                        "UPDATE machines SET e2e_key = ?2 WHERE id = ?1",
+                        params![machine, key],
+                    )?;
+                    E2eKeySeen::Recorded
+                }
+            })
+        })
+    }
+
+    fn session_tech_key(&self, session: i64, key: &str) -> Result<TechKey, StoreError> {
+        self.tx(|tx| {
+            let row: Option<(String, Option<String>)> = tx
+                .query_row(
+                    "SELECT tech_keys, approval_signature FROM sessions WHERE id = ?1",
+                    [session],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((keys, signature)) = row else {
+                return Err(StoreError::NotFound("session is gone".into()));
+            };
+            let mut keys: Vec<String> = serde_json::from_str(&keys).unwrap_or_default();
+            if keys.iter().any(|k| k == key) {
+                return Ok(TechKey::Named);
+            }
+            if signature.is_some() {
+                return Ok(TechKey::SignedWithout);
+            }
+            keys.push(key.to_owned());
+            if keys.len() > MAX_TECH_KEYS {
+                keys.remove(0);
+            }
+            let text = serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into());
+            tx.execute("UPDATE sessions SET tech_keys = ?2 WHERE id = ?1", params![session, text])?;
+            Ok(TechKey::Added)
+        })
+    }
+
+    fn machine_e2e_key(&self, machine: i64) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT e2e_key FROM machines WHERE id = ?1")?
+                .query_row([machine], |r| r.get(0))
+                .optional()?
+                .flatten())
+        })
+    }
+
+    fn machine_e2e_keys(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, e2e_key FROM machines WHERE e2e_key IS NOT NULL ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 

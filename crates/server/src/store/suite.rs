@@ -34,6 +34,8 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     a_window_releases_a_session_in_its_transaction(fresh().as_ref());
     agent_records_are_stored_only_where_they_link_up(fresh().as_ref());
     signed_approvals_are_stored_with_their_session(fresh().as_ref());
+    an_agents_end_to_end_key_is_recorded_once(fresh().as_ref());
+    a_sessions_technician_keys_are_kept_unless_a_signature_covers_them(fresh().as_ref());
 }
 
 fn signed_approvals_are_stored_with_their_session(b: &dyn Backend) {
@@ -73,6 +75,39 @@ fn signed_approvals_are_stored_with_their_session(b: &dyn Backend) {
     assert_eq!(after.state, SessionState::Approved);
     assert_eq!(after.approval, Some(signed));
     assert_eq!(after.nonce, s.nonce);
+}
+
+fn an_agents_end_to_end_key_is_recorded_once(b: &dyn Backend) {
+    use super::E2eKeySeen;
+    let (m, _) = machine_with_session(b);
+    assert_eq!(b.machine_e2e_key(m).unwrap(), None);
+    assert_eq!(b.agent_e2e_key(m, "k1").unwrap(), E2eKeySeen::Recorded);
+    assert_eq!(b.agent_e2e_key(m, "k1").unwrap(), E2eKeySeen::Same);
+    // Another key is refused and changes nothing.
+    assert_eq!(b.agent_e2e_key(m, "k2").unwrap(), E2eKeySeen::Different("k1".into()));
+    assert_eq!(b.machine_e2e_key(m).unwrap().as_deref(), Some("k1"));
+    assert_eq!(b.machine_e2e_keys().unwrap(), vec![(m, "k1".to_owned())]);
+}
+
+fn a_sessions_technician_keys_are_kept_unless_a_signature_covers_them(b: &dyn Backend) {
+    use super::{TechKey, MAX_TECH_KEYS};
+    use crate::domain::session::SignedApproval;
+    let (_, sid) = machine_with_session(b);
+    assert_eq!(b.session_tech_key(sid, "t1").unwrap(), TechKey::Added);
+    assert_eq!(b.session_tech_key(sid, "t1").unwrap(), TechKey::Named);
+    for i in 0..MAX_TECH_KEYS {
+        assert_eq!(b.session_tech_key(sid, &format!("x{i}")).unwrap(), TechKey::Added);
+    }
+    let keys = b.session_by_id(sid).unwrap().unwrap().tech_keys;
+    assert_eq!(keys.len(), MAX_TECH_KEYS);
+    assert!(!keys.contains(&"t1".to_owned()), "the oldest key stays: {keys:?}");
+    // Approved with a signature: the keys it covers are final.
+    let signed = SignedApproval { key: "ed25519:x".into(), signature: "c2ln".into() };
+    let e = change(SessionEvent::Approve, SessionState::Prepared, SessionState::Approved);
+    b.session_approve(sid, SessionState::Prepared, Some(&signed), "op1", NOW, &e).unwrap();
+    assert_eq!(b.session_tech_key(sid, "x3").unwrap(), TechKey::Named);
+    assert_eq!(b.session_tech_key(sid, "late").unwrap(), TechKey::SignedWithout);
+    assert_eq!(b.session_by_id(sid).unwrap().unwrap().tech_keys, keys);
 }
 
 /// The rule of staff of no organization preparing a session that needs an approval.
