@@ -229,12 +229,14 @@ impl Agent {
 
     /// A `Grant` frame: held if it passes [`Agent::admit`] (true: acknowledge it), else
     /// refused, and an earlier grant of its session is dropped with its tunnels.
-    pub fn add_grant(&self, grant: Grant) -> bool {
+    /// Takes a grant the server pushed, after the operator's check; a refused one is not held
+    /// (and replaces nothing): the error says why, for the server and the technician.
+    pub fn add_grant(&self, grant: Grant) -> Result<(), String> {
         match self.admit(&grant) {
             Ok(verdict) => {
                 self.audit_grant(&grant, verdict);
                 lock(&self.grants).insert(grant);
-                true
+                Ok(())
             }
             Err(r) => {
                 let held = lock(&self.grants).remove(&grant.session);
@@ -250,7 +252,7 @@ impl Agent {
                         serde_json::json!({"session": grant.session, "reason": "its new grant was refused"}),
                     );
                 }
-                false
+                Err(r.to_string())
             }
         }
     }
@@ -455,7 +457,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = agent(dir.path());
 
-        a.add_grant(grant("s1", 100));
+        a.add_grant(grant("s1", 100)).unwrap();
 
         a.audit_flush();
         assert_eq!(records(dir.path()), [("grant".to_owned(), "s1".to_owned())]);
@@ -465,7 +467,7 @@ mod tests {
     fn a_revoke_names_the_technicians_of_the_grant_it_ends() {
         let dir = tempfile::tempdir().unwrap();
         let a = agent(dir.path());
-        a.add_grant(grant("s1", 100));
+        a.add_grant(grant("s1", 100)).unwrap();
 
         a.revoke("s1");
         a.audit("tunnel.refused", "s1", serde_json::json!({"reason": "no grant"}));
@@ -483,13 +485,13 @@ mod tests {
         std::fs::write(dir.path().join(audit::DIR_NAME), "in the way").unwrap();
         let a = agent(dir.path());
 
-        a.add_grant(grant("s1", 100));
+        a.add_grant(grant("s1", 100)).unwrap();
 
         assert!(lock(&a.grants).get("s1").is_some());
         a.audit_flush();
         assert_eq!(a.audit_log.failures(), 1);
         std::fs::remove_file(dir.path().join(audit::DIR_NAME)).unwrap();
-        a.add_grant(grant("s2", 100));
+        a.add_grant(grant("s2", 100)).unwrap();
         a.audit_flush();
         let (all, _) = audit::list(dir.path(), &audit::Filter::default()).unwrap();
         let actions: Vec<&str> = all.iter().map(|r| r.body.action.as_str()).collect();
@@ -546,16 +548,16 @@ mod tests {
         let a = pinned(dir.path(), &[&k]);
         let until = now() + 3600;
 
-        assert!(a.add_grant(signed(&k, grant("s1", until), "n1")));
-        assert!(!a.add_grant(grant("s2", until)));
+        assert!(a.add_grant(signed(&k, grant("s1", until), "n1")).is_ok());
+        assert!(a.add_grant(grant("s2", until)).is_err());
         let mut widened = signed(&k, grant("s3", until), "n3");
         widened.until += 3600;
-        assert!(!a.add_grant(widened));
+        assert!(a.add_grant(widened).is_err());
         let mut more = signed(&k, grant("s4", until), "n4");
         more.targets.push("hmi".into());
         more.users.push("intruder".into());
-        assert!(!a.add_grant(more));
-        assert!(!a.add_grant(signed(&approver(2), grant("s5", until), "n5")));
+        assert!(a.add_grant(more).is_err());
+        assert!(a.add_grant(signed(&approver(2), grant("s5", until), "n5")).is_err());
 
         a.audit_flush();
         let r = refusals(dir.path());
@@ -599,7 +601,7 @@ mod tests {
         let tunnels = a.grant_token("s1");
         let mut later = good;
         later.until += 60;
-        assert!(!a.add_grant(later));
+        assert!(a.add_grant(later).is_err());
         assert!(tunnels.is_cancelled());
         assert!(lock(&a.grants).get("s1").is_none());
         a.audit_flush();
@@ -616,16 +618,16 @@ mod tests {
         let old = signed(&k, grant("s1", until), "n1");
         {
             let a = pinned(dir.path(), &[&k]);
-            assert!(a.add_grant(old.clone()));
+            assert!(a.add_grant(old.clone()).is_ok());
             // Its approval moved onto another session.
             let copied = Grant { session: "s2".into(), ..old.clone() };
-            assert!(!a.add_grant(copied));
+            assert!(a.add_grant(copied).is_err());
             a.revoke("s1");
             a.audit_flush();
         }
         // After a restart, the ended session's grant is refused when sent again.
         let a = pinned(dir.path(), &[&k]);
-        assert!(!a.add_grant(old.clone()));
+        assert!(a.add_grant(old.clone()).is_err());
         a.set_grants(vec![old]);
         assert!(lock(&a.grants).get("s1").is_none());
         a.audit_flush();

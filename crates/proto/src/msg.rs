@@ -95,6 +95,9 @@ pub enum AgentToServer {
     Switch { on: bool },
     /// The agent holds the grant of `session`.
     GrantAck { session: String },
+    /// Agent link version 3: the agent does not hold the grant of `session` (its operator's
+    /// check refused it, see the agent's own trail), and why.
+    GrantRefused { session: String, reason: String },
     /// The answer to `ping`.
     Pong { nonce: u64 },
     /// Agent link version 2: the agent's own audit records the server does not hold yet, in

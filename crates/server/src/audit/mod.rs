@@ -182,6 +182,12 @@ pub enum Event {
         machine: String,
         on: bool,
     },
+    /// The machine's agent refused a session's grant (its operator's check failed): an alert.
+    GrantRefused {
+        machine: String,
+        session: String,
+        reason: String,
+    },
     SessionCreate {
         name: String,
         machine: String,
@@ -318,6 +324,7 @@ impl Event {
             Event::AgentAuditPruned { .. } => "agent.audit_pruned",
             Event::AgentChainBroken { .. } => "alert.agent_chain",
             Event::Switch { .. } => "machine.switch",
+            Event::GrantRefused { .. } => "session.grant_refused",
             Event::SessionCreate { .. } => "session.create",
             Event::SessionChange { event, .. } => return format!("session.{}", event.verb()),
             Event::Alert { rule, .. } => return format!("alert.{rule}"),
@@ -377,7 +384,8 @@ impl Event {
             | Event::TunnelOpen { session, .. }
             | Event::TunnelClose { session, .. }
             | Event::TunnelRefused { session, .. }
-            | Event::RecordingFetch { session, .. } => session,
+            | Event::RecordingFetch { session, .. }
+            | Event::GrantRefused { session, .. } => session,
             Event::Alert { subject, .. } => subject,
             Event::AccessRefused { object, .. } => object,
         }
@@ -401,6 +409,7 @@ impl Event {
             | Event::SessionCreate { machine, .. }
             | Event::WindowAdd { machine, .. }
             | Event::WindowRemove { machine, .. }
+            | Event::GrantRefused { machine, .. }
             | Event::RecordingFetch { machine, .. } => Some(machine),
             _ => None,
         }
@@ -419,6 +428,7 @@ impl Event {
             | Event::TunnelOpen { session, .. }
             | Event::TunnelClose { session, .. }
             | Event::TunnelRefused { session, .. }
+            | Event::GrantRefused { session, .. }
             | Event::RecordingFetch { session, .. } => Some(session),
             _ => None,
         }
@@ -484,6 +494,9 @@ impl Event {
                 "held_up_to": held,
             }),
             Event::Switch { on, .. } => json!({"switch": if *on { "on" } else { "off" }}),
+            Event::GrantRefused { machine, reason, .. } => {
+                json!({"alert": true, "machine": machine, "reason": reason})
+            }
             Event::SessionCreate {
                 machine,
                 targets,

@@ -1,10 +1,12 @@
 //! The agent's persistent link: hello, grants, key switch reports, keepalive, and (agent link
-//! version 2) the agent's own records ([`super::agent_audit`]).
+//! version 2) the agent's own records ([`super::agent_audit`]), (version 3) why it refused a
+//! grant.
 
 use std::time::Duration;
 
 use fernwart_proto::{
-    negotiate_agent, AgentToServer, ServerToAgent, AGENT_LINK_VERSION, HANDSHAKE_TIMEOUT,
+    negotiate_agent, AgentToServer, ServerToAgent, AGENT_AUDIT_VERSION,
+    AGENT_GRANT_REFUSED_VERSION, HANDSHAKE_TIMEOUT,
 };
 use fernwart_transport::{
     frame_io::{read_frame_within, write_last_frame},
@@ -12,7 +14,7 @@ use fernwart_transport::{
 };
 use tokio::sync::mpsc;
 
-use super::{agent_audit::Collector, grant_for, Relay};
+use super::{agent_audit::Collector, grant_for, GrantAnswer, Relay};
 use crate::{
     audit::{Entry, Event},
     store::E2eKeySeen,
@@ -22,6 +24,9 @@ use crate::{
 const PING_EVERY: Duration = Duration::from_secs(15);
 /// A link that stays silent this long is dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(45);
+
+/// The longest reason for a refused grant that the trail takes from an agent.
+const MAX_REASON_CHARS: usize = 512;
 
 /// The most approver keys an agent may name.
 const MAX_APPROVERS: usize = 64;
@@ -153,7 +158,7 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
             }
         }
     });
-    let collector = if version >= AGENT_LINK_VERSION {
+    let collector = if version >= AGENT_AUDIT_VERSION {
         let (m, src) = (machine.clone(), source.clone());
         Collector::start(app.clone(), machine_id, m, src, collector_control).await
     } else {
@@ -178,12 +183,30 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
                 }
             }
             Ok(Ok(AgentToServer::GrantAck { session })) => {
-                app.hub.grant_acked(machine_id, &session)
+                app.hub.grant_answered(machine_id, &session, GrantAnswer::Held)
+            }
+            Ok(Ok(AgentToServer::GrantRefused { session, reason })) => {
+                if version < AGENT_GRANT_REFUSED_VERSION {
+                    break "grant_refused on a link older than version 3".to_owned();
+                }
+                // Bounded like any text a machine sends into the trail.
+                let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+                tracing::warn!(%machine, %session, %reason, "the agent refused a grant");
+                app.audit.record(Entry::new(
+                    &machine,
+                    &source,
+                    Event::GrantRefused {
+                        machine: machine.clone(),
+                        session: session.clone(),
+                        reason: reason.clone(),
+                    },
+                ));
+                app.hub.grant_answered(machine_id, &session, GrantAnswer::Refused(reason));
             }
             Ok(Ok(AgentToServer::Pong { .. })) => {}
             Ok(Ok(AgentToServer::AuditRecords { records })) => match &collector {
                 Some(c) => c.offer(records),
-                None if version < AGENT_LINK_VERSION => {
+                None if version < AGENT_AUDIT_VERSION => {
                     break "audit records on a version 1 link".to_owned()
                 }
                 // The server could not read what it holds: the agent was never told to send.
