@@ -175,13 +175,7 @@ impl AgentConfig {
 
     /// What the hello tells the server of `[trust]`: nothing when there are no approvers.
     pub fn announced_trust(&self) -> Option<AgentTrust> {
-        if self.trust.approvers.is_empty() && !self.trust.required {
-            return None;
-        }
-        Some(AgentTrust {
-            level: self.trust.level().to_owned(),
-            approvers: self.trust.approvers.iter().map(ToString::to_string).collect(),
-        })
+        announce_trust(&self.trust)
     }
 
     pub fn announced(&self) -> Vec<TargetInfo> {
@@ -198,6 +192,17 @@ impl AgentConfig {
 
 /// The most approver keys an agent pins (the server takes no more in a hello).
 const MAX_APPROVERS: usize = 64;
+
+/// What the agent tells the server of a trust anchor: nothing when there are no approvers.
+pub fn announce_trust(trust: &Trust) -> Option<AgentTrust> {
+    if trust.approvers.is_empty() && !trust.required {
+        return None;
+    }
+    Some(AgentTrust {
+        level: trust.level().to_owned(),
+        approvers: trust.approvers.iter().map(ToString::to_string).collect(),
+    })
+}
 
 fn parse_trust(raw: RawTrust) -> Result<Trust, String> {
     if raw.approvers.len() > MAX_APPROVERS {

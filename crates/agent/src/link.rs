@@ -106,12 +106,15 @@ async fn connect_once(agent: &Agent, offer: u16) -> Result<String, Failure> {
         Err(_) => return Err(Failure::Other("the server opened no control stream in time".into())),
     };
     let mut switch_rx = agent.switch.subscribe();
+    // Changes of the trust anchor from here on are told on this link (the hello has it now).
+    let mut trust_rx = agent.trust_changes.subscribe();
+    trust_rx.borrow_and_update();
     let hello = AgentToServer::Hello {
         version: offer,
         agent: format!("fernwart-agent {}", env!("CARGO_PKG_VERSION")),
         targets: agent.cfg.announced(),
         switch_on: *switch_rx.borrow_and_update(),
-        trust: agent.cfg.announced_trust(),
+        trust: crate::config::announce_trust(&agent.trust()),
         e2e_key: agent.e2e.public().map(|k| k.to_string()),
     };
     write_frame(&mut control, &hello).await.map_err(|e| error_chain(&e))?;
@@ -201,6 +204,16 @@ async fn connect_once(agent: &Agent, offer: u16) -> Result<String, Failure> {
                 if let Some(up) = upload.as_mut() {
                     send_records(agent, up, &out_tx).await;
                 }
+            }
+            r = trust_rx.changed() => {
+                if r.is_err() { break "trust watcher ended".to_owned() }
+                trust_rx.borrow_and_update();
+                if version < AGENT_GRANT_REFUSED_VERSION {
+                    // An older server hears of it in the next hello.
+                    break "the trust anchor changed: linking again to announce it".to_owned();
+                }
+                let trust = crate::config::announce_trust(&agent.trust());
+                let _ = out_tx.send(AgentToServer::Trust { trust }).await;
             }
             r = switch_rx.changed() => {
                 if r.is_err() { break "switch watcher ended".to_owned() }

@@ -61,7 +61,7 @@ pub struct MachineInfo {
     pub signature_required: bool,
     /// Its agent's end-to-end key (X25519, base64), recorded from its first link; technicians'
     /// CLIs pin it. None before the agent linked with end-to-end encryption.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e2e_key: Option<String>,
 }
 

@@ -8,7 +8,8 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// server). Neither side sends them on a link that agreed on version 1: an agent of version 1
 /// would close its link on a message type it does not know, and so would a server of version 1.
 /// Version 3 adds `grant_refused` from the agent: the server hears at once why the agent does
-/// not hold a grant (and tells the technician), rather than waiting out the acknowledgement.
+/// not hold a grant (and tells the technician), rather than waiting out the acknowledgement;
+/// and `trust`: the agent's trust anchor changed while it runs.
 pub const AGENT_LINK_VERSION: u16 = 3;
 /// The first agent link version on which the agent's records travel.
 pub const AGENT_AUDIT_VERSION: u16 = 2;

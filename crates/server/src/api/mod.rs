@@ -7,7 +7,7 @@ use axum::{
     extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request},
     http::{header, request::Parts, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, patch, post},
     Json, Router,
 };
 use fernwart_api::{ErrorBody, Health};
@@ -64,6 +64,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/audit/export", get(audit::export))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/orgs", post(orgs::add).get(orgs::list))
+        .route("/v1/orgs/{name}", patch(orgs::set))
         .route("/v1/contracts", post(orgs::contract_add))
         .route("/v1/windows", post(windows::add).get(windows::list))
         .route("/v1/windows/{id}/remove", post(windows::remove))

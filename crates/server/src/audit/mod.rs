@@ -93,6 +93,11 @@ pub enum Event {
         /// An operator that requires signed approvals on its machines.
         require_signed: bool,
     },
+    /// An admin changed an organization's rules: what it has now.
+    OrgSet {
+        name: String,
+        policy: crate::domain::org::OrgPolicy,
+    },
     ContractAdd {
         provider: String,
         operator: String,
@@ -181,6 +186,12 @@ pub enum Event {
     Switch {
         machine: String,
         on: bool,
+    },
+    /// The machine's operator changed its agent's trust anchor (approver keys) while it runs.
+    TrustChange {
+        machine: String,
+        level: String,
+        approvers: Vec<String>,
     },
     /// The machine's agent refused a session's grant (its operator's check failed): an alert.
     GrantRefused {
@@ -307,6 +318,7 @@ impl Event {
             Event::TokenCreate { .. } => "token.create",
             Event::TokenRevoke { .. } => "token.revoke",
             Event::OrgAdd { .. } => "org.add",
+            Event::OrgSet { .. } => "org.set",
             Event::ContractAdd { .. } => "contract.add",
             Event::PasswordChange { .. } => "user.passwd",
             Event::MfaEnroll { .. } => "mfa.enroll",
@@ -325,6 +337,7 @@ impl Event {
             Event::AgentChainBroken { .. } => "alert.agent_chain",
             Event::Switch { .. } => "machine.switch",
             Event::GrantRefused { .. } => "session.grant_refused",
+            Event::TrustChange { .. } => "machine.trust",
             Event::SessionCreate { .. } => "session.create",
             Event::SessionChange { event, .. } => return format!("session.{}", event.verb()),
             Event::Alert { rule, .. } => return format!("alert.{rule}"),
@@ -356,6 +369,7 @@ impl Event {
             | Event::TokenCreate { name: user, .. }
             | Event::TokenRevoke { name: user }
             | Event::OrgAdd { name: user, .. }
+            | Event::OrgSet { name: user, .. }
             | Event::ContractAdd { provider: user, .. }
             | Event::PasswordChange { user }
             | Event::MfaEnroll { user }
@@ -373,6 +387,7 @@ impl Event {
             | Event::AgentAuditStart { machine, .. }
             | Event::AgentAuditPruned { machine, .. }
             | Event::AgentChainBroken { machine, .. }
+            | Event::TrustChange { machine, .. }
             | Event::Switch { machine, .. } => machine,
             Event::SessionCreate { name, .. } => name,
             Event::SessionChange { session, .. }
@@ -410,6 +425,7 @@ impl Event {
             | Event::WindowAdd { machine, .. }
             | Event::WindowRemove { machine, .. }
             | Event::GrantRefused { machine, .. }
+            | Event::TrustChange { machine, .. }
             | Event::RecordingFetch { machine, .. } => Some(machine),
             _ => None,
         }
@@ -456,6 +472,11 @@ impl Event {
             Event::OrgAdd { kind, require_signed, .. } => {
                 json!({"kind": kind, "require_signed": require_signed})
             }
+            Event::OrgSet { policy, .. } => json!({
+                "allow_no_approval": policy.allow_no_approval,
+                "max_session_secs": policy.max_session_secs,
+                "require_signed": policy.require_signed,
+            }),
             Event::ContractAdd { operator, .. } => json!({"operator": operator}),
             Event::UserAdd { role, org, expires, .. } => {
                 json!({"role": role, "org": org, "expires": expires})
@@ -494,6 +515,9 @@ impl Event {
                 "held_up_to": held,
             }),
             Event::Switch { on, .. } => json!({"switch": if *on { "on" } else { "off" }}),
+            Event::TrustChange { level, approvers, .. } => {
+                json!({"level": level, "approvers": approvers})
+            }
             Event::GrantRefused { machine, reason, .. } => {
                 json!({"alert": true, "machine": machine, "reason": reason})
             }

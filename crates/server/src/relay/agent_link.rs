@@ -25,6 +25,23 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 /// A link that stays silent this long is dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(45);
 
+/// What the server keeps of the trust anchor an agent named: an agent that names no approvers
+/// (or predates them) takes the server's word.
+fn stored_trust(
+    trust: Option<fernwart_proto::AgentTrust>,
+) -> Result<crate::store::AgentTrust, String> {
+    Ok(match trust {
+        Some(t) => {
+            check_trust(&t)?;
+            crate::store::AgentTrust { level: Some(t.level), approvers: t.approvers }
+        }
+        None => crate::store::AgentTrust {
+            level: Some(fernwart_proto::approval::LEVEL_SERVER.to_owned()),
+            approvers: Vec::new(),
+        },
+    })
+}
+
 /// The longest reason for a refused grant that the trail takes from an agent.
 const MAX_REASON_CHARS: usize = 512;
 
@@ -106,21 +123,14 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
         },
     );
     let announced = targets.clone();
-    // An agent that names no approvers (or predates them) takes the server's word.
-    let trust = match trust {
-        Some(t) => {
-            if let Err(reason) = check_trust(&t) {
-                tracing::info!(%machine, %reason, "agent handshake refused");
-                write_last_frame(control, &ServerToAgent::Refused { reason }).await;
-                mux.close();
-                return;
-            }
-            crate::store::AgentTrust { level: Some(t.level), approvers: t.approvers }
+    let trust = match stored_trust(trust) {
+        Ok(t) => t,
+        Err(reason) => {
+            tracing::info!(%machine, %reason, "agent handshake refused");
+            write_last_frame(control, &ServerToAgent::Refused { reason }).await;
+            mux.close();
+            return;
         }
-        None => crate::store::AgentTrust {
-            level: Some(fernwart_proto::approval::LEVEL_SERVER.to_owned()),
-            approvers: Vec::new(),
-        },
     };
     let grants = app
         .store
@@ -202,6 +212,29 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
                     },
                 ));
                 app.hub.grant_answered(machine_id, &session, GrantAnswer::Refused(reason));
+            }
+            Ok(Ok(AgentToServer::Trust { trust })) => {
+                if version < AGENT_GRANT_REFUSED_VERSION {
+                    break "trust on a link older than version 3".to_owned();
+                }
+                let trust = match stored_trust(trust) {
+                    Ok(t) => t,
+                    Err(reason) => break format!("bad trust anchor: {reason}"),
+                };
+                tracing::info!(%machine, level = ?trust.level, approvers = trust.approvers.len(), "the agent's trust anchor changed");
+                let entry = Entry::new(
+                    &machine,
+                    &source,
+                    Event::TrustChange {
+                        machine: machine.clone(),
+                        level: trust.level.clone().unwrap_or_default(),
+                        approvers: trust.approvers.clone(),
+                    },
+                );
+                let r = app.store.run(move |b| b.agent_trust(machine_id, &trust, &entry)).await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot record the agent's trust anchor");
+                }
             }
             Ok(Ok(AgentToServer::Pong { .. })) => {}
             Ok(Ok(AgentToServer::AuditRecords { records })) => match &collector {

@@ -36,6 +36,33 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     signed_approvals_are_stored_with_their_session(fresh().as_ref());
     an_agents_end_to_end_key_is_recorded_once(fresh().as_ref());
     a_sessions_technician_keys_are_kept_unless_a_signature_covers_them(fresh().as_ref());
+    an_orgs_rules_change_whole_or_not_at_all(fresh().as_ref());
+}
+
+fn an_orgs_rules_change_whole_or_not_at_all(b: &dyn Backend) {
+    use crate::domain::org::{OrgChange, OrgPolicy};
+    let e = entry(Event::OrgAdd {
+        name: "plant".into(),
+        kind: fernwart_api::OrgKind::Operator,
+        require_signed: false,
+    });
+    b.org_add("plant", fernwart_api::OrgKind::Operator, true, Some(3600), false, NOW, &e).unwrap();
+    let set = |policy| entry(Event::OrgSet { name: "plant".into(), policy });
+    let before = actions(b).len();
+    // Signed approvals while sessions need none: refused, nothing written.
+    let sign = OrgChange { require_signed: Some(true), ..Default::default() };
+    assert!(matches!(b.org_set("Plant", sign, &set), Err(StoreError::Invalid(_))));
+    assert!(matches!(b.org_set("nowhere", sign, &set), Err(StoreError::NotFound(_))));
+    assert_eq!(actions(b).len(), before);
+    let both = OrgChange { allow_no_approval: Some(false), ..sign };
+    let now = b.org_set("plant", both, &set).unwrap();
+    assert_eq!(
+        now,
+        OrgPolicy { allow_no_approval: false, max_session_secs: Some(3600), require_signed: true }
+    );
+    let o = b.orgs().unwrap().into_iter().find(|o| o.name == "plant").unwrap();
+    assert!(o.require_signed && !o.allow_no_approval && o.max_session_secs == Some(3600));
+    assert_eq!(actions(b).last().map(String::as_str), Some("org.set"));
 }
 
 fn signed_approvals_are_stored_with_their_session(b: &dyn Backend) {
