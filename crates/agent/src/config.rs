@@ -193,6 +193,16 @@ impl AgentConfig {
 /// The most approver keys an agent pins (the server takes no more in a hello).
 const MAX_APPROVERS: usize = 64;
 
+/// Whether two trust anchors pin the same keys (in any order) and require the same.
+pub fn same_trust(a: &Trust, b: &Trust) -> bool {
+    let sorted = |t: &Trust| {
+        let mut k = t.approvers.clone();
+        k.sort();
+        k
+    };
+    a.required == b.required && sorted(a) == sorted(b)
+}
+
 /// What the agent tells the server of a trust anchor: nothing when there are no approvers.
 pub fn announce_trust(trust: &Trust) -> Option<AgentTrust> {
     if trust.approvers.is_empty() && !trust.required {

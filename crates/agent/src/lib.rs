@@ -344,7 +344,7 @@ impl Agent {
     /// pinned key is dropped and its tunnels close, as at a restart), and the server is told.
     pub fn set_trust(&self, trust: approval::Trust) {
         let before = self.trust();
-        if *before == trust {
+        if config::same_trust(&before, &trust) {
             return;
         }
         let fingerprints = |t: &approval::Trust, other: &approval::Trust| -> Vec<String> {

@@ -77,7 +77,7 @@ pub fn apply(agent: &Agent, text: &str) {
             serde_json::json!({"reason": "changes other than [trust] take effect when the agent restarts"}),
         );
     }
-    if *agent.trust() != cfg.trust {
+    if !crate::config::same_trust(&agent.trust(), &cfg.trust) {
         tracing::info!(
             level = cfg.trust.level(),
             approvers = cfg.trust.approvers.len(),
