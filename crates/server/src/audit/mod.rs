@@ -142,6 +142,8 @@ pub enum Event {
         name: String,
         fingerprint: String,
         not_after: String,
+        /// The agent's end-to-end key, sent with its certificate request.
+        e2e_key: Option<String>,
     },
     EnrolRefused {
         machine: Option<String>,
@@ -486,8 +488,8 @@ impl Event {
                 json!({"org": org, "token_expires": token_expires})
             }
             Event::MachineRevoke { .. } => json!({}),
-            Event::MachineEnrol { fingerprint, not_after, .. } => {
-                json!({"fingerprint": fingerprint, "not_after": not_after})
+            Event::MachineEnrol { fingerprint, not_after, e2e_key, .. } => {
+                json!({"fingerprint": fingerprint, "not_after": not_after, "e2e_key": e2e_key})
             }
             Event::EnrolRefused { reason, .. } => json!({"reason": reason}),
             Event::AgentConnect { agent, switch_on, targets, .. } => json!({

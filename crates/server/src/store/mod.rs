@@ -192,11 +192,14 @@ pub struct EnrolToken {
     pub machine_revoked: bool,
 }
 
-/// A machine's new certificate, recorded when its enrolment token is claimed.
+/// A machine's new certificate, recorded when its enrolment token is claimed, with the
+/// end-to-end key its agent sent in the same request (none: an agent before end-to-end
+/// encryption, whose first link then names it).
 #[derive(Debug, Clone)]
 pub struct IssuedCert {
     pub fingerprint: String,
     pub not_after: UnixSecs,
+    pub e2e_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -1510,9 +1510,11 @@ impl Backend for Sqlite {
                 )
                 .optional()?;
             let Some(machine) = machine else { return Ok(false) };
+            // A new enrolment replaces the end-to-end key too (a gateway replaced, a key lost).
             tx.execute(
-                "UPDATE machines SET cert_fingerprint = ?2, cert_not_after = ?3, enrolled_at = ?4 WHERE id = ?1 AND revoked = 0",
-                params![machine, cert.fingerprint, cert.not_after, now],
+                "UPDATE machines SET cert_fingerprint = ?2, cert_not_after = ?3, enrolled_at = ?4, e2e_key = ?5 \
+                 WHERE id = ?1 AND revoked = 0",
+                params![machine, cert.fingerprint, cert.not_after, now, cert.e2e_key],
             )?;
             audit(tx, entry)?;
             Ok(true)

@@ -554,11 +554,12 @@ fn revocation_is_final(b: &dyn Backend) {
     assert_eq!(b.session_by_id(sid).unwrap().unwrap().state, SessionState::Revoked);
     // The unused token is gone, and a claim would not clear the revocation.
     assert!(b.enrol_token("enrolhash").unwrap().is_none());
-    let cert = IssuedCert { fingerprint: "fp".into(), not_after: NOW + 1 };
+    let cert = IssuedCert { fingerprint: "fp".into(), not_after: NOW + 1, e2e_key: None };
     let enrol = entry(Event::MachineEnrol {
         name: "m1".into(),
         fingerprint: "fp".into(),
         not_after: String::new(),
+        e2e_key: None,
     });
     assert!(!b.enrol("enrolhash", &cert, NOW, &enrol).unwrap());
     assert!(b.machines(None).unwrap()[0].revoked);
