@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use axum::{
     body::Bytes,
     extract::{FromRequestParts, Path, RawQuery, State},
-    http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode},
+    http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode, Uri},
     middleware,
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -244,7 +244,7 @@ impl FromRequestParts<App> for Viewer {
             a,
             ui,
             csrf: csrf_token(&token),
-            foreign: foreign(&parts.headers),
+            foreign: foreign(&parts.headers, &parts.uri),
             path: parts.uri.path().to_owned(),
             query: query(parts),
         })
@@ -311,17 +311,20 @@ fn parse_query(q: Option<&str>) -> HashMap<String, String> {
     .unwrap_or_default()
 }
 
-/// Whether the browser says the request comes from another site: `Sec-Fetch-Site` other
-/// than same-origin or none (typed by the user), or an `Origin` that is not this host.
-pub fn foreign(headers: &HeaderMap) -> bool {
+/// Whether the browser says the request comes from another site. `Sec-Fetch-Site` (set by
+/// the browser, beyond a page's reach) decides where present: only same-origin and none (typed
+/// by the user) pass. Else an `Origin` that is not this host is foreign (the host: HTTP/2's
+/// `:authority`, which arrives in the URI, else the `Host` header). `Origin: null` alone
+/// proves nothing: under `Referrer-Policy: no-referrer` browsers send it for our own forms;
+/// the form token decides then.
+pub fn foreign(headers: &HeaderMap, uri: &Uri) -> bool {
     let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     if let Some(site) = get("sec-fetch-site") {
-        if site != "same-origin" && site != "none" {
-            return true;
-        }
+        return site != "same-origin" && site != "none";
     }
-    match (get("origin"), get("host")) {
-        (None, _) => false,
+    let host = uri.authority().map(|a| a.as_str()).or_else(|| get("host"));
+    match (get("origin"), host) {
+        (None | Some("null"), _) => false,
         (Some(origin), Some(host)) => {
             !origin.strip_prefix("https://").is_some_and(|o| o.eq_ignore_ascii_case(host))
         }
@@ -388,6 +391,7 @@ fn login_form(ui: Ui, status: StatusCode, user: &str, note: LoginNote) -> Respon
 async fn login(
     State(app): State<App>,
     ui: Ui,
+    uri: Uri,
     headers: HeaderMap,
     info: Option<axum::Extension<ConnInfo>>,
     body: Bytes,
@@ -396,7 +400,7 @@ async fn login(
     let user = form.get("user").unwrap_or_default().trim().to_owned();
     let shown_user = if names::valid(&user) { user.as_str() } else { "" };
     let pre = cookie(&headers, PRE_COOKIE).unwrap_or_default();
-    if foreign(&headers) || !same_token(pre, form.get("csrf").unwrap_or_default()) {
+    if foreign(&headers, &uri) || !same_token(pre, form.get("csrf").unwrap_or_default()) {
         let src = api::source(info.as_deref());
         let actor = if shown_user.is_empty() { "unknown" } else { shown_user };
         let entry = Entry::new(
@@ -632,6 +636,8 @@ mod tests {
     fn requests_from_other_sites_are_foreign() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("fw.example:8443"));
+        let path = Uri::from_static("/login");
+        let foreign = |h: &HeaderMap| foreign(h, &path);
         assert!(!foreign(&h), "no Origin, no Sec-Fetch-Site: a plain client");
         h.insert(header::ORIGIN, HeaderValue::from_static("https://fw.example:8443"));
         assert!(!foreign(&h));
@@ -645,9 +651,20 @@ mod tests {
         h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
         assert!(foreign(&h));
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!foreign(&h), "no-referrer pages send Origin: null; the token decides");
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(!foreign(&h), "a form of our own under no-referrer");
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(foreign(&h));
+        h.remove("sec-fetch-site");
         h.insert(header::ORIGIN, HeaderValue::from_static("http://fw.example:8443"));
         assert!(foreign(&h), "not over TLS");
+        // HTTP/2: the host is the URI's authority, there is no Host header.
+        let mut h2 = HeaderMap::new();
+        h2.insert(header::ORIGIN, HeaderValue::from_static("https://fw.example:8443"));
+        assert!(!super::foreign(&h2, &Uri::from_static("https://fw.example:8443/login")));
+        assert!(super::foreign(&h2, &Uri::from_static("https://other.example/login")));
+        assert!(super::foreign(&h2, &path), "no host at all");
     }
 
     #[test]
