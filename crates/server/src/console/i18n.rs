@@ -100,6 +100,11 @@ messages! {
     NavSessions => "Sessions", "Sitzungen";
     SignedInAs => "Signed in as", "Angemeldet als";
     RoleLabel => "role", "Rolle";
+    RoleAdmin => "admin", "Administration";
+    RoleSessionAdmin => "session admin", "Sitzungsverwaltung";
+    RoleTechnician => "technician", "Techniker";
+    RoleApprover => "approver", "Freigabe";
+    RoleAuditor => "auditor", "Revision";
     Logout => "Log out", "Abmelden";
     LanguageLabel => "Language", "Sprache";
     LangEn => "English", "Englisch";

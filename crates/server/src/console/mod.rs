@@ -163,11 +163,7 @@ pub struct Viewer {
 impl Viewer {
     fn frame(&self) -> Frame<'_> {
         let c = &self.a.caller;
-        Frame {
-            lang: self.ui.lang,
-            path: &self.path,
-            user: Some((&c.name, c.role.as_str(), &self.csrf)),
-        }
+        Frame { lang: self.ui.lang, path: &self.path, user: Some((&c.name, c.role, &self.csrf)) }
     }
 
     fn page(&self, status: StatusCode, markup: Markup) -> Response {
@@ -683,7 +679,11 @@ mod tests {
             decided_by: None,
             actions: SessionActions { approve: true, ..Default::default() },
         };
-        let f = Frame { lang: Lang::De, path: "/sessions", user: Some(("op1", "approver", "tok")) };
+        let f = Frame {
+            lang: Lang::De,
+            path: "/sessions",
+            user: Some(("op1", crate::domain::Role::Approver, "tok")),
+        };
         let page = pages::sessions(&f, None, &[row], "tok").into_string();
         assert!(!page.contains("<script>"), "{page}");
         assert!(page.contains("&lt;script&gt;"));

@@ -8,7 +8,7 @@ use super::{
     i18n::{Lang, Msg},
     view::{Done, MachineRow, SessionActions, SessionRow},
 };
-use crate::domain::SessionState;
+use crate::domain::{Role, SessionState};
 
 /// Who is looking: what the page frame shows.
 pub struct Frame<'a> {
@@ -16,7 +16,7 @@ pub struct Frame<'a> {
     /// The path the page is at, for the language switch (`/sessions`).
     pub path: &'a str,
     /// The user, their role and the form token for logout; none: not logged in.
-    pub user: Option<(&'a str, &'a str, &'a str)>,
+    pub user: Option<(&'a str, Role, &'a str)>,
 }
 
 fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
@@ -40,7 +40,7 @@ fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
                             a href="/" aria-current=[(f.path == "/").then_some("page")] { (t(Msg::NavDashboard)) }
                             a href="/sessions" aria-current=[(f.path == "/sessions").then_some("page")] { (t(Msg::NavSessions)) }
                         }
-                        span.who { (t(Msg::SignedInAs)) " " strong { (name) } " (" (t(Msg::RoleLabel)) " " (role) ")" }
+                        span.who { (t(Msg::SignedInAs)) " " strong { (name) } " (" (t(Msg::RoleLabel)) " " (t(role_msg(role))) ")" }
                         form.inline method="post" action="/logout" {
                             input type="hidden" name="csrf" value=(csrf);
                             button type="submit" { (t(Msg::Logout)) }
@@ -219,6 +219,16 @@ fn done_note(lang: Lang, done: Option<&Done>) -> Markup {
                 (d.what.text(lang)) " " strong { (d.session) }
             }
         }
+    }
+}
+
+pub fn role_msg(r: Role) -> Msg {
+    match r {
+        Role::Admin => Msg::RoleAdmin,
+        Role::SessionAdmin => Msg::RoleSessionAdmin,
+        Role::Technician => Msg::RoleTechnician,
+        Role::Approver => Msg::RoleApprover,
+        Role::Auditor => Msg::RoleAuditor,
     }
 }
 
