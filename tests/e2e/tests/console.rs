@@ -105,6 +105,10 @@ fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
     conn.wait_forwards(T)?;
     roundtrip(conn.forward("plc")?, b"fernwart console approval", T)?;
 
+    b.goto(&format!("{}/sessions", w.url))?;
+    b.find(r#"tr.session[data-session="s1"]"#, T)?;
+    b.screenshot(&shots.join("sessions-en.png"))?;
+
     // The sessions page, in German: the session approved (or already active).
     b.goto(&format!("{}/sessions?lang=de", w.url))?;
     let row = b.find(r#"tr.session[data-session="s1"]"#, T)?;
@@ -125,6 +129,8 @@ fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
     b.click(&out)?;
     b.find("form.login", T)?;
     ensure!(b.url()?.contains("/login"), "after logout: {}", b.url()?);
+    ensure!(b.source()?.contains("Sie sind abgemeldet."), "the logout note, in German");
+    b.screenshot(&shots.join("login-de.png"))?;
     b.goto(&format!("{}/sessions", w.url))?;
     ensure!(b.url()?.contains("/login"), "after logout /sessions leads to {}", b.url()?);
 
@@ -433,5 +439,35 @@ fn console_http_headers_cookies_and_csrf() -> Result<()> {
     if w.session_state("s4")? != "prepared" {
         bail!("s4 changed");
     }
+    Ok(())
+}
+
+#[test]
+fn console_logins_count_toward_the_same_lockout() -> Result<()> {
+    let opts = fernwart_e2e::Options {
+        server_env: vec![("FERNWART_AUTH_LOCKOUT_THRESHOLD".into(), "3".into())],
+        ..Default::default()
+    };
+    let mut w = World::boot_with(opts)?;
+    w.add_user("op1", "approver")?;
+    w.login("op1")?;
+    let pw = default_password("op1");
+    let mut c = Client::new(&w)?;
+    for i in 0..3 {
+        let r = c.login("op1", "Wrong-Passw0rd!x", "123456")?;
+        ensure!(r.status == 401, "failure {i}: {}", r.summary());
+    }
+    // Locked: the right password and code get the same answer as a wrong one.
+    let code = w.next_code("op1")?;
+    let r = c.login("op1", &pw, &code)?;
+    ensure!(r.status == 401, "a locked account logged in: {}", r.summary());
+    ensure!(r.body.contains("Invalid user name, password or code."), "locked says more than wrong");
+    ensure!(!c.jar.contains_key("__Host-fernwart"), "a locked account got a login cookie");
+    let events = w.audit("admin")?;
+    ensure!(has_event(&events, "auth.lockout", &["op1"]), "no lockout on record");
+    ensure!(
+        has_event(&events, "auth.login_refused", &["op1"]),
+        "the locked attempt is not on record"
+    );
     Ok(())
 }
