@@ -9,6 +9,7 @@ use fernwart_e2e::{
     https::{Https, Reply},
     poll, roundtrip, webdriver, Echo, World,
 };
+use sha2::Digest as _;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -439,6 +440,26 @@ fn console_http_headers_cookies_and_csrf() -> Result<()> {
     if w.session_state("s4")? != "prepared" {
         bail!("s4 changed");
     }
+
+    // A console login unused for longer than auth.idle_timeout (1 h) ends like a CLI login:
+    // its last use moved two hours back in the database.
+    let token = a.jar.get("__Host-fernwart").context("ap1 has no login cookie")?.clone();
+    let hash: String =
+        sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let db = rusqlite::Connection::open(w.srv_dir.join("fernwart.db"))?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    let n = db.execute(
+        "UPDATE auth_tokens SET created_at = created_at - 7200, \
+         last_used_at = COALESCE(last_used_at, created_at) - 7200 WHERE token_hash = ?1",
+        [&hash],
+    )?;
+    ensure!(n == 1, "ap1's console login not found in auth_tokens");
+    drop(db);
+    let r = a.get("/")?;
+    ensure!(r.status == 303 && location(&r) == "/login?ended=1", "an idle login: {}", r.summary());
+    ensure!(!a.jar.contains_key("__Host-fernwart"), "an idle login keeps its cookie");
+    let events = w.audit("admin")?;
+    ensure!(has_event(&events, "auth.login_ended", &["ap1"]), "the idle end is not on record");
     Ok(())
 }
 
