@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use axum::{
     body::Bytes,
     extract::{FromRequestParts, Path, RawQuery, State},
-    http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode, Uri},
+    http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode, Uri},
     middleware,
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -241,7 +241,8 @@ impl FromRequestParts<App> for Viewer {
             ui,
             csrf: csrf_token(&token),
             foreign: foreign(&parts.headers, &parts.uri),
-            path: parts.uri.path().to_owned(),
+            // The language switch links to the page shown; after a form, that is the overview.
+            path: if parts.method == Method::GET { parts.uri.path() } else { "/" }.to_owned(),
             query: query(parts),
         })
     }
