@@ -90,6 +90,8 @@ fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
     let m = b.find(r#"tr.machine[data-machine="m1"] [data-online="true"]"#, T)?;
     ensure!(b.text(&m)? == "online", "machine m1 badge");
     b.find(r#"tr.machine[data-machine="m1"] td[data-switch="on"]"#, T)?;
+    let sw = b.text(&b.find(r#"tr.machine[data-machine="m1"] td.software"#, T)?)?;
+    ensure!(sw.starts_with("fernwart-agent "), "agent software shown: {sw:?}");
     let approve = b.find(r#"tr.session[data-session="s1"] button.approve"#, T)?;
     b.screenshot(&shots.join("dashboard-en.png"))?;
 

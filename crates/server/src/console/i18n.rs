@@ -137,6 +137,7 @@ messages! {
     TrustSigned => "signed by an operator's key only", "nur vom Betreiber signierte";
     TrustServer => "the server's", "die des Servers";
     ColCertUntil => "Certificate valid until", "Zertifikat gültig bis";
+    ColAgent => "Agent software (while online)", "Agent-Software (solange online)";
     NotEnrolled => "not enrolled yet", "noch nicht registriert";
     Revoked => "revoked", "gesperrt";
     LastSeen => "last seen", "zuletzt gesehen";

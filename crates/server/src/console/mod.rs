@@ -527,7 +527,7 @@ async fn machine_rows(app: &App, c: &crate::domain::Caller) -> Result<Vec<Machin
     Ok(machines
         .into_iter()
         .map(|m| {
-            let live = app.relay.hub.online(m.id);
+            let live = app.relay.hub.online(m.id).zip(app.relay.hub.software(m.id));
             let cert = certs.get(&m.name).copied();
             MachineRow::new(m, live, cert)
         })

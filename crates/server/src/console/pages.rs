@@ -136,6 +136,7 @@ pub fn dashboard(
                             th scope="col" { (t(Msg::ColSwitch)) }
                             th scope="col" { (t(Msg::ColTrust)) }
                             th scope="col" { (t(Msg::ColCertUntil)) }
+                            th scope="col" { (t(Msg::ColAgent)) }
                         } }
                         tbody {
                             @for m in machines {
@@ -176,6 +177,7 @@ pub fn dashboard(
                                             None => "–",
                                         }
                                     }
+                                    td.software { (m.software.as_deref().unwrap_or("–")) }
                                 }
                             }
                         }

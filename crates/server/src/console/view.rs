@@ -27,10 +27,18 @@ pub struct MachineRow {
     pub trust: Option<bool>,
     pub last_seen: Option<String>,
     pub cert_until: Option<String>,
+    /// What its linked agent says it is (`fernwart-agent 0.1.0`); none: not linked.
+    pub software: Option<String>,
 }
 
 impl MachineRow {
-    pub fn new(m: MachineRecord, live: Option<bool>, cert_until: Option<UnixSecs>) -> Self {
+    /// `live`: the linked agent's key switch and software; none: no agent linked.
+    pub fn new(
+        m: MachineRecord,
+        live: Option<(bool, String)>,
+        cert_until: Option<UnixSecs>,
+    ) -> Self {
+        let (live, software) = live.map_or((None, None), |(on, sw)| (Some(on), Some(sw)));
         let trust = m.trust.as_deref().map(|t| t == fernwart_proto::approval::LEVEL_SIGNED);
         Self {
             name: m.name,
@@ -42,6 +50,7 @@ impl MachineRow {
             trust: if m.operator_requires_signed { Some(true) } else { trust },
             last_seen: m.last_seen.map(util::rfc3339),
             cert_until: cert_until.map(util::rfc3339),
+            software,
         }
     }
 }
