@@ -492,5 +492,15 @@ fn console_logins_count_toward_the_same_lockout() -> Result<()> {
         has_event(&events, "auth.login_refused", &["op1"]),
         "the locked attempt is not on record"
     );
+
+    // An account without a second factor gets no console login: it is told to set one up.
+    w.add_user("newbie", "approver")?;
+    let mut n = Client::new(&w)?;
+    let r = n.login("newbie", &default_password("newbie"), "")?;
+    ensure!(r.status == 403, "a login without a second factor: {}", r.summary());
+    ensure!(r.body.contains("fernwart mfa enroll"), "not told how to set up a second factor");
+    ensure!(!n.jar.contains_key("__Host-fernwart"), "a login without a second factor got a cookie");
+    let events = w.audit("admin")?;
+    ensure!(has_event(&events, "auth.logout", &["newbie"]), "its partial login was not ended");
     Ok(())
 }
