@@ -170,6 +170,8 @@ struct AgentEntry {
     switch_on: bool,
     switch_token: CancellationToken,
     targets: Vec<TargetInfo>,
+    /// What the agent says it is in its hello (`fernwart-agent 0.1.0`), cleaned.
+    software: String,
     acks: HashMap<String, Vec<oneshot::Sender<GrantAnswer>>>,
 }
 
@@ -206,6 +208,7 @@ impl Hub {
         control: mpsc::Sender<ServerToAgent>,
         switch_on: bool,
         targets: Vec<TargetInfo>,
+        software: String,
     ) -> u64 {
         let mut inner = self.lock();
         inner.next_conn += 1;
@@ -217,6 +220,7 @@ impl Hub {
             switch_on,
             switch_token: CancellationToken::new(),
             targets,
+            software,
             acks: HashMap::new(),
         };
         if let Some(old) = inner.agents.insert(machine, entry) {
@@ -257,6 +261,11 @@ impl Hub {
             .entry(machine)
             .or_insert_with(|| crate::audit::agent::Budget::new(now))
             .take(n, now)
+    }
+
+    /// What the machine's linked agent says it is (name and version); none: not linked.
+    pub fn software(&self, machine: i64) -> Option<String> {
+        self.lock().agents.get(&machine).map(|a| a.software.clone())
     }
 
     pub fn online(&self, machine: i64) -> Option<bool> {
