@@ -196,14 +196,21 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
                 }
             }
             Ok(Ok(AgentToServer::GrantAck { session })) => {
-                app.hub.grant_answered(machine_id, &session, GrantAnswer::Held)
+                app.hub.grant_answered(machine_id, &session, GrantAnswer::Held);
             }
             Ok(Ok(AgentToServer::GrantRefused { session, reason })) => {
                 if version < AGENT_GRANT_REFUSED_VERSION {
                     break "grant_refused on a link older than version 3".to_owned();
                 }
-                // Bounded like any text a machine sends into the trail.
+                // Bounded like any text a machine sends into the trail; only an answer to a
+                // grant the server pushed is recorded (an agent cannot fill the trail with
+                // refusals of its own making; its own trail has every refusal anyway).
                 let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+                let refused = GrantAnswer::Refused(reason.clone());
+                if !app.hub.grant_answered(machine_id, &session, refused) {
+                    tracing::debug!(%machine, %session, "grant_refused for no grant pushed");
+                    continue;
+                }
                 tracing::warn!(%machine, %session, %reason, "the agent refused a grant");
                 app.audit.record(Entry::new(
                     &machine,
@@ -211,10 +218,9 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
                     Event::GrantRefused {
                         machine: machine.clone(),
                         session: session.clone(),
-                        reason: reason.clone(),
+                        reason,
                     },
                 ));
-                app.hub.grant_answered(machine_id, &session, GrantAnswer::Refused(reason));
             }
             Ok(Ok(AgentToServer::Trust { trust })) => {
                 if version < AGENT_GRANT_REFUSED_VERSION {
@@ -234,6 +240,8 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
                         approvers: trust.approvers.clone(),
                     },
                 );
+                // Recorded only when it differs from what the server holds: repeating it
+                // writes nothing.
                 let r = app.store.run(move |b| b.agent_trust(machine_id, &trust, &entry)).await;
                 if let Err(e) = r {
                     tracing::error!(error = %e, "cannot record the agent's trust anchor");

@@ -325,13 +325,20 @@ impl Hub {
         })
     }
 
-    /// The agent answered the grant of `session`: everyone waiting for it hears.
-    pub fn grant_answered(&self, machine: i64, session: &str, answer: GrantAnswer) {
-        if let Some(a) = self.lock().agents.get_mut(&machine) {
-            for tx in a.acks.remove(session).unwrap_or_default() {
-                let _ = tx.send(answer.clone());
-            }
+    /// The agent answered the grant of `session`: everyone waiting for it hears. False when
+    /// nobody waited (no grant of that session was pushed, or its answer came too late).
+    pub fn grant_answered(&self, machine: i64, session: &str, answer: GrantAnswer) -> bool {
+        let waiting = self
+            .lock()
+            .agents
+            .get_mut(&machine)
+            .and_then(|a| a.acks.remove(session))
+            .unwrap_or_default();
+        let answered = !waiting.is_empty();
+        for tx in waiting {
+            let _ = tx.send(answer.clone());
         }
+        answered
     }
 
     fn revoke(&self, machine: i64, session: &str) {

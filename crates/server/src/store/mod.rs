@@ -551,13 +551,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Whose signature the approvals of sessions on the machine need.
     fn signing_facts(&self, machine: i64) -> Result<SigningFacts, StoreError>;
     fn agent_switch(&self, machine: i64, on: bool, entry: &Entry) -> Result<(), StoreError>;
-    /// The agent's operator changed its trust anchor while it runs (agent link version 3).
+    /// The agent's operator changed its trust anchor while it runs (agent link version 3):
+    /// recorded with `entry` when it differs from the one held; false when it does not.
     fn agent_trust(
         &self,
         machine: i64,
         trust: &AgentTrust,
         entry: &Entry,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     fn agent_offline(&self, machine: i64, now: UnixSecs, entry: &Entry) -> Result<(), StoreError>;
     /// The end-to-end key an agent said in its hello: recorded the first time (an agent
     /// from before end-to-end encryption has none until then), compared afterwards. A

@@ -1571,14 +1571,18 @@ impl Backend for Sqlite {
         machine: i64,
         trust: &AgentTrust,
         entry: &Entry,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let approvers = serde_json::to_string(&trust.approvers).unwrap_or_else(|_| "[]".into());
         self.tx(|tx| {
-            tx.execute(
-                "UPDATE machines SET trust = ?2, approvers = ?3 WHERE id = ?1",
+            let changed = tx.execute(
+                "UPDATE machines SET trust = ?2, approvers = ?3 WHERE id = ?1 \
+                 AND (trust IS NOT ?2 OR approvers IS NOT ?3)",
                 params![machine, trust.level, approvers],
-            )?;
-            audit(tx, entry)
+            )? > 0;
+            if changed {
+                audit(tx, entry)?;
+            }
+            Ok(changed)
         })
     }
 

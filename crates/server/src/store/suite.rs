@@ -37,6 +37,30 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     an_agents_end_to_end_key_is_recorded_once(fresh().as_ref());
     a_sessions_technician_keys_are_kept_unless_a_signature_covers_them(fresh().as_ref());
     an_orgs_rules_change_whole_or_not_at_all(fresh().as_ref());
+    a_trust_anchor_is_recorded_when_it_changes(fresh().as_ref());
+}
+
+fn a_trust_anchor_is_recorded_when_it_changes(b: &dyn Backend) {
+    let (m, _) = machine_with_session(b);
+    let trust = |keys: &[&str]| AgentTrust {
+        level: Some(fernwart_proto::approval::LEVEL_SIGNED.to_owned()),
+        approvers: keys.iter().map(|k| (*k).to_owned()).collect(),
+    };
+    let e = || {
+        entry(Event::TrustChange {
+            machine: "m1".into(),
+            level: "operator-signed".into(),
+            approvers: vec![],
+        })
+    };
+    let before = actions(b).len();
+    assert!(b.agent_trust(m, &trust(&["ed25519:a", "ed25519:b"]), &e()).unwrap());
+    // The same again (an agent repeating itself): nothing written.
+    assert!(!b.agent_trust(m, &trust(&["ed25519:a", "ed25519:b"]), &e()).unwrap());
+    assert!(b.agent_trust(m, &trust(&["ed25519:b"]), &e()).unwrap());
+    assert_eq!(actions(b).len(), before + 2);
+    let held = b.machines(None).unwrap().into_iter().find(|x| x.id == m).unwrap();
+    assert_eq!(held.approvers, vec!["ed25519:b".to_owned()]);
 }
 
 fn an_orgs_rules_change_whole_or_not_at_all(b: &dyn Backend) {
