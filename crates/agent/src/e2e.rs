@@ -77,7 +77,7 @@ pub fn load_or_create(dir: &Path) -> Result<StaticKey, String> {
                 base64::engine::general_purpose::STANDARD.encode(key.secret())
             ));
             identity::write(&path, text.as_bytes(), 0o600)?;
-            tracing::info!(public = %key.public(), "made the end-to-end key");
+            tracing::debug!(public = %key.public(), "made the end-to-end key");
             Ok(key)
         }
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
