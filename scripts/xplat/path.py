@@ -6,11 +6,14 @@ each binary is a command of its own, so that one of them can be a wrapper that r
 build (`fernwart.exe` under wine64, an aarch64 `fernwart-agent` under qemu-user):
 
   path.py --server CMD --agent CMD --cli CMD [--cli-paths windows] [--cli-appdata DIR]
+          [--cmd WRAPPER --cmd-exe WINPATH]
 
 CMD is one executable (a wrapper script is fine). With `--cli-paths windows` the CLI is given
 its files as Windows paths (Z:\\... is wine's view of /); with `--cli-appdata DIR` (the wine
 prefix's %APPDATA%, seen from Linux) the technician runs without FERNWART_HOME, from the
-default home there, and the login file it wrote is checked to be its owner's only.
+default home there, and the login file it wrote is checked to be its owner's only. With
+`--cmd WRAPPER --cmd-exe WINPATH` the second technician logs in from cmd.exe, the password piped
+in from a file (`type pw.txt | fernwart.exe login ...`).
 
 Steps: server init/run; admin login with TOTP (MFA enrolled on first use); users and machine;
 agent enroll/run; technicians' and approver's logins with TOTP; key switch on; two sessions;
@@ -243,15 +246,28 @@ class World:
             self.secrets[who] = js["secret"]
             self.fw("mfa", "confirm", totp(self.secrets[who]), who=who)
         # The code of the next step first: the one just used for `mfa confirm` is spent.
-        for t in (time.time() + 30, None):
-            p = self.fw("login", "--user", who, "--password-stdin", "--otp",
-                        totp(self.secrets[who], t), who=who, stdin=PW[who] + "\r\n",
-                        check=False)
+        for t in (time.time() + 30, None, "wait"):
+            if t == "wait":
+                time.sleep(31 - time.time() % 30)
+                t = None
+            p = self.login_with(who, totp(self.secrets[who], t))
             if p.returncode == 0:
                 return
-        time.sleep(31 - time.time() % 30)
-        self.fw("login", "--user", who, "--password-stdin", "--otp", totp(self.secrets[who]),
-                who=who, stdin=PW[who] + "\n")
+        raise Short(f"login of {who} with TOTP: {(p.stderr or p.stdout).strip()[-300:]}")
+
+    def login_with(self, who, code):
+        """One login with password and code. With --cmd, tech2 logs in through cmd.exe, the
+        password piped from a file with CRLF line ends, as a Windows user would."""
+        if not (self.a.cmd and who == "tech2"):
+            return self.fw("login", "--user", who, "--password-stdin", "--otp", code, who=who,
+                           stdin=PW[who] + "\n", check=False)
+        pw = os.path.join(self.tmp, f"pw-{who}.txt")
+        with open(pw, "w", newline="") as f:
+            f.write(PW[who] + "\r\n")
+        line = (f"type {self.cli_path(pw)} | {self.a.cmd_exe} login --user {who} "
+                f"--password-stdin --otp {code}")
+        return subprocess.run([self.a.cmd, line], capture_output=True, text=True,
+                              env=self.env(who, True), timeout=120)
 
     def users_and_machine(self):
         for name, role in (("tech1", "technician"), ("tech2", "technician"), ("op1", "approver")):
@@ -342,7 +358,8 @@ def walk(args):
         w.step("tech1 login with TOTP", w.login, "tech1")
         if args.cli_appdata:
             w.step("tech1's login in %APPDATA%\\fernwart, owner-only", w.check_appdata_login)
-        w.step("tech2 login with TOTP", w.login, "tech2")
+        w.step("tech2 login with TOTP" + (" from cmd.exe (type pw.txt | fernwart.exe ...)"
+                                           if args.cmd else ""), w.login, "tech2")
         w.step("op1 login with TOTP", w.login, "op1")
         w.step("key switch on", w.run, args.agent, "switch", "on", "--data", w.agent_dir)
         w.step("sessions s1 (tech1), s2 (tech2) created", lambda: (w.session("s1", "tech1"),
@@ -376,6 +393,8 @@ def main():
     ap.add_argument("--cli", required=True)
     ap.add_argument("--cli-paths", choices=["unix", "windows"], default="unix")
     ap.add_argument("--cli-appdata")
+    ap.add_argument("--cmd", help="runs its argument as a cmd.exe command line (wine cmd /c)")
+    ap.add_argument("--cmd-exe", help="the CLI's path as cmd.exe sees it")
     ap.add_argument("--bulk-mib", type=int, default=8)
     args = ap.parse_args()
     try:
