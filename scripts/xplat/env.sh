@@ -17,3 +17,10 @@ export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
 export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
 export AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm -L /usr/arm-linux-gnueabihf"
+
+# Static agent for gateways with an old glibc: Rust's musl target brings its own C library and
+# start files (self-contained linking); the glibc cross compiler links it and builds ring.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
+export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
+export AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64
