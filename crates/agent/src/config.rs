@@ -175,13 +175,7 @@ impl AgentConfig {
 
     /// What the hello tells the server of `[trust]`: nothing when there are no approvers.
     pub fn announced_trust(&self) -> Option<AgentTrust> {
-        if self.trust.approvers.is_empty() && !self.trust.required {
-            return None;
-        }
-        Some(AgentTrust {
-            level: self.trust.level().to_owned(),
-            approvers: self.trust.approvers.iter().map(ToString::to_string).collect(),
-        })
+        announce_trust(&self.trust)
     }
 
     pub fn announced(&self) -> Vec<TargetInfo> {
@@ -198,6 +192,27 @@ impl AgentConfig {
 
 /// The most approver keys an agent pins (the server takes no more in a hello).
 const MAX_APPROVERS: usize = 64;
+
+/// Whether two trust anchors pin the same keys (in any order) and require the same.
+pub fn same_trust(a: &Trust, b: &Trust) -> bool {
+    let sorted = |t: &Trust| {
+        let mut k = t.approvers.clone();
+        k.sort();
+        k
+    };
+    a.required == b.required && sorted(a) == sorted(b)
+}
+
+/// What the agent tells the server of a trust anchor: nothing when there are no approvers.
+pub fn announce_trust(trust: &Trust) -> Option<AgentTrust> {
+    if trust.approvers.is_empty() && !trust.required {
+        return None;
+    }
+    Some(AgentTrust {
+        level: trust.level().to_owned(),
+        approvers: trust.approvers.iter().map(ToString::to_string).collect(),
+    })
+}
 
 fn parse_trust(raw: RawTrust) -> Result<Trust, String> {
     if raw.approvers.len() > MAX_APPROVERS {

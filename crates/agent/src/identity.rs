@@ -64,8 +64,11 @@ pub async fn enroll(
         .serialize_request(&key)
         .and_then(|c| c.pem())
         .map_err(|e| format!("cannot make a CSR: {e}"))?;
+    // The end-to-end key is made (or kept) here and registered with the certificate.
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let e2e_key = crate::e2e::load_or_create(dir)?.public().to_string();
     let client = HttpClient::new(dialer);
-    let body = EnrollRequest { token: token.trim().to_owned(), csr };
+    let body = EnrollRequest { token: token.trim().to_owned(), csr, e2e_key: Some(e2e_key) };
     let resp: EnrollResponse = client
         .json(http_method_post(), "/v1/enroll", None, Some(&body))
         .await

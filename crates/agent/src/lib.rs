@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use fernwart_proto::{
@@ -27,6 +27,7 @@ pub mod identity;
 pub mod link;
 pub mod policy;
 pub mod recording;
+pub mod reload;
 pub mod switch;
 
 pub use config::AgentConfig;
@@ -53,6 +54,11 @@ pub struct AgentInner {
     approvals: Mutex<Nonces>,
     /// The end-to-end key and the handshakes seen (see [`e2e`]).
     pub e2e: e2e::E2e,
+    /// The operator's trust anchor now: `cfg.trust` at the start, then what `agent.toml`
+    /// says while the agent runs ([`reload`]).
+    trust: RwLock<Arc<approval::Trust>>,
+    /// Counts trust anchor changes: the link tells the server.
+    pub trust_changes: watch::Sender<u64>,
 }
 
 impl std::ops::Deref for Agent {
@@ -91,6 +97,8 @@ impl Agent {
         Agent(Arc::new(AgentInner {
             approvals,
             e2e,
+            trust: RwLock::new(Arc::new(cfg.trust.clone())),
+            trust_changes: watch::channel(0).0,
             switch: watch::channel(on).0,
             dir,
             cfg,
@@ -229,12 +237,14 @@ impl Agent {
 
     /// A `Grant` frame: held if it passes [`Agent::admit`] (true: acknowledge it), else
     /// refused, and an earlier grant of its session is dropped with its tunnels.
-    pub fn add_grant(&self, grant: Grant) -> bool {
+    /// Takes a grant the server pushed, after the operator's check; a refused one is not held
+    /// (and replaces nothing): the error says why, for the server and the technician.
+    pub fn add_grant(&self, grant: Grant) -> Result<(), String> {
         match self.admit(&grant) {
             Ok(verdict) => {
                 self.audit_grant(&grant, verdict);
                 lock(&self.grants).insert(grant);
-                true
+                Ok(())
             }
             Err(r) => {
                 let held = lock(&self.grants).remove(&grant.session);
@@ -250,7 +260,7 @@ impl Agent {
                         serde_json::json!({"session": grant.session, "reason": "its new grant was refused"}),
                     );
                 }
-                false
+                Err(r.to_string())
             }
         }
     }
@@ -262,8 +272,8 @@ impl Agent {
         let now = now();
         let mut seen = lock(&self.approvals);
         let pruned = seen.prune(now);
-        let verdict =
-            approval::verify(grant, &self.identity.machine, &self.cfg.trust, &allowed, &seen, now);
+        let trust = self.trust();
+        let verdict = approval::verify(grant, &self.identity.machine, &trust, &allowed, &seen, now);
         let admitted = match (&verdict, &grant.approval) {
             (Ok(Verdict::Signed(_)), Some(a)) => {
                 let before = seen.clone();
@@ -324,6 +334,43 @@ impl Agent {
         self.audit_as(Some(&grant.users.join(",")), "grant", &grant.session, details);
     }
 
+    /// The operator's trust anchor now.
+    pub fn trust(&self) -> Arc<approval::Trust> {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The operator changed `[trust]` while the agent runs: recorded with the keys that came
+    /// and went, then every grant held is checked again under it (one no longer signed by a
+    /// pinned key is dropped and its tunnels close, as at a restart), and the server is told.
+    pub fn set_trust(&self, trust: approval::Trust) {
+        let before = self.trust();
+        if config::same_trust(&before, &trust) {
+            return;
+        }
+        let fingerprints = |t: &approval::Trust, other: &approval::Trust| -> Vec<String> {
+            t.approvers
+                .iter()
+                .filter(|k| !other.approvers.contains(k))
+                .map(|k| k.fingerprint())
+                .collect()
+        };
+        self.audit_as(
+            None,
+            "trust.change",
+            "",
+            serde_json::json!({
+                "level": trust.level(),
+                "added": fingerprints(&trust, &before),
+                "removed": fingerprints(&before, &trust),
+                "approvers": trust.approvers.len(),
+            }),
+        );
+        *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(trust);
+        let held: Vec<Grant> = lock(&self.grants).all().cloned().collect();
+        self.set_grants(held);
+        self.trust_changes.send_modify(|n| *n += 1);
+    }
+
     pub fn revoke(&self, session: &str) {
         let removed = lock(&self.grants).remove(session);
         if let Some(t) = lock(&self.grant_tokens).remove(session) {
@@ -364,7 +411,9 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
             a.on_switch(on);
         }
     });
+    let reloader = tokio::spawn(reload::watch(agent.clone(), shutdown.clone()));
     link::run(agent.clone(), shutdown).await;
+    reloader.abort();
     watcher.abort();
     reactor.abort();
     agent.audit_as(None, "agent.stop", "", serde_json::json!({}));
@@ -455,7 +504,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = agent(dir.path());
 
-        a.add_grant(grant("s1", 100));
+        a.add_grant(grant("s1", 100)).unwrap();
 
         a.audit_flush();
         assert_eq!(records(dir.path()), [("grant".to_owned(), "s1".to_owned())]);
@@ -465,7 +514,7 @@ mod tests {
     fn a_revoke_names_the_technicians_of_the_grant_it_ends() {
         let dir = tempfile::tempdir().unwrap();
         let a = agent(dir.path());
-        a.add_grant(grant("s1", 100));
+        a.add_grant(grant("s1", 100)).unwrap();
 
         a.revoke("s1");
         a.audit("tunnel.refused", "s1", serde_json::json!({"reason": "no grant"}));
@@ -483,13 +532,13 @@ mod tests {
         std::fs::write(dir.path().join(audit::DIR_NAME), "in the way").unwrap();
         let a = agent(dir.path());
 
-        a.add_grant(grant("s1", 100));
+        a.add_grant(grant("s1", 100)).unwrap();
 
         assert!(lock(&a.grants).get("s1").is_some());
         a.audit_flush();
         assert_eq!(a.audit_log.failures(), 1);
         std::fs::remove_file(dir.path().join(audit::DIR_NAME)).unwrap();
-        a.add_grant(grant("s2", 100));
+        a.add_grant(grant("s2", 100)).unwrap();
         a.audit_flush();
         let (all, _) = audit::list(dir.path(), &audit::Filter::default()).unwrap();
         let actions: Vec<&str> = all.iter().map(|r| r.body.action.as_str()).collect();
@@ -540,22 +589,66 @@ mod tests {
     }
 
     #[test]
+    fn a_trust_anchor_changed_while_running_drops_what_it_no_longer_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k1, k2) = (approver(1), approver(2));
+        let a = pinned(dir.path(), &[&k1, &k2]);
+        let until = now() + 3600;
+        a.add_grant(signed(&k1, grant("s1", until), "n1")).unwrap();
+        a.add_grant(signed(&k2, grant("s2", until), "n2")).unwrap();
+        let s1_tunnels = a.grant_token("s1");
+        let changes = a.trust_changes.subscribe();
+        let toml = |keys: &[&SigningKey]| {
+            let keys: Vec<String> = keys.iter().map(|k| format!("\"{}\"", k.public())).collect();
+            format!(
+                "[[target]]\nname = \"plc\"\naddress = \"192.168.0.10:102\"\n[[target]]\nname = \"hmi\"\naddress = \"192.168.0.11:5900\"\n[trust]\napprovers = [{}]\n",
+                keys.join(", ")
+            )
+        };
+
+        // A file that does not parse changes nothing.
+        reload::apply(&a, "[trust]\napprovers = [\"nonsense\"]\n");
+        assert_eq!(a.trust().approvers.len(), 2);
+        assert!(open(&a, "s1").is_ok());
+        // The same anchor: nothing happens.
+        reload::apply(&a, &toml(&[&k2, &k1]));
+        assert!(!changes.has_changed().unwrap());
+        // k1 leaves: s1 (signed by k1) is dropped, its tunnels end; s2 stays.
+        reload::apply(&a, &toml(&[&k2]));
+        assert!(changes.has_changed().unwrap());
+        assert!(s1_tunnels.is_cancelled());
+        assert!(open(&a, "s1").is_err());
+        assert!(open(&a, "s2").is_ok());
+        a.audit_flush();
+        let (all, _) = audit::list(dir.path(), &audit::Filter::default()).unwrap();
+        let actions: Vec<&str> = all.iter().map(|r| r.body.action.as_str()).collect();
+        assert!(actions.contains(&"config.invalid"), "{actions:?}");
+        let change = all.iter().find(|r| r.body.action == "trust.change").unwrap();
+        let d: serde_json::Value = serde_json::from_str(&change.body.details).unwrap();
+        assert_eq!(d["removed"], serde_json::json!([k1.public().fingerprint()]));
+        assert_eq!(refusals(dir.path()).len(), 1);
+        assert!(refusals(dir.path())[0].1.contains("not one of this machine's approvers"));
+        // A grant signed by k1 is refused from now on.
+        assert!(a.add_grant(signed(&k1, grant("s3", until), "n3")).is_err());
+    }
+
+    #[test]
     fn only_grants_signed_by_a_pinned_approver_are_held() {
         let dir = tempfile::tempdir().unwrap();
         let k = approver(1);
         let a = pinned(dir.path(), &[&k]);
         let until = now() + 3600;
 
-        assert!(a.add_grant(signed(&k, grant("s1", until), "n1")));
-        assert!(!a.add_grant(grant("s2", until)));
+        assert!(a.add_grant(signed(&k, grant("s1", until), "n1")).is_ok());
+        assert!(a.add_grant(grant("s2", until)).is_err());
         let mut widened = signed(&k, grant("s3", until), "n3");
         widened.until += 3600;
-        assert!(!a.add_grant(widened));
+        assert!(a.add_grant(widened).is_err());
         let mut more = signed(&k, grant("s4", until), "n4");
         more.targets.push("hmi".into());
         more.users.push("intruder".into());
-        assert!(!a.add_grant(more));
-        assert!(!a.add_grant(signed(&approver(2), grant("s5", until), "n5")));
+        assert!(a.add_grant(more).is_err());
+        assert!(a.add_grant(signed(&approver(2), grant("s5", until), "n5")).is_err());
 
         a.audit_flush();
         let r = refusals(dir.path());
@@ -599,7 +692,7 @@ mod tests {
         let tunnels = a.grant_token("s1");
         let mut later = good;
         later.until += 60;
-        assert!(!a.add_grant(later));
+        assert!(a.add_grant(later).is_err());
         assert!(tunnels.is_cancelled());
         assert!(lock(&a.grants).get("s1").is_none());
         a.audit_flush();
@@ -616,16 +709,16 @@ mod tests {
         let old = signed(&k, grant("s1", until), "n1");
         {
             let a = pinned(dir.path(), &[&k]);
-            assert!(a.add_grant(old.clone()));
+            assert!(a.add_grant(old.clone()).is_ok());
             // Its approval moved onto another session.
             let copied = Grant { session: "s2".into(), ..old.clone() };
-            assert!(!a.add_grant(copied));
+            assert!(a.add_grant(copied).is_err());
             a.revoke("s1");
             a.audit_flush();
         }
         // After a restart, the ended session's grant is refused when sent again.
         let a = pinned(dir.path(), &[&k]);
-        assert!(!a.add_grant(old.clone()));
+        assert!(a.add_grant(old.clone()).is_err());
         a.set_grants(vec![old]);
         assert!(lock(&a.grants).get("s1").is_none());
         a.audit_flush();

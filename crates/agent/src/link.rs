@@ -1,15 +1,15 @@
 //! The one persistent outbound link to the server, with capped exponential backoff and jitter.
 //!
-//! The agent offers link version [`AGENT_LINK_VERSION`]; a server that refuses it (one older
-//! than the agent's records at the server) is asked again at once with version 1, on which
-//! the agent's records are not sent. The next link after one that was up offers the newer
-//! version again.
+//! The agent offers link version [`AGENT_LINK_VERSION`]; a server that refuses it (an older
+//! one) is asked again at once with the version below, down to 1, on which the agent's records
+//! are not sent. The next link after one that was up offers the newest version again.
 
 use std::time::{Duration, Instant};
 
 use fernwart_proto::{
-    AgentToServer, ServerToAgent, AGENT_LINK_VERSION, AUDIT_BATCH_BYTES, AUDIT_BATCH_MAX_RECORDS,
-    HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
+    AgentToServer, ServerToAgent, AGENT_AUDIT_VERSION, AGENT_GRANT_REFUSED_VERSION,
+    AGENT_LINK_VERSION, AUDIT_BATCH_BYTES, AUDIT_BATCH_MAX_RECORDS, HANDSHAKE_TIMEOUT,
+    PROTOCOL_VERSION,
 };
 use fernwart_transport::{
     error_chain, frame_io::read_frame_within, read_frame, tls, write_frame, Dialer, HttpClient, Mux,
@@ -58,8 +58,8 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
                 offer = AGENT_LINK_VERSION;
             }
             Err(Failure::Refused { reason, offered }) if offered > PROTOCOL_VERSION => {
-                tracing::warn!(%reason, offered, "the server refused the link version; asking again with version 1, on which the agent's records are not sent to the server");
-                offer = PROTOCOL_VERSION;
+                offer = offered - 1;
+                tracing::warn!(%reason, offered, "the server refused the link version; asking again with version {offer} (below {AGENT_AUDIT_VERSION} the agent's records are not sent to the server)");
                 continue;
             }
             Err(Failure::Refused { reason, .. }) => {
@@ -106,12 +106,15 @@ async fn connect_once(agent: &Agent, offer: u16) -> Result<String, Failure> {
         Err(_) => return Err(Failure::Other("the server opened no control stream in time".into())),
     };
     let mut switch_rx = agent.switch.subscribe();
+    // Changes of the trust anchor from here on are told on this link (the hello has it now).
+    let mut trust_rx = agent.trust_changes.subscribe();
+    trust_rx.borrow_and_update();
     let hello = AgentToServer::Hello {
         version: offer,
         agent: format!("fernwart-agent {}", env!("CARGO_PKG_VERSION")),
         targets: agent.cfg.announced(),
         switch_on: *switch_rx.borrow_and_update(),
-        trust: agent.cfg.announced_trust(),
+        trust: crate::config::announce_trust(&agent.trust()),
         e2e_key: agent.e2e.public().map(|k| k.to_string()),
     };
     write_frame(&mut control, &hello).await.map_err(|e| error_chain(&e))?;
@@ -138,7 +141,7 @@ async fn connect_once(agent: &Agent, offer: u16) -> Result<String, Failure> {
         other => return Err(format!("unexpected handshake answer: {other:?}").into()),
     };
     // The agent's records go to servers that agreed on a version with them.
-    let mut upload = (version >= AGENT_LINK_VERSION).then(audit::Uploader::default);
+    let mut upload = (version >= AGENT_AUDIT_VERSION).then(audit::Uploader::default);
     let (mut rd, mut wr) = control.into_split();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<AgentToServer>(64);
     let writer = tokio::spawn(async move {
@@ -173,9 +176,15 @@ async fn connect_once(agent: &Agent, offer: u16) -> Result<String, Failure> {
                 Some(Err(e)) => break e,
                 Some(Ok(ServerToAgent::Grant { grant })) => {
                     let session = grant.session.clone();
-                    // A refused grant is not acknowledged: the agent does not hold it.
-                    if agent.add_grant(grant) {
-                        let _ = out_tx.send(AgentToServer::GrantAck { session }).await;
+                    // A refused grant is not acknowledged: the agent does not hold it, and says
+                    // why to a server that knows the message.
+                    let answer = match agent.add_grant(grant) {
+                        Ok(()) => Some(AgentToServer::GrantAck { session }),
+                        Err(reason) => (version >= AGENT_GRANT_REFUSED_VERSION)
+                            .then_some(AgentToServer::GrantRefused { session, reason }),
+                    };
+                    if let Some(answer) = answer {
+                        let _ = out_tx.send(answer).await;
                     }
                 }
                 Some(Ok(ServerToAgent::Revoke { session })) => agent.revoke(&session),
@@ -195,6 +204,16 @@ async fn connect_once(agent: &Agent, offer: u16) -> Result<String, Failure> {
                 if let Some(up) = upload.as_mut() {
                     send_records(agent, up, &out_tx).await;
                 }
+            }
+            r = trust_rx.changed() => {
+                if r.is_err() { break "trust watcher ended".to_owned() }
+                trust_rx.borrow_and_update();
+                if version < AGENT_GRANT_REFUSED_VERSION {
+                    // An older server hears of it in the next hello.
+                    break "the trust anchor changed: linking again to announce it".to_owned();
+                }
+                let trust = crate::config::announce_trust(&agent.trust());
+                let _ = out_tx.send(AgentToServer::Trust { trust }).await;
             }
             r = switch_rx.changed() => {
                 if r.is_err() { break "switch watcher ended".to_owned() }

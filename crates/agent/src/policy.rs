@@ -50,6 +50,11 @@ impl Grants {
         self.by_session.get(session)
     }
 
+    /// The grants held, in no particular order.
+    pub fn all(&self) -> impl Iterator<Item = &Grant> {
+        self.by_session.values()
+    }
+
     /// The sessions held, in no particular order.
     pub fn sessions(&self) -> impl Iterator<Item = &str> {
         self.by_session.keys().map(String::as_str)

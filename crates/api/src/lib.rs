@@ -30,7 +30,7 @@ pub use machine::{
     EnrollRequest, EnrollResponse, MachineAddRequest, MachineAdded, MachineInfo, MachineRevoked,
     SwitchState,
 };
-pub use org::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo, OrgKind};
+pub use org::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo, OrgKind, OrgSetRequest};
 pub use recording::{RecordingInfo, RecordingQuery};
 pub use role::{Role, UnknownRole};
 pub use session::{

@@ -61,7 +61,7 @@ pub struct MachineInfo {
     pub signature_required: bool,
     /// Its agent's end-to-end key (X25519, base64), recorded from its first link; technicians'
     /// CLIs pin it. None before the agent linked with end-to-end encryption.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e2e_key: Option<String>,
 }
 
@@ -118,6 +118,10 @@ pub struct EnrollRequest {
     pub token: String,
     /// PEM certificate signing request for the key made on the device.
     pub csr: String,
+    /// The agent's end-to-end key (X25519, base64), made on the device: registered with the
+    /// machine at enrolment, so that technicians' CLIs pin the key the token's holder made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_key: Option<String>,
 }
 
 impl fmt::Debug for EnrollRequest {
@@ -198,7 +202,11 @@ mod tests {
         round_trips(&r);
 
         let csr = "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n";
-        let req = EnrollRequest { token: "enrol-SECRET".into(), csr: csr.into() };
+        let req = EnrollRequest {
+            token: "enrol-SECRET".into(),
+            csr: csr.into(),
+            e2e_key: Some("m1YeIhon33BJn5BPndzx4r2gpI8/EalkuHPbKJYcIQw=".into()),
+        };
         let text = serde_json::to_string(&req).unwrap();
         let back: EnrollRequest = parses(&text);
         assert_eq!(back, req);

@@ -58,6 +58,19 @@ pub struct OrgAddRequest {
     pub require_signed: bool,
 }
 
+/// `PATCH /v1/orgs/{name}`: changes some of an operator's rules; what it leaves out stays.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgSetRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_no_approval: Option<bool>,
+    /// The longest session, e.g. "8h"; "none" lifts the organization's own limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signed: Option<bool>,
+}
+
 /// One organization (`GET /v1/orgs`, and the answer to `POST /v1/orgs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrgInfo {

@@ -215,6 +215,19 @@ enum OrgCmd {
         #[arg(long)]
         require_signed: bool,
     },
+    /// Change an operator's rules; what is not given stays (e.g. `--require-signed true`).
+    Set {
+        name: String,
+        /// Approvals on its machines must be signed by an approver's own key (true|false).
+        #[arg(long)]
+        require_signed: Option<bool>,
+        /// Sessions without an approver's release on its machines (true|false).
+        #[arg(long)]
+        allow_no_approval: Option<bool>,
+        /// The longest session on its machines, e.g. 8h; `none` for the server's limit.
+        #[arg(long)]
+        max_session: Option<String>,
+    },
     List,
 }
 
@@ -399,6 +412,11 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Key { cmd: KeyCmd::Init { force } } => commands::key::init(&ctx, force),
         Cmd::Key { cmd: KeyCmd::Show } => commands::key::show(&ctx),
+        Cmd::Org { cmd: OrgCmd::Set { name, require_signed, allow_no_approval, max_session } } => {
+            let req =
+                fernwart_api::OrgSetRequest { allow_no_approval, max_session, require_signed };
+            commands::org::set(&ctx, &name, req).await
+        }
         Cmd::Org { cmd: OrgCmd::List } => commands::org::list(&ctx).await,
         Cmd::Contract { cmd: ContractCmd::Add { provider, operator } } => {
             commands::org::contract_add(&ctx, &provider, &operator).await

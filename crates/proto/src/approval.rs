@@ -350,9 +350,13 @@ impl Nonces {
         }
     }
 
-    /// Remembers a verified approval of `session` (window until `until`).
+    /// Remembers a verified approval of `session` (window until `until`). Approvals that share
+    /// a nonce (a session approved again) are remembered until the last of their windows ends.
     pub fn admit(&mut self, nonce: &str, session: &str, until: i64) {
-        let ended = self.seen.get(nonce).is_some_and(|s| s.ended);
+        let (ended, until) = match self.seen.get(nonce) {
+            Some(s) => (s.ended, s.until.max(until)),
+            None => (false, until),
+        };
         self.seen.insert(nonce.to_owned(), Seen { session: session.to_owned(), until, ended });
         while self.seen.len() > MAX_NONCES {
             let first = self.seen.iter().min_by_key(|(_, s)| s.until).map(|(n, _)| n.clone());
@@ -561,6 +565,27 @@ mod tests {
         let mut empty = g.clone();
         empty.approval.as_mut().unwrap().nonce = String::new();
         assert_eq!(verify(&empty, "m1", &t, ALLOWED, &seen, NOW), Err(Refusal::BadNonce));
+    }
+
+    #[test]
+    fn a_nonce_is_kept_until_the_last_window_of_its_approvals_ends() {
+        // The same session approved twice with its nonce: a long window, then a short one.
+        let k = key();
+        let t = trust(&[&k]);
+        let long = signed(&k, &grant(), "n1");
+        let short = signed(&k, &Grant { until: NOW + 60, ..grant() }, "n1");
+        let mut seen = Nonces::default();
+        for g in [&long, &short] {
+            assert!(verify(g, "m1", &t, ALLOWED, &seen, NOW).is_ok());
+            seen.admit("n1", "s1", g.until);
+        }
+        assert!(seen.ended("s1"));
+        // After the short window, the long approval is still inside its own: still ended.
+        assert!(!seen.prune(NOW + 61));
+        assert_eq!(
+            verify(&long, "m1", &t, ALLOWED, &seen, NOW + 61),
+            Err(Refusal::Ended { session: "s1".into() })
+        );
     }
 
     #[test]

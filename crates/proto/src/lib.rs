@@ -20,7 +20,8 @@ pub mod version;
 pub use codec::{decode, encode, DecodeError, EncodeError, HEADER_LEN, MAX_FRAME_LEN};
 pub use msg::*;
 pub use version::{
-    negotiate, negotiate_agent, VersionError, AGENT_LINK_VERSION, LINK_UPGRADE, PROTOCOL_VERSION,
+    negotiate, negotiate_agent, VersionError, AGENT_AUDIT_VERSION, AGENT_GRANT_REFUSED_VERSION,
+    AGENT_LINK_VERSION, LINK_UPGRADE, PROTOCOL_VERSION,
 };
 
 /// How long either side waits for a handshake frame before it closes the link.

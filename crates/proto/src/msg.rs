@@ -95,6 +95,12 @@ pub enum AgentToServer {
     Switch { on: bool },
     /// The agent holds the grant of `session`.
     GrantAck { session: String },
+    /// Agent link version 3: the agent does not hold the grant of `session` (its operator's
+    /// check refused it, see the agent's own trail), and why.
+    GrantRefused { session: String, reason: String },
+    /// Agent link version 3: the operator changed the agent's trust anchor (`[trust]` in its
+    /// `agent.toml`) while it runs; as in `hello`, none means the server's word is enough.
+    Trust { trust: Option<AgentTrust> },
     /// The answer to `ping`.
     Pong { nonce: u64 },
     /// Agent link version 2: the agent's own audit records the server does not hold yet, in

@@ -7,7 +7,14 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// (`audit_records` from the agent; `audit_ack`, `audit_retry`, `audit_refused` from the
 /// server). Neither side sends them on a link that agreed on version 1: an agent of version 1
 /// would close its link on a message type it does not know, and so would a server of version 1.
-pub const AGENT_LINK_VERSION: u16 = 2;
+/// Version 3 adds `grant_refused` from the agent: the server hears at once why the agent does
+/// not hold a grant (and tells the technician), rather than waiting out the acknowledgement;
+/// and `trust`: the agent's trust anchor changed while it runs.
+pub const AGENT_LINK_VERSION: u16 = 3;
+/// The first agent link version on which the agent's records travel.
+pub const AGENT_AUDIT_VERSION: u16 = 2;
+/// The first agent link version on which the agent says why it refused a grant.
+pub const AGENT_GRANT_REFUSED_VERSION: u16 = 3;
 /// The HTTP/1.1 upgrade token of a link: after `101 Switching Protocols` the connection speaks
 /// HTTP/2 (with prior knowledge). A peer that asks for anything else is refused.
 pub const LINK_UPGRADE: &str = "fernwart-h2/1";

@@ -43,6 +43,8 @@ pub enum Action {
     TokenList,
     TokenRevoke,
     OrgAdd,
+    /// Change an organization's rules (`org set`).
+    OrgSet,
     OrgList,
     ContractAdd,
     /// Pre-approve a provider on a machine inside a recurring maintenance window.
@@ -52,7 +54,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 31] = [
+    pub const ALL: [Action; 32] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
         Action::PasswordChange,
@@ -79,6 +81,7 @@ impl Action {
         Action::TokenList,
         Action::TokenRevoke,
         Action::OrgAdd,
+        Action::OrgSet,
         Action::OrgList,
         Action::ContractAdd,
         Action::WindowAdd,
@@ -115,6 +118,7 @@ impl Action {
             Action::TokenList => "token.list",
             Action::TokenRevoke => "token.revoke",
             Action::OrgAdd => "org.add",
+            Action::OrgSet => "org.set",
             Action::OrgList => "org.list",
             Action::ContractAdd => "contract.add",
             Action::WindowAdd => "window.add",
@@ -149,7 +153,7 @@ impl Action {
             // What happened on a machine is for those who check it, not for technicians.
             Action::MachineAudit | Action::RecordingRead => &[Admin, Auditor],
             Action::TokenCreate | Action::TokenList | Action::TokenRevoke => &[Admin],
-            Action::OrgAdd | Action::ContractAdd => &[Admin],
+            Action::OrgAdd | Action::OrgSet | Action::ContractAdd => &[Admin],
             Action::OrgList => &[Admin, Auditor],
             // A pre-approval is an approval given ahead: the operator's approvers give it.
             Action::WindowAdd | Action::WindowRemove => &[Approver],
@@ -748,6 +752,7 @@ mod tests {
             (TokenList,       [true,  false,  false, false,  false]),
             (TokenRevoke,     [true,  false,  false, false,  false]),
             (OrgAdd,          [true,  false,  false, false,  false]),
+            (OrgSet,          [true,  false,  false, false,  false]),
             (OrgList,         [true,  false,  false, false,  true ]),
             (ContractAdd,     [true,  false,  false, false,  false]),
             (WindowAdd,       [false, false,  false, true,   false]),

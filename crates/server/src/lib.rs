@@ -19,6 +19,7 @@ pub mod auth;
 pub mod authz;
 pub mod ca;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod events;
 pub mod relay;

@@ -53,6 +53,16 @@ impl Reply {
             .unwrap_or_else(|| self.body.clone())
     }
 
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name` (lower case), in order (`set-cookie`).
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+
     /// A one-line description for messages.
     pub fn summary(&self) -> String {
         let body: String = self.body.chars().take(200).collect();
@@ -131,6 +141,17 @@ impl Https {
     ) -> Result<Reply> {
         let mut conn = self.connect()?;
         conn.request(method, path, token, body)
+    }
+
+    /// One request of raw bytes on a fresh connection.
+    pub fn raw(&self, bytes: &[u8]) -> Result<Reply> {
+        let mut conn = self.connect()?;
+        conn.send(bytes).context("sending a request")?;
+        match conn.wait(REQUEST_TIMEOUT)? {
+            Outcome::Answered(r) => Ok(r),
+            Outcome::Closed => bail!("the server closed without an answer"),
+            Outcome::Open => bail!("no answer within {REQUEST_TIMEOUT:?}"),
+        }
     }
 
     /// `POST /v1/login`.
@@ -232,7 +253,7 @@ impl Conn {
 
 /// Parses an answer from `buf`: `None` while incomplete. With `eof`, a body without a length
 /// ends at the end of the data.
-fn parse_reply(buf: &[u8], eof: bool) -> Result<Option<Reply>> {
+pub(crate) fn parse_reply(buf: &[u8], eof: bool) -> Result<Option<Reply>> {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Ok(None);
     };

@@ -13,6 +13,7 @@ pub mod syslog;
 pub mod time;
 pub mod tinyproxy;
 pub mod totp;
+pub mod webdriver;
 pub mod webhook;
 pub mod world;
 

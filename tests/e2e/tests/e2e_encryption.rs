@@ -192,3 +192,27 @@ async fn the_agent_refuses_a_technician_key_its_grant_does_not_name() -> Result<
     tokio::task::block_in_place(|| drop(w));
     Ok(())
 }
+
+/// The agent makes its end-to-end key when it enrols and the server registers it with the
+/// machine in the same request: the key technicians pin is the one the token's holder made,
+/// before any link.
+#[test]
+fn the_agents_key_is_registered_at_enrolment() -> Result<()> {
+    let w = World::boot()?;
+    let ca = w.ca.clone();
+    // (`machine_key` asks as admin.)
+    let shown = |dir: &Path| -> Result<String> {
+        let out = w.agent_raw(&["e2e-key", "--data", dir.to_str().context("path")?])?.check()?;
+        Ok(out.stdout.trim().to_owned())
+    };
+    let token = w.add_machine_in("m1", None)?;
+    let dir = w.agent_dir("m1");
+    w.enroll_raw(&dir, &token, &ca)?.check()?;
+    let first = shown(&dir)?;
+    first.parse::<PublicKey>().map_err(|e| anyhow::anyhow!("e2e-key printed {first:?}: {e}"))?;
+    ensure!(machine_key(&w)? == first, "the server holds another key than the agent made");
+    let enrolled = w.fw("admin", &["audit", "list", "--kind", "machine.enrol", "--json"])?;
+    ensure!(enrolled.stdout.contains(&first), "machine.enrol does not name the key");
+
+    Ok(())
+}

@@ -1,6 +1,10 @@
-//! `org add | list`, `contract add`: organizations and service contracts (admins).
+//! `org add | set | list`, `contract add`: organizations and service contracts (admins).
 
-use fernwart_api::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo, OrgKind};
+use fernwart_api::{
+    ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo, OrgKind, OrgSetRequest,
+};
+
+use fernwart_transport::http_client::HttpMethod;
 
 use crate::{output, Context};
 
@@ -29,6 +33,29 @@ pub async fn add(
             resp.name,
             resp.kind,
             if resp.require_signed { "; approvals on its machines must be signed" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// `org set NAME`: changes some of an operator's rules; what is not given stays.
+pub async fn set(ctx: &Context, name: &str, req: OrgSetRequest) -> anyhow::Result<()> {
+    let path = format!("/v1/orgs/{}", super::admin::enc(name));
+    let resp: OrgInfo = ctx.call(HttpMethod::PATCH, &path, Some(&req)).await?;
+    if ctx.json {
+        output::print_json(&resp);
+    } else {
+        let limit = match resp.max_session_secs {
+            Some(s) => humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64))
+                .to_string(),
+            None => "the server's".to_owned(),
+        };
+        crate::out!(
+            "organization {}: signed approvals {}, sessions without approval {}, longest session {}",
+            resp.name,
+            if resp.require_signed { "required" } else { "not required" },
+            if resp.allow_no_approval { "allowed" } else { "refused" },
+            limit
         );
     }
     Ok(())

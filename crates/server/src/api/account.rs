@@ -31,7 +31,18 @@ pub async fn login(
     info: Option<axum::Extension<ConnInfo>>,
     Body(req): Body<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    let src = source(info.as_deref());
+    authenticate(&app, info.as_deref(), req).await.map(Json)
+}
+
+/// A login with password and (once enrolled) TOTP code, wherever it comes from (the API, the
+/// console's form): the same checks, lockout, delays and audit records.
+pub async fn authenticate(
+    app: &App,
+    info: Option<&ConnInfo>,
+    req: LoginRequest,
+) -> ApiResult<LoginResponse> {
+    let app = app.clone();
+    let src = source(info);
     // Malformed names never cost a hash nor reach the audit trail.
     if !names::valid(&req.user) {
         return Err(ApiError::bad("invalid user name: 1-64 letters, digits, - _ . @"));
@@ -39,7 +50,7 @@ pub async fn login(
     if req.password.len() > 1024 || req.otp.as_ref().is_some_and(|o| o.len() > 16) {
         return Err(ApiError::bad("password or code too long"));
     }
-    app.limits.login_attempt(info.as_ref().map(|i| i.remote.ip()), &req.user)?;
+    app.limits.login_attempt(info.map(|i| i.remote.ip()), &req.user)?;
     let now = util::now();
     let user = req.user.clone();
     let subject = app.store.run(move |b| b.login_subject(&user)).await?;
@@ -111,13 +122,7 @@ pub async fn login(
         Entry::new(&u.name, &src, Event::Login { user: u.name.clone(), scope: scope.as_str() });
     let token_hash = util::token_hash(&token);
     app.store.run(move |b| b.login_succeeded(u.id, &token_hash, scope, now, until, &entry)).await?;
-    Ok(Json(LoginResponse {
-        token,
-        user: u.name,
-        role: u.role,
-        scope,
-        expires: util::rfc3339(until),
-    }))
+    Ok(LoginResponse { token, user: u.name, role: u.role, scope, expires: util::rfc3339(until) })
 }
 
 /// The records of a counted attempt that failed: the failure, and when it was the attempt
@@ -185,11 +190,16 @@ pub async fn mfa_confirm(
 
 /// `fernwart logout`: the login that makes the request ends at the server.
 pub async fn logout(State(app): State<App>, a: Authed) -> ApiResult<Json<LogoutResponse>> {
+    let logged_out = end_login(&app, &a).await?;
+    Ok(Json(LogoutResponse { logged_out }))
+}
+
+/// Ends the caller's login at the server (recorded as a logout); false if it had ended.
+pub async fn end_login(app: &App, a: &Authed) -> ApiResult<bool> {
     let c = &a.caller;
     let entry = Entry::new(&c.name, &c.source, Event::Logout { user: c.name.clone() });
     let hash = a.token_hash.clone();
-    let logged_out = app.store.run(move |b| b.logout(&hash, &entry)).await?;
-    Ok(Json(LogoutResponse { logged_out }))
+    Ok(app.store.run(move |b| b.logout(&hash, &entry)).await?)
 }
 
 /// `fernwart passwd`: one's own password, with the current one. A wrong current password

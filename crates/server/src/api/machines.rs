@@ -152,11 +152,23 @@ pub async fn enroll(
             return Err(err);
         }
     };
+    let e2e_key = match req.e2e_key.as_deref() {
+        None => None,
+        Some(k) => Some(
+            k.parse::<fernwart_proto::e2e::PublicKey>()
+                .map_err(|e| ApiError::bad(format!("enrolment refused: end-to-end key: {e}")))?
+                .to_string(),
+        ),
+    };
     let issued = app
         .ca
         .sign_machine_csr(&req.csr, &token.machine, app.cfg.cert_ttl)
         .map_err(|e| ApiError::bad(e.to_string()))?;
-    let cert = IssuedCert { fingerprint: issued.fingerprint.clone(), not_after: issued.not_after };
+    let cert = IssuedCert {
+        fingerprint: issued.fingerprint.clone(),
+        not_after: issued.not_after,
+        e2e_key: e2e_key.clone(),
+    };
     let entry = Entry::new(
         &token.machine,
         &src,
@@ -164,6 +176,7 @@ pub async fn enroll(
             name: token.machine.clone(),
             fingerprint: issued.fingerprint.clone(),
             not_after: util::rfc3339(issued.not_after),
+            e2e_key,
         },
     );
     // Claiming the token and recording the certificate happen together, once, and never for

@@ -7,7 +7,7 @@ use axum::{
     extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request},
     http::{header, request::Parts, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, patch, post},
     Json, Router,
 };
 use fernwart_api::{ErrorBody, Health};
@@ -21,7 +21,7 @@ use crate::{
     util, App,
 };
 
-mod account;
+pub(crate) mod account;
 mod audit;
 mod limits;
 mod links;
@@ -30,7 +30,7 @@ mod machines;
 mod orgs;
 mod recordings;
 mod serve;
-mod sessions;
+pub(crate) mod sessions;
 mod tokens;
 mod users;
 mod windows;
@@ -43,7 +43,6 @@ const MAX_BODY: usize = 64 * 1024;
 
 pub fn router(app: App) -> Router {
     Router::new()
-        .route("/", get(console))
         .route("/v1/health", get(|| async { Json(Health { ok: true }) }))
         .route("/v1/login", post(account::login))
         .route("/v1/logout", post(account::logout))
@@ -64,6 +63,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/audit/export", get(audit::export))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/orgs", post(orgs::add).get(orgs::list))
+        .route("/v1/orgs/{name}", patch(orgs::set))
         .route("/v1/contracts", post(orgs::contract_add))
         .route("/v1/windows", post(windows::add).get(windows::list))
         .route("/v1/windows/{id}/remove", post(windows::remove))
@@ -72,16 +72,9 @@ pub fn router(app: App) -> Router {
         .route("/v1/recordings/{id}", get(recordings::fetch))
         .route("/v1/agent/link", get(links::agent))
         .route("/v1/connect/{name}", get(links::connect))
+        .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
-}
-
-async fn console() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        "<!doctype html><title>fernwart</title><h1>fernwart rendezvous server</h1>\
-         <p>The web console comes in a later release. Use the <code>fernwart</code> command line; the JSON API lives under <code>/v1</code>.</p>",
-    )
 }
 
 // ---------------------------------------------------------------- errors
@@ -107,6 +100,13 @@ impl ApiError {
     }
     pub fn unauthorized(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, msg)
+    }
+    pub fn status(&self) -> StatusCode {
+        self.0
+    }
+    /// The one-line reason.
+    pub fn message(&self) -> &str {
+        &self.1
     }
 }
 
@@ -229,25 +229,16 @@ impl Authed {
     }
 }
 
-impl FromRequestParts<App> for Authed {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 128)
-            .ok_or_else(|| ApiError::unauthorized("not logged in: run `fernwart login`"))?;
+impl Authed {
+    /// Checks a login token however it came (a bearer header, the console's cookie): the same
+    /// validity, idle timeout and audit for both.
+    pub async fn from_token(app: &App, token: &str, info: Option<&ConnInfo>) -> ApiResult<Self> {
         let token_hash = util::token_hash(token);
         let hash = token_hash.clone();
         let caller = app.store.run(move |b| b.caller(&hash)).await?;
         let Some(mut caller) = caller else {
             return Err(ApiError::unauthorized("login invalid or expired: run `fernwart login`"));
         };
-        let info = parts.extensions.get::<ConnInfo>();
         caller.source = source(info);
         // Expired logins and accounts, disabled users: refused for every action alike.
         let now = util::now();
@@ -280,5 +271,26 @@ impl FromRequestParts<App> for Authed {
             info.slots.proven();
         }
         Ok(Authed { caller, token_hash })
+    }
+}
+
+/// A login token as the API and the console accept it: not empty, at most 128 bytes.
+pub fn token_shape(token: &str) -> Option<&str> {
+    let t = token.trim();
+    (!t.is_empty() && t.len() <= 128).then_some(t)
+}
+
+impl FromRequestParts<App> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(token_shape)
+            .ok_or_else(|| ApiError::unauthorized("not logged in: run `fernwart login`"))?;
+        Authed::from_token(app, token, parts.extensions.get::<ConnInfo>()).await
     }
 }

@@ -1,13 +1,19 @@
 //! `/v1/orgs` and `/v1/contracts`: operator and provider organizations, service contracts.
 
-use axum::{extract::State, Json};
-use fernwart_api::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo};
+use axum::{
+    extract::{Path, State},
+    Json,
+};
+use fernwart_api::{ContractAddRequest, ContractInfo, OrgAddRequest, OrgInfo, OrgSetRequest};
 
 use super::{ApiError, ApiResult, Authed, Body};
 use crate::{
     audit::{Entry, Event},
     authz::{self, Action, Object},
-    domain::names,
+    domain::{
+        names,
+        org::{OrgChange, OrgPolicy, MAX_SESSION_RANGE},
+    },
     util, App,
 };
 
@@ -30,25 +36,14 @@ pub async fn add(
             require_signed: req.require_signed,
         },
     );
-    if (req.allow_no_approval || req.require_signed) && req.kind != fernwart_api::OrgKind::Operator
-    {
-        return Err(ApiError::bad("only an operator decides about approvals on its machines"));
+    let max_session_secs = req.max_session.as_deref().map(max_session).transpose()?;
+    OrgPolicy {
+        allow_no_approval: req.allow_no_approval,
+        max_session_secs,
+        require_signed: req.require_signed,
     }
-    if req.allow_no_approval && req.require_signed {
-        return Err(ApiError::bad(
-            "--allow-no-approval and --require-signed contradict each other: a signed approval is an approval",
-        ));
-    }
-    let max_session_secs = match &req.max_session {
-        Some(m) if req.kind == fernwart_api::OrgKind::Operator => Some(
-            humantime::parse_duration(m)
-                .map_err(|e| ApiError::bad(format!("--max-session {m:?}: {e}")))?
-                .as_secs()
-                .clamp(60, 366 * 24 * 3600) as i64,
-        ),
-        Some(_) => return Err(ApiError::bad("only an operator limits sessions on its machines")),
-        None => None,
-    };
+    .check(req.kind)
+    .map_err(ApiError::bad)?;
     let (name, kind, free, signed) =
         (req.name.clone(), req.kind, req.allow_no_approval, req.require_signed);
     app.store
@@ -61,6 +56,59 @@ pub async fn add(
         allow_no_approval: req.allow_no_approval,
         max_session_secs,
         require_signed: req.require_signed,
+    }))
+}
+
+/// `--max-session`: a duration, in seconds within [`MAX_SESSION_RANGE`].
+fn max_session(m: &str) -> Result<i64, ApiError> {
+    let secs = humantime::parse_duration(m)
+        .map_err(|e| ApiError::bad(format!("--max-session {m:?}: {e}")))?
+        .as_secs();
+    let (lo, hi) = MAX_SESSION_RANGE;
+    Ok(i64::try_from(secs).unwrap_or(hi).clamp(lo, hi))
+}
+
+/// `PATCH /v1/orgs/{name}` (`fernwart org set`): an admin changes an operator's rules, e.g.
+/// requires signed approvals on its machines from now on.
+pub async fn set(
+    State(app): State<App>,
+    a: Authed,
+    Path(name): Path<String>,
+    Body(req): Body<OrgSetRequest>,
+) -> ApiResult<Json<OrgInfo>> {
+    a.allow(&app, Action::OrgSet, Object::Named(&name))?;
+    let max_session_secs = match req.max_session.as_deref() {
+        None => None,
+        Some("none") => Some(None),
+        Some(m) => Some(Some(max_session(m)?)),
+    };
+    let change = OrgChange {
+        allow_no_approval: req.allow_no_approval,
+        max_session_secs,
+        require_signed: req.require_signed,
+    };
+    if change.is_empty() {
+        return Err(ApiError::bad(
+            "nothing to change: give --require-signed, --allow-no-approval or --max-session",
+        ));
+    }
+    let (actor, source, org) = (a.caller.name.clone(), a.caller.source.clone(), name.clone());
+    let entry =
+        move |policy| Entry::new(&actor, &source, Event::OrgSet { name: org.clone(), policy });
+    let n = name.clone();
+    app.store.run(move |b| b.org_set(&n, change, &entry)).await?;
+    let orgs = app.store.run(|b| b.orgs()).await?;
+    let o = orgs
+        .into_iter()
+        .find(|o| o.name.eq_ignore_ascii_case(&name))
+        .ok_or_else(|| ApiError::not_found(format!("no organization {name}")))?;
+    Ok(Json(OrgInfo {
+        name: o.name,
+        kind: o.kind,
+        contracts: o.contracts,
+        allow_no_approval: o.allow_no_approval,
+        max_session_secs: o.max_session_secs,
+        require_signed: o.require_signed,
     }))
 }
 

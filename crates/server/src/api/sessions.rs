@@ -189,7 +189,20 @@ pub async fn action(
     Path((name, action)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<SessionInfo>> {
-    let (action, event) = match action.as_str() {
+    decide(&app, &a, &name, &action, &body).await.map(Json)
+}
+
+/// Applies `action` (`approve`, `reject`, `end`, `revoke`) to session `name` for the caller:
+/// the one path of the API and the console (authorization, four eyes, organization rules,
+/// an approval's signature). `body`: an approval's JSON (empty: unsigned).
+pub async fn decide(
+    app: &App,
+    a: &Authed,
+    name: &str,
+    action: &str,
+    body: &[u8],
+) -> ApiResult<SessionInfo> {
+    let (action, event) = match action {
         "approve" => (Action::SessionApprove, SessionEvent::Approve),
         "reject" => (Action::SessionReject, SessionEvent::Reject),
         "end" => (Action::SessionEnd, SessionEvent::End),
@@ -200,11 +213,11 @@ pub async fn action(
             )))
         }
     };
-    let s = load(&app, &name).await?;
-    a.allow(&app, action, Object::Session(&s))?;
+    let s = load(app, name).await?;
+    a.allow(app, action, Object::Session(&s))?;
     let c = &a.caller;
     if event == SessionEvent::Approve {
-        return approve(&app, &a, &s, &body).await;
+        return approve(app, a, &s, body).await;
     }
     let applied = sessions::apply(
         &app.store,
@@ -216,12 +229,12 @@ pub async fn action(
         util::now(),
     )
     .await?;
-    Ok(Json(info(&applied.after)))
+    Ok(info(&applied.after))
 }
 
 /// An approval, with the approver's signature if the body carries one: checked over the
 /// session's grant here, and against what the machine requires in [`authz`].
-async fn approve(app: &App, a: &Authed, s: &Session, body: &[u8]) -> ApiResult<Json<SessionInfo>> {
+async fn approve(app: &App, a: &Authed, s: &Session, body: &[u8]) -> ApiResult<SessionInfo> {
     let req: ApproveRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ApproveRequest::default()
     } else {
@@ -264,5 +277,5 @@ async fn approve(app: &App, a: &Authed, s: &Session, body: &[u8]) -> ApiResult<J
         util::now(),
     )
     .await?;
-    Ok(Json(info(&applied.after)))
+    Ok(info(&applied.after))
 }

@@ -6,7 +6,8 @@
 //! Rules: a burst of failed logins from one source or for one user; a lockout; use outside a
 //! session's window (a connect or tunnel refused because the window is over or has not
 //! begun); the key switch turned while a session is released on the machine; a machine
-//! certificate near its end. [`Rules`] is pure: records and `now` in, alerts out.
+//! certificate near its end; a grant the machine's agent refused (its operator's check failed:
+//! a server that hands out what the operator did not sign). [`Rules`] is pure: records and `now` in, alerts out.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -100,6 +101,14 @@ impl Rules {
                     }
                 }
             }
+            "session.grant_refused" => out.push(Alert {
+                rule: "grant_refused",
+                subject: b.target.clone(),
+                details: json!({
+                    "session": b.target, "machine": details.get("machine"), "reason": reason,
+                    "record": rec.seq,
+                }),
+            }),
             "auth.lockout" => out.push(Alert {
                 rule: "lockout",
                 subject: b.target.clone(),
@@ -317,6 +326,24 @@ mod tests {
             })
             .collect();
         assert!(slow.is_empty(), "{slow:?}");
+    }
+
+    #[test]
+    fn a_grant_the_agent_refused_alerts() {
+        let mut r = Rules::default();
+        let refused = rec(
+            1,
+            0,
+            "session.grant_refused",
+            "s1",
+            "10.1.1.1",
+            json!({"alert": true, "machine": "m1", "reason": "no approver's signature"}),
+        );
+        let alerts = r.on_record(&refused);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!((alerts[0].rule, alerts[0].subject.as_str()), ("grant_refused", "s1"));
+        assert_eq!(alerts[0].details["machine"], "m1");
+        assert_eq!(alerts[0].details["reason"], "no approver's signature");
     }
 
     #[test]

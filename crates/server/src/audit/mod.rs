@@ -93,6 +93,11 @@ pub enum Event {
         /// An operator that requires signed approvals on its machines.
         require_signed: bool,
     },
+    /// An admin changed an organization's rules: what it has now.
+    OrgSet {
+        name: String,
+        policy: crate::domain::org::OrgPolicy,
+    },
     ContractAdd {
         provider: String,
         operator: String,
@@ -137,6 +142,8 @@ pub enum Event {
         name: String,
         fingerprint: String,
         not_after: String,
+        /// The agent's end-to-end key, sent with its certificate request.
+        e2e_key: Option<String>,
     },
     EnrolRefused {
         machine: Option<String>,
@@ -181,6 +188,18 @@ pub enum Event {
     Switch {
         machine: String,
         on: bool,
+    },
+    /// The machine's operator changed its agent's trust anchor (approver keys) while it runs.
+    TrustChange {
+        machine: String,
+        level: String,
+        approvers: Vec<String>,
+    },
+    /// The machine's agent refused a session's grant (its operator's check failed): an alert.
+    GrantRefused {
+        machine: String,
+        session: String,
+        reason: String,
     },
     SessionCreate {
         name: String,
@@ -301,6 +320,7 @@ impl Event {
             Event::TokenCreate { .. } => "token.create",
             Event::TokenRevoke { .. } => "token.revoke",
             Event::OrgAdd { .. } => "org.add",
+            Event::OrgSet { .. } => "org.set",
             Event::ContractAdd { .. } => "contract.add",
             Event::PasswordChange { .. } => "user.passwd",
             Event::MfaEnroll { .. } => "mfa.enroll",
@@ -318,6 +338,8 @@ impl Event {
             Event::AgentAuditPruned { .. } => "agent.audit_pruned",
             Event::AgentChainBroken { .. } => "alert.agent_chain",
             Event::Switch { .. } => "machine.switch",
+            Event::GrantRefused { .. } => "session.grant_refused",
+            Event::TrustChange { .. } => "machine.trust",
             Event::SessionCreate { .. } => "session.create",
             Event::SessionChange { event, .. } => return format!("session.{}", event.verb()),
             Event::Alert { rule, .. } => return format!("alert.{rule}"),
@@ -349,6 +371,7 @@ impl Event {
             | Event::TokenCreate { name: user, .. }
             | Event::TokenRevoke { name: user }
             | Event::OrgAdd { name: user, .. }
+            | Event::OrgSet { name: user, .. }
             | Event::ContractAdd { provider: user, .. }
             | Event::PasswordChange { user }
             | Event::MfaEnroll { user }
@@ -366,6 +389,7 @@ impl Event {
             | Event::AgentAuditStart { machine, .. }
             | Event::AgentAuditPruned { machine, .. }
             | Event::AgentChainBroken { machine, .. }
+            | Event::TrustChange { machine, .. }
             | Event::Switch { machine, .. } => machine,
             Event::SessionCreate { name, .. } => name,
             Event::SessionChange { session, .. }
@@ -377,7 +401,8 @@ impl Event {
             | Event::TunnelOpen { session, .. }
             | Event::TunnelClose { session, .. }
             | Event::TunnelRefused { session, .. }
-            | Event::RecordingFetch { session, .. } => session,
+            | Event::RecordingFetch { session, .. }
+            | Event::GrantRefused { session, .. } => session,
             Event::Alert { subject, .. } => subject,
             Event::AccessRefused { object, .. } => object,
         }
@@ -401,6 +426,8 @@ impl Event {
             | Event::SessionCreate { machine, .. }
             | Event::WindowAdd { machine, .. }
             | Event::WindowRemove { machine, .. }
+            | Event::GrantRefused { machine, .. }
+            | Event::TrustChange { machine, .. }
             | Event::RecordingFetch { machine, .. } => Some(machine),
             _ => None,
         }
@@ -419,6 +446,7 @@ impl Event {
             | Event::TunnelOpen { session, .. }
             | Event::TunnelClose { session, .. }
             | Event::TunnelRefused { session, .. }
+            | Event::GrantRefused { session, .. }
             | Event::RecordingFetch { session, .. } => Some(session),
             _ => None,
         }
@@ -446,6 +474,11 @@ impl Event {
             Event::OrgAdd { kind, require_signed, .. } => {
                 json!({"kind": kind, "require_signed": require_signed})
             }
+            Event::OrgSet { policy, .. } => json!({
+                "allow_no_approval": policy.allow_no_approval,
+                "max_session_secs": policy.max_session_secs,
+                "require_signed": policy.require_signed,
+            }),
             Event::ContractAdd { operator, .. } => json!({"operator": operator}),
             Event::UserAdd { role, org, expires, .. } => {
                 json!({"role": role, "org": org, "expires": expires})
@@ -455,8 +488,8 @@ impl Event {
                 json!({"org": org, "token_expires": token_expires})
             }
             Event::MachineRevoke { .. } => json!({}),
-            Event::MachineEnrol { fingerprint, not_after, .. } => {
-                json!({"fingerprint": fingerprint, "not_after": not_after})
+            Event::MachineEnrol { fingerprint, not_after, e2e_key, .. } => {
+                json!({"fingerprint": fingerprint, "not_after": not_after, "e2e_key": e2e_key})
             }
             Event::EnrolRefused { reason, .. } => json!({"reason": reason}),
             Event::AgentConnect { agent, switch_on, targets, .. } => json!({
@@ -484,6 +517,12 @@ impl Event {
                 "held_up_to": held,
             }),
             Event::Switch { on, .. } => json!({"switch": if *on { "on" } else { "off" }}),
+            Event::TrustChange { level, approvers, .. } => {
+                json!({"level": level, "approvers": approvers})
+            }
+            Event::GrantRefused { machine, reason, .. } => {
+                json!({"alert": true, "machine": machine, "reason": reason})
+            }
             Event::SessionCreate {
                 machine,
                 targets,

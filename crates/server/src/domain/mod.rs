@@ -2,6 +2,7 @@
 
 pub mod caller;
 pub mod names;
+pub mod org;
 pub mod session;
 pub mod window;
 

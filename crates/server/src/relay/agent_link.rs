@@ -1,10 +1,12 @@
 //! The agent's persistent link: hello, grants, key switch reports, keepalive, and (agent link
-//! version 2) the agent's own records ([`super::agent_audit`]).
+//! version 2) the agent's own records ([`super::agent_audit`]), (version 3) why it refused a
+//! grant.
 
 use std::time::Duration;
 
 use fernwart_proto::{
-    negotiate_agent, AgentToServer, ServerToAgent, AGENT_LINK_VERSION, HANDSHAKE_TIMEOUT,
+    negotiate_agent, AgentToServer, ServerToAgent, AGENT_AUDIT_VERSION,
+    AGENT_GRANT_REFUSED_VERSION, HANDSHAKE_TIMEOUT,
 };
 use fernwart_transport::{
     frame_io::{read_frame_within, write_last_frame},
@@ -12,7 +14,7 @@ use fernwart_transport::{
 };
 use tokio::sync::mpsc;
 
-use super::{agent_audit::Collector, grant_for, Relay};
+use super::{agent_audit::Collector, grant_for, GrantAnswer, Relay};
 use crate::{
     audit::{Entry, Event},
     store::E2eKeySeen,
@@ -22,6 +24,26 @@ use crate::{
 const PING_EVERY: Duration = Duration::from_secs(15);
 /// A link that stays silent this long is dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(45);
+
+/// What the server keeps of the trust anchor an agent named: an agent that names no approvers
+/// (or predates them) takes the server's word.
+fn stored_trust(
+    trust: Option<fernwart_proto::AgentTrust>,
+) -> Result<crate::store::AgentTrust, String> {
+    Ok(match trust {
+        Some(t) => {
+            check_trust(&t)?;
+            crate::store::AgentTrust { level: Some(t.level), approvers: t.approvers }
+        }
+        None => crate::store::AgentTrust {
+            level: Some(fernwart_proto::approval::LEVEL_SERVER.to_owned()),
+            approvers: Vec::new(),
+        },
+    })
+}
+
+/// The longest reason for a refused grant that the trail takes from an agent.
+const MAX_REASON_CHARS: usize = 512;
 
 /// The most approver keys an agent may name.
 const MAX_APPROVERS: usize = 64;
@@ -101,21 +123,14 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
         },
     );
     let announced = targets.clone();
-    // An agent that names no approvers (or predates them) takes the server's word.
-    let trust = match trust {
-        Some(t) => {
-            if let Err(reason) = check_trust(&t) {
-                tracing::info!(%machine, %reason, "agent handshake refused");
-                write_last_frame(control, &ServerToAgent::Refused { reason }).await;
-                mux.close();
-                return;
-            }
-            crate::store::AgentTrust { level: Some(t.level), approvers: t.approvers }
+    let trust = match stored_trust(trust) {
+        Ok(t) => t,
+        Err(reason) => {
+            tracing::info!(%machine, %reason, "agent handshake refused");
+            write_last_frame(control, &ServerToAgent::Refused { reason }).await;
+            mux.close();
+            return;
         }
-        None => crate::store::AgentTrust {
-            level: Some(fernwart_proto::approval::LEVEL_SERVER.to_owned()),
-            approvers: Vec::new(),
-        },
     };
     let grants = app
         .store
@@ -136,7 +151,10 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
     }
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ServerToAgent>(64);
     let collector_control = ctl_tx.clone();
-    let conn_id = app.hub.agent_connected(machine_id, mux.clone(), ctl_tx, switch_on, targets);
+    // Peer input shown to people: printable, at most 64 characters.
+    let software: String = agent.chars().filter(|c| !c.is_control()).take(64).collect();
+    let conn_id =
+        app.hub.agent_connected(machine_id, mux.clone(), ctl_tx, switch_on, targets, software);
     tracing::info!(%machine, switch_on, version, "agent online");
 
     let (mut rd, mut wr) = control.into_split();
@@ -153,7 +171,7 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
             }
         }
     });
-    let collector = if version >= AGENT_LINK_VERSION {
+    let collector = if version >= AGENT_AUDIT_VERSION {
         let (m, src) = (machine.clone(), source.clone());
         Collector::start(app.clone(), machine_id, m, src, collector_control).await
     } else {
@@ -178,12 +196,61 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
                 }
             }
             Ok(Ok(AgentToServer::GrantAck { session })) => {
-                app.hub.grant_acked(machine_id, &session)
+                app.hub.grant_answered(machine_id, &session, GrantAnswer::Held);
+            }
+            Ok(Ok(AgentToServer::GrantRefused { session, reason })) => {
+                if version < AGENT_GRANT_REFUSED_VERSION {
+                    break "grant_refused on a link older than version 3".to_owned();
+                }
+                // Bounded like any text a machine sends into the trail; only an answer to a
+                // grant the server pushed is recorded (an agent cannot fill the trail with
+                // refusals of its own making; its own trail has every refusal anyway).
+                let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+                let refused = GrantAnswer::Refused(reason.clone());
+                if !app.hub.grant_answered(machine_id, &session, refused) {
+                    tracing::debug!(%machine, %session, "grant_refused for no grant pushed");
+                    continue;
+                }
+                tracing::warn!(%machine, %session, %reason, "the agent refused a grant");
+                app.audit.record(Entry::new(
+                    &machine,
+                    &source,
+                    Event::GrantRefused {
+                        machine: machine.clone(),
+                        session: session.clone(),
+                        reason,
+                    },
+                ));
+            }
+            Ok(Ok(AgentToServer::Trust { trust })) => {
+                if version < AGENT_GRANT_REFUSED_VERSION {
+                    break "trust on a link older than version 3".to_owned();
+                }
+                let trust = match stored_trust(trust) {
+                    Ok(t) => t,
+                    Err(reason) => break format!("bad trust anchor: {reason}"),
+                };
+                tracing::info!(%machine, level = ?trust.level, approvers = trust.approvers.len(), "the agent's trust anchor changed");
+                let entry = Entry::new(
+                    &machine,
+                    &source,
+                    Event::TrustChange {
+                        machine: machine.clone(),
+                        level: trust.level.clone().unwrap_or_default(),
+                        approvers: trust.approvers.clone(),
+                    },
+                );
+                // Recorded only when it differs from what the server holds: repeating it
+                // writes nothing.
+                let r = app.store.run(move |b| b.agent_trust(machine_id, &trust, &entry)).await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot record the agent's trust anchor");
+                }
             }
             Ok(Ok(AgentToServer::Pong { .. })) => {}
             Ok(Ok(AgentToServer::AuditRecords { records })) => match &collector {
                 Some(c) => c.offer(records),
-                None if version < AGENT_LINK_VERSION => {
+                None if version < AGENT_AUDIT_VERSION => {
                     break "audit records on a version 1 link".to_owned()
                 }
                 // The server could not read what it holds: the agent was never told to send.

@@ -116,6 +116,18 @@ pub const MAX_LINKS_PER_USER: usize = 8;
 /// How long the server waits for an agent to acknowledge a grant.
 const GRANT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What became of a grant pushed to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantAnswer {
+    /// The agent holds it.
+    Held,
+    /// The agent refused it (its operator's check), and said why.
+    Refused(String),
+    /// No agent online, or no answer in time (an agent of link version 2 or older does not
+    /// say that it refused).
+    NoAnswer,
+}
+
 #[derive(Default)]
 pub struct Hub {
     inner: Mutex<Inner>,
@@ -158,7 +170,9 @@ struct AgentEntry {
     switch_on: bool,
     switch_token: CancellationToken,
     targets: Vec<TargetInfo>,
-    acks: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// What the agent says it is in its hello (`fernwart-agent 0.1.0`), cleaned.
+    software: String,
+    acks: HashMap<String, Vec<oneshot::Sender<GrantAnswer>>>,
 }
 
 struct SessionEntry {
@@ -194,6 +208,7 @@ impl Hub {
         control: mpsc::Sender<ServerToAgent>,
         switch_on: bool,
         targets: Vec<TargetInfo>,
+        software: String,
     ) -> u64 {
         let mut inner = self.lock();
         inner.next_conn += 1;
@@ -205,6 +220,7 @@ impl Hub {
             switch_on,
             switch_token: CancellationToken::new(),
             targets,
+            software,
             acks: HashMap::new(),
         };
         if let Some(old) = inner.agents.insert(machine, entry) {
@@ -247,6 +263,11 @@ impl Hub {
             .take(n, now)
     }
 
+    /// What the machine's linked agent says it is (name and version); none: not linked.
+    pub fn software(&self, machine: i64) -> Option<String> {
+        self.lock().agents.get(&machine).map(|a| a.software.clone())
+    }
+
     pub fn online(&self, machine: i64) -> Option<bool> {
         self.lock().agents.get(&machine).map(|a| a.switch_on)
     }
@@ -274,10 +295,10 @@ impl Hub {
 
     /// Sends a grant to the machine's agent and waits for its acknowledgement: the one place
     /// grants are pushed (agents also get theirs with the welcome).
-    pub async fn grant(&self, machine: i64, grant: Grant) -> bool {
+    pub async fn grant(&self, machine: i64, grant: Grant) -> GrantAnswer {
         match self.grant_push(machine, grant) {
             Some(push) => push.await,
-            None => false,
+            None => GrantAnswer::NoAnswer,
         }
     }
 
@@ -285,7 +306,7 @@ impl Hub {
         &self,
         machine: i64,
         grant: Grant,
-    ) -> Option<impl std::future::Future<Output = bool> + Send + 'static> {
+    ) -> Option<impl std::future::Future<Output = GrantAnswer> + Send + 'static> {
         let (tx, rx) = oneshot::channel();
         let control = {
             let mut inner = self.lock();
@@ -295,18 +316,29 @@ impl Hub {
         };
         Some(async move {
             if control.send(ServerToAgent::Grant { grant }).await.is_err() {
-                return false;
+                return GrantAnswer::NoAnswer;
             }
-            matches!(tokio::time::timeout(GRANT_ACK_TIMEOUT, rx).await, Ok(Ok(())))
+            match tokio::time::timeout(GRANT_ACK_TIMEOUT, rx).await {
+                Ok(Ok(answer)) => answer,
+                _ => GrantAnswer::NoAnswer,
+            }
         })
     }
 
-    pub fn grant_acked(&self, machine: i64, session: &str) {
-        if let Some(a) = self.lock().agents.get_mut(&machine) {
-            for tx in a.acks.remove(session).unwrap_or_default() {
-                let _ = tx.send(());
-            }
+    /// The agent answered the grant of `session`: everyone waiting for it hears. False when
+    /// nobody waited (no grant of that session was pushed, or its answer came too late).
+    pub fn grant_answered(&self, machine: i64, session: &str, answer: GrantAnswer) -> bool {
+        let waiting = self
+            .lock()
+            .agents
+            .get_mut(&machine)
+            .and_then(|a| a.acks.remove(session))
+            .unwrap_or_default();
+        let answered = !waiting.is_empty();
+        for tx in waiting {
+            let _ = tx.send(answer.clone());
         }
+        answered
     }
 
     fn revoke(&self, machine: i64, session: &str) {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     grant_for,
     tunnel::{self, Guards},
-    Relay,
+    GrantAnswer, Relay,
 };
 use crate::{
     audit::{Entry, Event},
@@ -59,6 +59,8 @@ enum Closing {
     LoginExpired,
     UserDisabled,
     ShuttingDown,
+    /// The machine's agent refused the grant (its operator's check).
+    GrantRefused,
 }
 
 impl Closing {
@@ -72,6 +74,7 @@ impl Closing {
             Closing::LoginExpired => "expired",
             Closing::UserDisabled => "revoked",
             Closing::ShuttingDown => "unavailable",
+            Closing::GrantRefused => "refused",
         })
     }
 }
@@ -264,8 +267,19 @@ pub async fn serve(
                     }
                     continue;
                 }
-                if !app.hub.grant(s.machine_id, grant_for(&s)).await {
-                    tracing::info!(session = %s.name, "agent did not acknowledge the grant (offline?)");
+                match app.hub.grant(s.machine_id, grant_for(&s)).await {
+                    GrantAnswer::Held => {}
+                    GrantAnswer::NoAnswer => {
+                        tracing::info!(session = %s.name, "agent did not acknowledge the grant (offline?)");
+                    }
+                    // The machine's operator did not release this grant (unsigned, changed,
+                    // replayed): nothing to wait for; the approver has to sign it.
+                    GrantAnswer::Refused(reason) => {
+                        break (
+                            Closing::GrantRefused,
+                            format!("the machine refused the session's grant: {reason}"),
+                        );
+                    }
                 }
                 let machine_id = s.machine_id;
                 let agent_key = match app.store.run(move |b| b.machine_e2e_key(machine_id)).await {

@@ -192,11 +192,14 @@ pub struct EnrolToken {
     pub machine_revoked: bool,
 }
 
-/// A machine's new certificate, recorded when its enrolment token is claimed.
+/// A machine's new certificate, recorded when its enrolment token is claimed, with the
+/// end-to-end key its agent sent in the same request (none: an agent before end-to-end
+/// encryption, whose first link then names it).
 #[derive(Debug, Clone)]
 pub struct IssuedCert {
     pub fingerprint: String,
     pub not_after: UnixSecs,
+    pub e2e_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -467,6 +470,16 @@ pub trait Backend: Send + Sync + 'static {
         entry: &Entry,
     ) -> Result<(), StoreError>;
     fn orgs(&self) -> Result<Vec<OrgRecord>, StoreError>;
+    /// Changes an organization's rules in one transaction: read, [`OrgChange::apply`] (its
+    /// refusal is Invalid), write, and the record `entry` makes of the rules it now has.
+    ///
+    /// [`OrgChange::apply`]: crate::domain::org::OrgChange::apply
+    fn org_set(
+        &self,
+        name: &str,
+        change: crate::domain::org::OrgChange,
+        entry: &dyn Fn(crate::domain::org::OrgPolicy) -> Entry,
+    ) -> Result<crate::domain::org::OrgPolicy, StoreError>;
     /// `provider` may service `operator`'s machines (kinds checked: Invalid otherwise).
     fn contract_add(
         &self,
@@ -538,6 +551,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Whose signature the approvals of sessions on the machine need.
     fn signing_facts(&self, machine: i64) -> Result<SigningFacts, StoreError>;
     fn agent_switch(&self, machine: i64, on: bool, entry: &Entry) -> Result<(), StoreError>;
+    /// The agent's operator changed its trust anchor while it runs (agent link version 3):
+    /// recorded with `entry` when it differs from the one held; false when it does not.
+    fn agent_trust(
+        &self,
+        machine: i64,
+        trust: &AgentTrust,
+        entry: &Entry,
+    ) -> Result<bool, StoreError>;
     fn agent_offline(&self, machine: i64, now: UnixSecs, entry: &Entry) -> Result<(), StoreError>;
     /// The end-to-end key an agent said in its hello: recorded the first time (an agent
     /// from before end-to-end encryption has none until then), compared afterwards. A

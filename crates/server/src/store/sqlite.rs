@@ -1241,6 +1241,45 @@ impl Backend for Sqlite {
         })
     }
 
+    fn org_set(
+        &self,
+        name: &str,
+        change: crate::domain::org::OrgChange,
+        entry: &dyn Fn(crate::domain::org::OrgPolicy) -> Entry,
+    ) -> Result<crate::domain::org::OrgPolicy, StoreError> {
+        use crate::domain::org::OrgPolicy;
+        self.tx(|tx| {
+            let found = tx
+                .prepare_cached(
+                    "SELECT kind, allow_no_approval, max_session_secs, require_signed FROM orgs \
+                     WHERE name = ?1 COLLATE NOCASE",
+                )?
+                .query_row([name], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        OrgPolicy {
+                            allow_no_approval: r.get::<_, i64>(1)? != 0,
+                            max_session_secs: r.get(2)?,
+                            require_signed: r.get::<_, i64>(3)? != 0,
+                        },
+                    ))
+                })
+                .optional()?;
+            let Some((kind, now)) = found else {
+                return Err(StoreError::NotFound(format!("no organization {name}")));
+            };
+            let kind: OrgKind = kind.parse().map_err(StoreError::Invalid)?;
+            let next = change.apply(kind, now).map_err(StoreError::Invalid)?;
+            tx.execute(
+                "UPDATE orgs SET allow_no_approval = ?2, max_session_secs = ?3, require_signed = ?4 \
+                 WHERE name = ?1 COLLATE NOCASE",
+                params![name, next.allow_no_approval, next.max_session_secs, next.require_signed],
+            )?;
+            audit(tx, &entry(next))?;
+            Ok(next)
+        })
+    }
+
     fn orgs(&self) -> Result<Vec<OrgRecord>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
@@ -1471,9 +1510,11 @@ impl Backend for Sqlite {
                 )
                 .optional()?;
             let Some(machine) = machine else { return Ok(false) };
+            // A new enrolment replaces the end-to-end key too (a gateway replaced, a key lost).
             tx.execute(
-                "UPDATE machines SET cert_fingerprint = ?2, cert_not_after = ?3, enrolled_at = ?4 WHERE id = ?1 AND revoked = 0",
-                params![machine, cert.fingerprint, cert.not_after, now],
+                "UPDATE machines SET cert_fingerprint = ?2, cert_not_after = ?3, enrolled_at = ?4, e2e_key = ?5 \
+                 WHERE id = ?1 AND revoked = 0",
+                params![machine, cert.fingerprint, cert.not_after, now, cert.e2e_key],
             )?;
             audit(tx, entry)?;
             Ok(true)
@@ -1523,6 +1564,26 @@ impl Backend for Sqlite {
 
     fn signing_facts(&self, machine: i64) -> Result<SigningFacts, StoreError> {
         self.read(|c| signing_facts(c, machine))
+    }
+
+    fn agent_trust(
+        &self,
+        machine: i64,
+        trust: &AgentTrust,
+        entry: &Entry,
+    ) -> Result<bool, StoreError> {
+        let approvers = serde_json::to_string(&trust.approvers).unwrap_or_else(|_| "[]".into());
+        self.tx(|tx| {
+            let changed = tx.execute(
+                "UPDATE machines SET trust = ?2, approvers = ?3 WHERE id = ?1 \
+                 AND (trust IS NOT ?2 OR approvers IS NOT ?3)",
+                params![machine, trust.level, approvers],
+            )? > 0;
+            if changed {
+                audit(tx, entry)?;
+            }
+            Ok(changed)
+        })
     }
 
     fn agent_switch(&self, machine: i64, on: bool, entry: &Entry) -> Result<(), StoreError> {

@@ -36,6 +36,57 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     signed_approvals_are_stored_with_their_session(fresh().as_ref());
     an_agents_end_to_end_key_is_recorded_once(fresh().as_ref());
     a_sessions_technician_keys_are_kept_unless_a_signature_covers_them(fresh().as_ref());
+    an_orgs_rules_change_whole_or_not_at_all(fresh().as_ref());
+    a_trust_anchor_is_recorded_when_it_changes(fresh().as_ref());
+}
+
+fn a_trust_anchor_is_recorded_when_it_changes(b: &dyn Backend) {
+    let (m, _) = machine_with_session(b);
+    let trust = |keys: &[&str]| AgentTrust {
+        level: Some(fernwart_proto::approval::LEVEL_SIGNED.to_owned()),
+        approvers: keys.iter().map(|k| (*k).to_owned()).collect(),
+    };
+    let e = || {
+        entry(Event::TrustChange {
+            machine: "m1".into(),
+            level: "operator-signed".into(),
+            approvers: vec![],
+        })
+    };
+    let before = actions(b).len();
+    assert!(b.agent_trust(m, &trust(&["ed25519:a", "ed25519:b"]), &e()).unwrap());
+    // The same again (an agent repeating itself): nothing written.
+    assert!(!b.agent_trust(m, &trust(&["ed25519:a", "ed25519:b"]), &e()).unwrap());
+    assert!(b.agent_trust(m, &trust(&["ed25519:b"]), &e()).unwrap());
+    assert_eq!(actions(b).len(), before + 2);
+    let held = b.machines(None).unwrap().into_iter().find(|x| x.id == m).unwrap();
+    assert_eq!(held.approvers, vec!["ed25519:b".to_owned()]);
+}
+
+fn an_orgs_rules_change_whole_or_not_at_all(b: &dyn Backend) {
+    use crate::domain::org::{OrgChange, OrgPolicy};
+    let e = entry(Event::OrgAdd {
+        name: "plant".into(),
+        kind: fernwart_api::OrgKind::Operator,
+        require_signed: false,
+    });
+    b.org_add("plant", fernwart_api::OrgKind::Operator, true, Some(3600), false, NOW, &e).unwrap();
+    let set = |policy| entry(Event::OrgSet { name: "plant".into(), policy });
+    let before = actions(b).len();
+    // Signed approvals while sessions need none: refused, nothing written.
+    let sign = OrgChange { require_signed: Some(true), ..Default::default() };
+    assert!(matches!(b.org_set("Plant", sign, &set), Err(StoreError::Invalid(_))));
+    assert!(matches!(b.org_set("nowhere", sign, &set), Err(StoreError::NotFound(_))));
+    assert_eq!(actions(b).len(), before);
+    let both = OrgChange { allow_no_approval: Some(false), ..sign };
+    let now = b.org_set("plant", both, &set).unwrap();
+    assert_eq!(
+        now,
+        OrgPolicy { allow_no_approval: false, max_session_secs: Some(3600), require_signed: true }
+    );
+    let o = b.orgs().unwrap().into_iter().find(|o| o.name == "plant").unwrap();
+    assert!(o.require_signed && !o.allow_no_approval && o.max_session_secs == Some(3600));
+    assert_eq!(actions(b).last().map(String::as_str), Some("org.set"));
 }
 
 fn signed_approvals_are_stored_with_their_session(b: &dyn Backend) {
@@ -527,11 +578,12 @@ fn revocation_is_final(b: &dyn Backend) {
     assert_eq!(b.session_by_id(sid).unwrap().unwrap().state, SessionState::Revoked);
     // The unused token is gone, and a claim would not clear the revocation.
     assert!(b.enrol_token("enrolhash").unwrap().is_none());
-    let cert = IssuedCert { fingerprint: "fp".into(), not_after: NOW + 1 };
+    let cert = IssuedCert { fingerprint: "fp".into(), not_after: NOW + 1, e2e_key: None };
     let enrol = entry(Event::MachineEnrol {
         name: "m1".into(),
         fingerprint: "fp".into(),
         not_after: String::new(),
+        e2e_key: None,
     });
     assert!(!b.enrol("enrolhash", &cert, NOW, &enrol).unwrap());
     assert!(b.machines(None).unwrap()[0].revoked);

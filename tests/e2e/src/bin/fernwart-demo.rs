@@ -205,6 +205,8 @@ Try next, in another terminal (from any directory):
 
   # 2. in a third terminal (source env.sh again), the operator approves
   FERNWART_HOME=$FW_DEMO/home-approver fernwart session approve {SESSION}
+  #    or in the web console: {url}/ (trust the CA above, or accept the warning),
+  #    user "approver", password from users.txt, code: {b}/fernwart-demo totp approver --data $FW_DEMO
 
   # 3. connect prints the local forward, e.g. "plc 127.0.0.1:40123"; talk to the PLC,
   #    it greets you and echoes every line

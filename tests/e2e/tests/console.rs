@@ -1,0 +1,506 @@
+//! The web console: in a real browser (Debian's chromium over WebDriver) and, below the
+//! browser, its HTTP contract (headers, cookie flags, CSRF refusals, buttons by role).
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{bail, ensure, Context, Result};
+use fernwart_e2e::{
+    audit_has, default_password,
+    https::{Https, Reply},
+    poll, roundtrip, webdriver, Echo, World,
+};
+use sha2::Digest as _;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Where the tests leave screenshots of the pages they saw.
+fn screenshots() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        PathBuf::from,
+    );
+    target.join("screenshots")
+}
+
+/// A world with machine m1 (target plc, switch on) and session s1 for tech1, prepared.
+fn world_with_session(plc: &Echo) -> Result<World> {
+    let mut w = World::standard()?;
+    w.start_agent("m1", &[("plc", plc.addr)])?;
+    w.switch("m1", true)?;
+    w.wait_switch("m1", true, T)?;
+    w.create_session("s1", "m1", &["plc"], &["tech1"])?;
+    Ok(w)
+}
+
+#[test]
+fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
+    let Some((chromium, chromedriver)) = webdriver::available() else {
+        eprintln!(
+            "\n!!! SKIPPED: the browser test needs {} and {} (Debian packages chromium and chromium-driver; scripts/test installs them)\n",
+            webdriver::CHROMIUM,
+            webdriver::CHROMEDRIVER
+        );
+        return Ok(());
+    };
+    let plc = Echo::start()?;
+    let mut w = world_with_session(&plc)?;
+
+    // The technician's connect asks for the session and waits for the operator.
+    let mut conn = w.spawn_connect("s1", "tech1")?;
+    poll("session s1 requested", T, Duration::from_millis(100), || {
+        Ok((w.session_state("s1")? == "requested").then_some(()))
+    })?;
+
+    let log = w.log_path("chromedriver");
+    let driver = webdriver::Driver::start(&chromium, &chromedriver, &log)?;
+    let profile = w.root.join("browser-op1");
+    let b = driver.session(&profile, "en-US")?;
+    let shots = screenshots();
+
+    // Not logged in: the console sends the browser to its login page.
+    b.goto(&format!("{}/", w.url))?;
+    ensure!(b.url()?.ends_with("/login"), "not logged in, / leads to {}", b.url()?);
+    b.screenshot(&shots.join("login-en.png"))?;
+
+    // A wrong code is refused like a wrong password, without saying which.
+    login(&b, "op1", &default_password("op1"), "000000")?;
+    let err = b.find("p.error", T)?;
+    let text = b.text(&err)?;
+    ensure!(text == "Invalid user name, password or code.", "login error: {text:?}");
+
+    // The real login: password and a fresh TOTP code.
+    let code = w.next_code("op1")?;
+    login(&b, "op1", &default_password("op1"), &code)?;
+    b.find("main h1", T)?;
+    ensure!(!b.url()?.contains("/login"), "logged in, still at {}", b.url()?);
+    let cookies = b.cookies()?;
+    let login_cookie = cookies
+        .iter()
+        .find(|c| c["name"] == "__Host-fernwart")
+        .with_context(|| format!("no login cookie among {cookies:?}"))?;
+    ensure!(
+        login_cookie["httpOnly"] == true
+            && login_cookie["secure"] == true
+            && login_cookie["sameSite"] == "Strict"
+            && login_cookie["path"] == "/",
+        "login cookie flags: {login_cookie}"
+    );
+
+    // The dashboard: the machine online with its switch on, the session waiting.
+    let m = b.find(r#"tr.machine[data-machine="m1"] [data-online="true"]"#, T)?;
+    ensure!(b.text(&m)? == "online", "machine m1 badge");
+    b.find(r#"tr.machine[data-machine="m1"] td[data-switch="on"]"#, T)?;
+    let sw = b.text(&b.find(r#"tr.machine[data-machine="m1"] td.software"#, T)?)?;
+    ensure!(sw.starts_with("fernwart-agent "), "agent software shown: {sw:?}");
+    let approve = b.find(r#"tr.session[data-session="s1"] button.approve"#, T)?;
+    b.screenshot(&shots.join("dashboard-en.png"))?;
+
+    // One click releases it.
+    b.click(&approve)?;
+    let note = b.find("p.note", T)?;
+    ensure!(b.text(&note)?.contains("s1"), "after approving: {}", b.text(&note)?);
+    ensure!(
+        b.find_all(r#"tr.session[data-session="s1"]"#)?.is_empty(),
+        "s1 still waits on the dashboard"
+    );
+
+    // The technician's connect that waited gets its forwards, and they work.
+    conn.wait_forwards(T)?;
+    roundtrip(conn.forward("plc")?, b"fernwart console approval", T)?;
+
+    b.goto(&format!("{}/sessions", w.url))?;
+    b.find(r#"tr.session[data-session="s1"]"#, T)?;
+    b.screenshot(&shots.join("sessions-en.png"))?;
+
+    // The sessions page, in German: the session approved (or already active).
+    b.goto(&format!("{}/sessions?lang=de", w.url))?;
+    let row = b.find(r#"tr.session[data-session="s1"]"#, T)?;
+    let state = b.attribute(&row, "data-state")?.unwrap_or_default();
+    ensure!(state == "approved" || state == "active", "s1 on the sessions page: {state}");
+    let html = b.source()?;
+    ensure!(html.contains(r#"<html lang="de">"#), "?lang=de gives a German page");
+    ensure!(html.contains("Sitzungen") && html.contains("Abmelden"), "German texts missing");
+    b.screenshot(&shots.join("sessions-de.png"))?;
+    // The choice is remembered: the dashboard stays German.
+    b.goto(&format!("{}/", w.url))?;
+    b.find("main h1", T)?;
+    ensure!(b.source()?.contains("Übersicht"), "the language cookie keeps German");
+    b.screenshot(&shots.join("dashboard-de.png"))?;
+
+    // Log out: back at the login page, the login gone at the server.
+    let out = b.find("form[action='/logout'] button", T)?;
+    b.click(&out)?;
+    b.find("form.login", T)?;
+    ensure!(b.url()?.contains("/login"), "after logout: {}", b.url()?);
+    ensure!(b.source()?.contains("Sie sind abgemeldet."), "the logout note, in German");
+    b.screenshot(&shots.join("login-de.png"))?;
+    b.goto(&format!("{}/sessions", w.url))?;
+    ensure!(b.url()?.contains("/login"), "after logout /sessions leads to {}", b.url()?);
+
+    let events = w.audit("aud1")?;
+    ensure!(audit_has(&events, &["session", "approve"]), "no approval in the trail");
+    ensure!(has_event(&events, "session.approve", &["op1", "s1"]), "no approval of s1 by op1");
+    ensure!(has_event(&events, "auth.logout", &["op1"]), "no logout of op1 in the trail");
+    Ok(())
+}
+
+/// Whether one record of `action` mentions all of `words`.
+fn has_event(events: &[serde_json::Value], action: &str, words: &[&str]) -> bool {
+    events.iter().any(|e| {
+        let text = e.to_string();
+        e["action"] == action && words.iter().all(|w| text.contains(w))
+    })
+}
+
+fn login(b: &webdriver::Browser, user: &str, password: &str, code: &str) -> Result<()> {
+    let u = b.find("#user", T)?;
+    // A page shown again after a failure keeps the user name.
+    if b.attribute(&u, "value")?.unwrap_or_default().is_empty() {
+        b.type_into(&u, user)?;
+    }
+    b.type_into(&b.find("#password", T)?, password)?;
+    b.type_into(&b.find("#otp", T)?, code)?;
+    b.click(&b.find("form.login button[type=submit]", T)?)
+}
+
+// ---------------------------------------------------------------- below the browser
+
+/// A browser's part in HTTP: a cookie jar and forms.
+struct Client {
+    https: Https,
+    jar: BTreeMap<String, String>,
+}
+
+impl Client {
+    fn new(w: &World) -> Result<Self> {
+        Ok(Self { https: Https::new(&w.ca, w.listen)?, jar: BTreeMap::new() })
+    }
+
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.https.server()
+        );
+        if !self.jar.is_empty() {
+            let c: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            req.push_str(&format!("Cookie: {}\r\n", c.join("; ")));
+        }
+        for (k, v) in extra {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        if method == "POST" {
+            req.push_str(&format!(
+                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        let r = self.https.raw(req.as_bytes()).with_context(|| format!("{method} {path}"))?;
+        for c in r.headers_named("set-cookie") {
+            let Some((name, rest)) = c.split_once('=') else { continue };
+            let value = rest.split(';').next().unwrap_or_default();
+            if value.is_empty() || c.contains("Max-Age=0") {
+                self.jar.remove(name);
+            } else {
+                self.jar.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        Ok(r)
+    }
+
+    fn get(&mut self, path: &str) -> Result<Reply> {
+        self.send("GET", path, None, &[])
+    }
+
+    fn post(
+        &mut self,
+        path: &str,
+        fields: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let body: String =
+            url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        self.send("POST", path, Some(&body), extra)
+    }
+
+    /// Logs in through the login form.
+    fn login(&mut self, user: &str, password: &str, code: &str) -> Result<Reply> {
+        let page = self.get("/login")?;
+        let csrf = hidden_csrf(&page.body)?;
+        self.post(
+            "/login",
+            &[("csrf", &csrf), ("user", user), ("password", password), ("otp", code)],
+            &[],
+        )
+    }
+}
+
+/// The form token in a page.
+fn hidden_csrf(html: &str) -> Result<String> {
+    let marker = r#"name="csrf" value=""#;
+    let at = html.find(marker).with_context(|| format!("no form token in {html}"))? + marker.len();
+    let end = html[at..].find('"').context("unterminated form token")?;
+    Ok(html[at..at + end].to_owned())
+}
+
+fn location(r: &Reply) -> &str {
+    r.header("location").unwrap_or_default()
+}
+
+fn security_headers(r: &Reply, what: &str) -> Result<()> {
+    let csp = r.header("content-security-policy").unwrap_or_default();
+    for part in [
+        "default-src 'none'",
+        "style-src 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ] {
+        ensure!(csp.contains(part), "{what}: CSP {csp:?} lacks {part:?}");
+    }
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+    ] {
+        ensure!(r.header(name) == Some(value), "{what}: {name} is {:?}", r.header(name));
+    }
+    Ok(())
+}
+
+#[test]
+fn console_http_headers_cookies_and_csrf() -> Result<()> {
+    let plc = Echo::start()?;
+    let mut w = world_with_session(&plc)?;
+    w.create_session("s2", "m1", &["plc"], &["tech1"])?;
+    let mut c = Client::new(&w)?;
+
+    // Not logged in: to the login page; headers on every answer.
+    let r = c.get("/")?;
+    ensure!(r.status == 303 && location(&r) == "/login", "/ without login: {}", r.summary());
+    security_headers(&r, "redirect")?;
+    let page = c.get("/login")?;
+    ensure!(page.status == 200, "{}", page.summary());
+    security_headers(&page, "login page")?;
+    ensure!(page.header("cache-control") == Some("no-store"), "login page cache-control");
+    let pre = page.headers_named("set-cookie");
+    ensure!(
+        pre.iter().any(|c| c.starts_with("__Host-fernwart-pre=")
+            && c.contains("Secure")
+            && c.contains("HttpOnly")
+            && c.contains("SameSite=Strict")
+            && c.contains("Path=/")),
+        "pre-login cookie: {pre:?}"
+    );
+    let css = c.get("/console.css")?;
+    ensure!(
+        css.status == 200 && css.header("content-type").is_some_and(|t| t.starts_with("text/css")),
+        "css"
+    );
+
+    // A login form without its token (a cross-site form) is refused and recorded.
+    let csrf = hidden_csrf(&page.body)?;
+    let pw = default_password("op1");
+    let r = c.post("/login", &[("user", "op1"), ("password", &pw), ("otp", "123456")], &[])?;
+    ensure!(r.status == 403, "login without token: {}", r.summary());
+    let r = c.post(
+        "/login",
+        &[("csrf", &csrf), ("user", "op1"), ("password", &pw)],
+        &[("Origin", "https://evil.example")],
+    )?;
+    ensure!(r.status == 403, "login from another origin: {}", r.summary());
+
+    // Wrong password and missing code look the same.
+    let wrong = c.login("op1", "Wrong-Passw0rd!x", "123456")?;
+    let missing = c.login("op1", &pw, "")?;
+    ensure!(
+        wrong.status == 401 && missing.status == 401,
+        "{} / {}",
+        wrong.summary(),
+        missing.summary()
+    );
+    let msg = "Invalid user name, password or code.";
+    ensure!(wrong.body.contains(msg) && missing.body.contains(msg), "login failures differ");
+
+    // The login: a Secure, HttpOnly, SameSite=Strict cookie.
+    let code = w.next_code("op1")?;
+    let r = c.login("op1", &pw, &code)?;
+    ensure!(r.status == 303 && location(&r) == "/", "login: {}", r.summary());
+    let set = r.headers_named("set-cookie");
+    let cookie = set
+        .iter()
+        .find(|c| c.starts_with("__Host-fernwart="))
+        .with_context(|| format!("no login cookie in {set:?}"))?;
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        ensure!(cookie.split("; ").any(|p| p == flag), "login cookie {cookie:?} lacks {flag}");
+    }
+    ensure!(!cookie.contains("Domain"), "a __Host- cookie has no Domain");
+
+    let dash = c.get("/")?;
+    ensure!(dash.status == 200, "dashboard: {}", dash.summary());
+    security_headers(&dash, "dashboard")?;
+    ensure!(dash.header("cache-control") == Some("no-store"), "dashboard is stored");
+    ensure!(dash.body.contains(r#"data-session="s1""#), "s1 not waiting on the dashboard");
+    let token = hidden_csrf(&dash.body)?;
+
+    // Approving without the form token, with a wrong one, or from another site: refused,
+    // nothing changes, the refusal is on record.
+    let r = c.post("/sessions/s1/approve", &[("back", "/")], &[])?;
+    ensure!(r.status == 403, "approve without token: {}", r.summary());
+    let r = c.post("/sessions/s1/approve", &[("csrf", "0000"), ("back", "/")], &[])?;
+    ensure!(r.status == 403, "approve with a wrong token: {}", r.summary());
+    let r =
+        c.post("/sessions/s1/approve", &[("csrf", &token)], &[("Origin", "https://evil.example")])?;
+    ensure!(r.status == 403, "approve from another origin: {}", r.summary());
+    let r =
+        c.post("/sessions/s1/approve", &[("csrf", &token)], &[("Sec-Fetch-Site", "cross-site")])?;
+    ensure!(r.status == 403, "approve cross-site: {}", r.summary());
+    ensure!(w.session_state("s1")? == "prepared", "a refused form changed s1");
+    let events = w.audit("admin")?;
+    let refused = events
+        .iter()
+        .filter(|e| e["action"] == "access.refused" && e.to_string().contains("CSRF"))
+        .count();
+    ensure!(refused >= 2, "CSRF refusals on record: {refused}");
+
+    // With it: approved, through the API's rules.
+    let r = c.post("/sessions/s1/approve", &[("csrf", &token), ("back", "/sessions")], &[])?;
+    ensure!(
+        r.status == 303 && location(&r).starts_with("/sessions?done=approve"),
+        "{}",
+        r.summary()
+    );
+    ensure!(w.session_state("s1")? == "approved", "s1 not approved");
+    // Reject s2.
+    let r = c.post("/sessions/s2/reject", &[("csrf", &token)], &[])?;
+    ensure!(r.status == 303, "reject: {}", r.summary());
+    ensure!(w.session_state("s2")? == "rejected", "s2 not rejected");
+
+    // A technician sees no approve button, and the server refuses the POST anyway.
+    w.create_session("s3", "m1", &["plc"], &["tech1"])?;
+    let mut t = Client::new(&w)?;
+    let code = w.next_code("tech1")?;
+    let r = t.login("tech1", &default_password("tech1"), &code)?;
+    ensure!(r.status == 303, "tech login: {}", r.summary());
+    let page = t.get("/sessions")?;
+    ensure!(page.body.contains(r#"data-session="s3""#), "tech1 does not see its session s3");
+    ensure!(!page.body.contains("/approve"), "a technician is offered an approve button");
+    let tt = hidden_csrf(&page.body)?;
+    let r = t.post("/sessions/s3/approve", &[("csrf", &tt)], &[])?;
+    ensure!(r.status == 403, "technician approves: {}", r.summary());
+    ensure!(w.session_state("s3")? == "prepared", "s3 changed");
+
+    // An operator's machine that takes only signed approvals: no button, the CLI named.
+    w.fw("admin", &["org", "add", "plant", "--kind", "operator", "--require-signed"])?;
+    w.add_user_in("ap1", "approver", Some("plant"))?;
+    w.login("ap1")?;
+    w.add_user_in("pt1", "technician", Some("plant"))?;
+    let hmi = Echo::start()?;
+    w.start_agent_in("m2", Some("plant"), &[("hmi", hmi.addr)])?;
+    w.create_session("s4", "m2", &["hmi"], &["pt1"])?;
+    let mut a = Client::new(&w)?;
+    let code = w.next_code("ap1")?;
+    let r = a.login("ap1", &default_password("ap1"), &code)?;
+    ensure!(r.status == 303, "ap1 login: {}", r.summary());
+    let dash = a.get("/")?;
+    ensure!(dash.body.contains(r#"data-session="s4""#), "s4 not waiting for ap1");
+    ensure!(
+        !dash.body.contains("/sessions/s4/approve"),
+        "an approve button for a signed-only machine"
+    );
+    ensure!(dash.body.contains("fernwart session approve s4"), "the CLI is not named");
+    ensure!(dash.body.contains("/sessions/s4/reject"), "ap1 may reject s4");
+    // And op1, of no organization, may not decide plant's session at all.
+    let dash = c.get("/")?;
+    ensure!(
+        !dash.body.contains("/sessions/s4/approve") && !dash.body.contains("/sessions/s4/reject"),
+        "op1 is offered a decision on plant's s4"
+    );
+    let r = c.post("/sessions/s4/approve", &[("csrf", &token)], &[])?;
+    ensure!(r.status == 403, "op1 approves plant's s4: {}", r.summary());
+
+    // Logout ends the login at the server: the old cookie no longer works.
+    let old = c.jar.clone();
+    let r = c.post("/logout", &[("csrf", &token)], &[])?;
+    ensure!(r.status == 303 && location(&r).starts_with("/login"), "logout: {}", r.summary());
+    ensure!(!c.jar.contains_key("__Host-fernwart"), "logout keeps the cookie");
+    c.jar = old;
+    let r = c.get("/")?;
+    ensure!(
+        r.status == 303 && location(&r).starts_with("/login"),
+        "old cookie after logout: {}",
+        r.summary()
+    );
+    if w.session_state("s4")? != "prepared" {
+        bail!("s4 changed");
+    }
+
+    // A console login unused for longer than auth.idle_timeout (1 h) ends like a CLI login:
+    // its last use moved two hours back in the database.
+    let token = a.jar.get("__Host-fernwart").context("ap1 has no login cookie")?.clone();
+    let hash: String =
+        sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let db = rusqlite::Connection::open(w.srv_dir.join("fernwart.db"))?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    let n = db.execute(
+        "UPDATE auth_tokens SET created_at = created_at - 7200, \
+         last_used_at = COALESCE(last_used_at, created_at) - 7200 WHERE token_hash = ?1",
+        [&hash],
+    )?;
+    ensure!(n == 1, "ap1's console login not found in auth_tokens");
+    drop(db);
+    let r = a.get("/")?;
+    ensure!(r.status == 303 && location(&r) == "/login?ended=1", "an idle login: {}", r.summary());
+    ensure!(!a.jar.contains_key("__Host-fernwart"), "an idle login keeps its cookie");
+    let events = w.audit("admin")?;
+    ensure!(has_event(&events, "auth.login_ended", &["ap1"]), "the idle end is not on record");
+    Ok(())
+}
+
+#[test]
+fn console_logins_count_toward_the_same_lockout() -> Result<()> {
+    let opts = fernwart_e2e::Options {
+        server_env: vec![("FERNWART_AUTH_LOCKOUT_THRESHOLD".into(), "3".into())],
+        ..Default::default()
+    };
+    let mut w = World::boot_with(opts)?;
+    w.add_user("op1", "approver")?;
+    w.login("op1")?;
+    let pw = default_password("op1");
+    let mut c = Client::new(&w)?;
+    for i in 0..3 {
+        let r = c.login("op1", "Wrong-Passw0rd!x", "123456")?;
+        ensure!(r.status == 401, "failure {i}: {}", r.summary());
+    }
+    // Locked: the right password and code get the same answer as a wrong one.
+    let code = w.next_code("op1")?;
+    let r = c.login("op1", &pw, &code)?;
+    ensure!(r.status == 401, "a locked account logged in: {}", r.summary());
+    ensure!(r.body.contains("Invalid user name, password or code."), "locked says more than wrong");
+    ensure!(!c.jar.contains_key("__Host-fernwart"), "a locked account got a login cookie");
+    let events = w.audit("admin")?;
+    ensure!(has_event(&events, "auth.lockout", &["op1"]), "no lockout on record");
+    ensure!(
+        has_event(&events, "auth.login_refused", &["op1"]),
+        "the locked attempt is not on record"
+    );
+
+    // An account without a second factor gets no console login: it is told to set one up.
+    w.add_user("newbie", "approver")?;
+    let mut n = Client::new(&w)?;
+    let r = n.login("newbie", &default_password("newbie"), "")?;
+    ensure!(r.status == 403, "a login without a second factor: {}", r.summary());
+    ensure!(r.body.contains("fernwart mfa enroll"), "not told how to set up a second factor");
+    ensure!(!n.jar.contains_key("__Host-fernwart"), "a login without a second factor got a cookie");
+    let events = w.audit("admin")?;
+    ensure!(has_event(&events, "auth.logout", &["newbie"]), "its partial login was not ended");
+    Ok(())
+}
