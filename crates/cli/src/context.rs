@@ -1,6 +1,9 @@
 //! Where the CLI keeps its login (FERNWART_HOME) and how it reaches the server.
 
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context as _};
 use fernwart_api::{Empty, Scope};
@@ -80,7 +83,7 @@ impl Context {
     pub fn save_login(&self, login: &Login) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.home)
             .with_context(|| format!("creating {}", self.home.display()))?;
-        set_mode(&self.home, 0o700);
+        set_private_dir(&self.home);
         write_private(&self.login_path(), serde_json::to_string_pretty(login)?.as_bytes())
     }
 
@@ -89,7 +92,7 @@ impl Context {
         if !self.home.exists() {
             std::fs::create_dir_all(&self.home)
                 .with_context(|| format!("creating {}", self.home.display()))?;
-            set_mode(&self.home, 0o700);
+            set_private_dir(&self.home);
         }
         Ok(())
     }
@@ -166,21 +169,17 @@ impl Context {
     }
 }
 
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
-}
-
-/// Elsewhere (Windows) a file in the user's profile is the user's: nothing to narrow.
-#[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) {}
-
-/// FERNWART_HOME is the owner's only (0700 on Unix).
+/// FERNWART_HOME is the owner's only (0700 on Unix, an owner-only ACL that files made in it
+/// inherit on Windows). Best effort: a home on a file system without permissions still works,
+/// the files written into it are narrowed one by one (`write_private`).
 pub fn set_private_dir(dir: &Path) {
-    set_mode(dir, 0o700);
+    if let Err(e) = crate::owner_only::restrict(dir, true) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot make FERNWART_HOME owner-only");
+    }
 }
 
+/// Writes `data` to `path` through a temporary file that only the owner may open from its
+/// creation on (mode 0600 on Unix, an owner-only ACL on Windows).
 pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
@@ -189,10 +188,33 @@ pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
     let mut f = open.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    set_mode(&tmp, 0o600);
+    // Before the secret goes in: an existing file kept its mode, and on Windows the file
+    // inherited its folder's entries.
+    crate::owner_only::restrict(&tmp, false)
+        .with_context(|| format!("making {} owner-only", tmp.display()))?;
+    f.write_all(data).with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    // A rename within the folder keeps the file's own ACL (and mode).
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Where the CLI keeps its login when FERNWART_HOME is not set: `%APPDATA%\fernwart` on
+/// Windows (the roaming profile, where per-user settings belong), else
+/// `$XDG_CONFIG_HOME/fernwart` or `~/.config/fernwart`. `var` reads the environment (passed in,
+/// so that tests need not set it).
+pub fn default_home(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    if let Some(h) = var("FERNWART_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    let nonempty = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let base = if cfg!(windows) {
+        nonempty("APPDATA")
+            .or_else(|| nonempty("USERPROFILE").map(|p| p.join("AppData").join("Roaming")))
+    } else {
+        nonempty("XDG_CONFIG_HOME").or_else(|| nonempty("HOME").map(|h| h.join(".config")))
+    };
+    base.unwrap_or_else(|| PathBuf::from(".")).join("fernwart")
 }
 
 /// Reads one line from stdin (a password), without the line end.
@@ -200,9 +222,124 @@ pub fn read_secret_line() -> anyhow::Result<zeroize::Zeroizing<String>> {
     use std::io::BufRead;
     let mut line = zeroize::Zeroizing::new(String::new());
     std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+    secret_from_line(&line)
+}
+
+/// The password in one line read from stdin: without its line end (LF, or CRLF from cmd and
+/// PowerShell) and without the byte order mark Windows PowerShell puts before piped text when
+/// its output encoding is UTF-8.
+fn secret_from_line(line: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let line = line.strip_prefix('\u{feff}').unwrap_or(line);
     let pw = zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
     if pw.is_empty() {
         bail!("no password on stdin");
     }
     Ok(pw)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{ffi::OsString, path::PathBuf};
+
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v))
+    }
+
+    #[test]
+    fn a_password_line_loses_its_line_end_and_bom_only() {
+        for line in ["pw x\n", "pw x\r\n", "\u{feff}pw x\r\n", "pw x"] {
+            assert_eq!(secret_from_line(line).unwrap().as_str(), "pw x", "{line:?}");
+        }
+        assert_eq!(secret_from_line(" pw \n").unwrap().as_str(), " pw ");
+        assert!(secret_from_line("\r\n").is_err());
+        assert!(secret_from_line("").is_err());
+    }
+
+    #[test]
+    fn fernwart_home_wins() {
+        let vars = [("FERNWART_HOME", "/srv/fw"), ("APPDATA", "C:\\x"), ("HOME", "/home/t")];
+        assert_eq!(default_home(env(&vars)), PathBuf::from("/srv/fw"));
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn the_default_home_on_windows_is_in_appdata() {
+        let vars = [("APPDATA", r"C:\Users\t\AppData\Roaming"), ("HOME", "/home/t")];
+        assert_eq!(default_home(env(&vars)), PathBuf::from(r"C:\Users\t\AppData\Roaming\fernwart"));
+        let vars = [("USERPROFILE", r"C:\Users\t")];
+        assert_eq!(default_home(env(&vars)), PathBuf::from(r"C:\Users\t\AppData\Roaming\fernwart"));
+        // The real profile of the user running the test (under wine too).
+        let home = default_home(|k| std::env::var_os(k));
+        let appdata = std::env::var_os("APPDATA").expect("Windows sets APPDATA");
+        assert_eq!(home, PathBuf::from(appdata).join("fernwart"));
+        assert!(home.is_absolute(), "{}", home.display());
+    }
+
+    /// Exactly one ACE for the current user, protected; under wine, which keeps only Unix
+    /// modes, no one but the owner and SYSTEM (see `Dacl::allows_only_owner_and_system`).
+    #[cfg(windows)]
+    fn owner_only(d: &crate::owner_only::Dacl) -> bool {
+        d.is_owner_only()
+            || crate::owner_only::running_under_wine() && d.allows_only_owner_and_system()
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn a_saved_login_is_the_owners_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Context {
+            home: dir.path().join("fernwart"),
+            server: None,
+            ca_cert: None,
+            proxy: Default::default(),
+            json: false,
+            token: None,
+        };
+        let login = Login {
+            server: "https://127.0.0.1:1".into(),
+            user: "tech1".into(),
+            token: "secret".into(),
+            scope: fernwart_api::Scope::Full,
+            expires: "9999-12-31T23:59:59Z".into(),
+        };
+
+        ctx.save_login(&login).unwrap();
+
+        let file = crate::owner_only::dacl(&ctx.home.join(LOGIN_FILE)).unwrap();
+        assert!(owner_only(&file), "{file:?}");
+        let home = crate::owner_only::dacl(&ctx.home).unwrap();
+        assert!(owner_only(&home), "{home:?}");
+        assert_eq!(ctx.load_login().unwrap().token, "secret");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_default_home_on_unix_is_in_the_config_folder() {
+        let vars = [("XDG_CONFIG_HOME", "/x/cfg"), ("HOME", "/home/t")];
+        assert_eq!(default_home(env(&vars)), PathBuf::from("/x/cfg/fernwart"));
+        let vars = [("HOME", "/home/t"), ("APPDATA", "C:\\x")];
+        assert_eq!(default_home(env(&vars)), PathBuf::from("/home/t/.config/fernwart"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_saved_login_is_mode_0600_in_a_0700_home() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("fernwart");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(home.join("login.tmp"), b"left over").unwrap();
+        std::fs::set_permissions(home.join("login.tmp"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+
+        write_private(&home.join(LOGIN_FILE), b"{}").unwrap();
+        set_private_dir(&home);
+
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&home.join(LOGIN_FILE)), 0o600);
+        assert_eq!(mode(&home), 0o700);
+    }
 }

@@ -3,5 +3,6 @@
 pub mod commands;
 pub mod context;
 pub mod output;
+pub mod owner_only;
 
 pub use context::Context;

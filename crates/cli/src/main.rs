@@ -355,22 +355,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn home() -> PathBuf {
-    if let Some(h) = std::env::var_os("FERNWART_HOME") {
-        return PathBuf::from(h);
-    }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("fernwart")
-}
-
 async fn try_main(cli: Cli) -> anyhow::Result<()> {
     let env =
         |k: &str| std::env::var(k).ok().or_else(|| std::env::var(k.to_ascii_lowercase()).ok());
     let ctx = Context {
-        home: home(),
+        home: fernwart_cli::context::default_home(|k| std::env::var_os(k)),
         server: cli.server,
         ca_cert: cli.ca_cert,
         proxy: ProxyConfig::resolve(cli.proxy.as_deref(), env("HTTPS_PROXY"), env("NO_PROXY"))?,

@@ -184,6 +184,16 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "{mode:o}");
         }
+        #[cfg(windows)]
+        {
+            let dacl = crate::owner_only::dacl(&path).unwrap();
+            assert!(
+                dacl.is_owner_only()
+                    || crate::owner_only::running_under_wine()
+                        && dacl.allows_only_owner_and_system(),
+                "{dacl:?}"
+            );
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{text}");
         let key = load(&path).unwrap().unwrap();
