@@ -453,6 +453,18 @@ impl AsyncWrite for MuxStream {
     }
 }
 
+/// Both ends of a link over an in-memory pipe, for tests: the client's mux and the server's
+/// inbound streams.
+#[cfg(test)]
+pub(crate) async fn test_link() -> (Mux, tokio::sync::mpsc::Receiver<crate::MuxStream>) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(Mux::start(b, Mode::Server));
+    let (client, _) = Mux::start(a, Mode::Client).await.expect("client end of a test link");
+    let (_server, inbound) =
+        server.await.expect("server task of a test link").expect("server end of a test link");
+    (client, inbound)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

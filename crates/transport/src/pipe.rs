@@ -199,14 +199,7 @@ mod tests {
 
     #[tokio::test]
     async fn socket_to_stream_to_stream_to_socket_keeps_every_byte_and_the_half_close() {
-        use crate::mux::{Mode, Mux};
-        async fn link() -> (Mux, tokio::sync::mpsc::Receiver<crate::MuxStream>) {
-            let (a, b) = tokio::io::duplex(64 * 1024);
-            let server = tokio::spawn(Mux::start(b, Mode::Server));
-            let (client, _) = Mux::start(a, Mode::Client).await.unwrap();
-            let (_server, inbound) = server.await.unwrap().unwrap();
-            (client, inbound)
-        }
+        use crate::mux::test_link as link;
         // socket a|b -> link 1 -> relay -> link 2 -> socket c|d, as technician -> server -> agent.
         let (one, mut one_in) = link().await;
         let (two, mut two_in) = link().await;

@@ -142,16 +142,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mux::{Mode, Mux};
+    use crate::mux::test_link as link;
     use fernwart_proto::e2e::{take_record, Initiator, ReplayGuard, Responder, StaticKey};
-
-    async fn link() -> (Mux, tokio::sync::mpsc::Receiver<crate::MuxStream>) {
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let server = tokio::spawn(Mux::start(b, Mode::Server));
-        let (client, _) = Mux::start(a, Mode::Client).await.unwrap();
-        let (_server, inbound) = server.await.unwrap().unwrap();
-        (client, inbound)
-    }
 
     fn transports() -> (e2e::Transport, e2e::Transport) {
         let tech = StaticKey::from_secret(&[1; 32]).unwrap();

@@ -14,6 +14,7 @@ use crate::{
         names,
         org::{OrgChange, OrgPolicy, MAX_SESSION_RANGE},
     },
+    store::OrgRecord,
     util, App,
 };
 
@@ -102,14 +103,19 @@ pub async fn set(
         .into_iter()
         .find(|o| o.name.eq_ignore_ascii_case(&name))
         .ok_or_else(|| ApiError::not_found(format!("no organization {name}")))?;
-    Ok(Json(OrgInfo {
+    Ok(Json(info(o)))
+}
+
+/// A stored organization as the API shows it.
+fn info(o: OrgRecord) -> OrgInfo {
+    OrgInfo {
         name: o.name,
         kind: o.kind,
         contracts: o.contracts,
         allow_no_approval: o.allow_no_approval,
         max_session_secs: o.max_session_secs,
         require_signed: o.require_signed,
-    }))
+    }
 }
 
 pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<OrgInfo>>> {
@@ -118,14 +124,7 @@ pub async fn list(State(app): State<App>, a: Authed) -> ApiResult<Json<Vec<OrgIn
     Ok(Json(
         orgs.into_iter()
             .filter(|o| authz::sees_org_listed(&a.caller, Some(&o.name)))
-            .map(|o| OrgInfo {
-                name: o.name,
-                kind: o.kind,
-                contracts: o.contracts,
-                allow_no_approval: o.allow_no_approval,
-                max_session_secs: o.max_session_secs,
-                require_signed: o.require_signed,
-            })
+            .map(info)
             .collect(),
     ))
 }
