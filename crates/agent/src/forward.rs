@@ -55,16 +55,7 @@ pub async fn serve(
             return;
         }
     };
-    let now = crate::now();
-    let checked = {
-        let grants = agent.grants.lock().unwrap_or_else(|p| p.into_inner());
-        policy::check(&agent.cfg, &grants, *agent.switch.borrow(), &req.session, &req.target, now)
-            .map(|()| match grants.get(&req.session) {
-                Some(g) => (g.until, g.record, g.users.clone(), g.tech_keys.clone()),
-                None => (now, false, Vec::new(), Vec::new()),
-            })
-    };
-    let (until, record, users, tech_keys) = match checked {
+    let (until, record, users, tech_keys) = match check(&agent, &req) {
         Ok(u) => u,
         Err(reason) => {
             refuse(&agent, stream, &req, reason).await;
@@ -85,23 +76,54 @@ pub async fn serve(
         refuse(&agent, stream, &req, format!("target {:?} is not configured", req.target)).await;
         return;
     };
-    let tcp =
-        match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(&target.address))
-            .await
-        {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                let why = format!("cannot reach target {} ({}): {e}", target.name, target.address);
-                refuse(&agent, stream, &req, why).await;
+    let mut answer = match fernwart_proto::encode(&OpenReply::ok()) {
+        Ok(frame) => BytesMut::from(&frame[..]),
+        Err(_) => return,
+    };
+    let (transport, connected) = if req.hold {
+        // The server checks while this side computes; the target is touched only once it
+        // said yes, and the grant still holds then.
+        let transport = responder.reply(&mut answer);
+        match read_frame_within::<OpenReply, _>(&mut stream, HANDSHAKE_TIMEOUT).await {
+            Ok(r) if r.ok => {}
+            Ok(r) => {
+                let reason = r.error.unwrap_or_default();
+                tracing::debug!(session = %req.session, target = %req.target, %reason, "the server refused a tunnel");
                 return;
             }
-            Err(_) => {
-                let why = format!("target {} ({}) did not answer", target.name, target.address);
-                refuse(&agent, stream, &req, why).await;
+            Err(e) => {
+                tracing::debug!(error = %e, "no decision from the server on a tunnel");
                 return;
             }
-        };
+        }
+        if let Err(reason) = check(&agent, &req) {
+            refuse(&agent, stream, &req, reason).await;
+            return;
+        }
+        (transport, connect(&target).await)
+    } else {
+        // The connection to the target starts first, and the second Noise message is
+        // computed while the target answers (this runtime has one thread).
+        let (connected, transport) =
+            tokio::join!(connect(&target), async { responder.reply(&mut answer) });
+        (transport, connected)
+    };
+    let tcp = match connected {
+        Ok(t) => t,
+        Err(why) => {
+            refuse(&agent, stream, &req, why).await;
+            return;
+        }
+    };
     let _ = tcp.set_nodelay(true);
+    let transport = match transport {
+        Ok(t) => t,
+        Err(e) => {
+            let why = format!("end-to-end handshake failed: {}", error_chain(&e));
+            refuse(&agent, stream, &req, why).await;
+            return;
+        }
+    };
     // Decided once per tunnel: without recording the relay below is the same code as before.
     let recorder = if record || agent.cfg.recording.always {
         let r = Recorder::start(
@@ -125,18 +147,6 @@ pub async fn serve(
         None
     };
     // The answer and the second Noise message leave together.
-    let mut answer = match fernwart_proto::encode(&OpenReply::ok()) {
-        Ok(frame) => BytesMut::from(&frame[..]),
-        Err(_) => return,
-    };
-    let transport = match responder.reply(&mut answer) {
-        Ok(t) => t,
-        Err(e) => {
-            let why = format!("end-to-end handshake failed: {}", error_chain(&e));
-            refuse(&agent, stream, &req, why).await;
-            return;
-        }
-    };
     if stream.write_all(&answer).await.is_err() {
         if let Some(r) = recorder {
             finish_recording(&agent, &req, r, "the server went away before the tunnel opened")
@@ -194,6 +204,30 @@ pub async fn serve(
     agent.audit("tunnel.close", &req.session, details);
     if let Some(r) = recorder {
         finish_recording(&agent, &req, r, &outcome).await;
+    }
+}
+
+/// The agent's own checks of a tunnel (key switch, grant, window, allow-list): the grant's end,
+/// whether it is recorded, its technicians and their end-to-end keys; or why not.
+fn check(
+    agent: &Agent,
+    req: &OpenRequest,
+) -> Result<(i64, bool, Vec<String>, Vec<String>), String> {
+    let now = crate::now();
+    let grants = agent.grants.lock().unwrap_or_else(|p| p.into_inner());
+    policy::check(&agent.cfg, &grants, *agent.switch.borrow(), &req.session, &req.target, now)?;
+    Ok(match grants.get(&req.session) {
+        Some(g) => (g.until, g.record, g.users.clone(), g.tech_keys.clone()),
+        None => (now, false, Vec::new(), Vec::new()),
+    })
+}
+
+/// Connects to an allow-listed target, or says why not.
+async fn connect(target: &crate::config::Target) -> Result<TcpStream, String> {
+    match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(&target.address)).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(format!("cannot reach target {} ({}): {e}", target.name, target.address)),
+        Err(_) => Err(format!("target {} ({}) did not answer", target.name, target.address)),
     }
 }
 

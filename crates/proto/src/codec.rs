@@ -87,7 +87,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn open(target: &str) -> OpenRequest {
-        OpenRequest { session: "s1".into(), target: target.into(), e2e: None }
+        OpenRequest { session: "s1".into(), target: target.into(), e2e: None, hold: false }
     }
 
     #[test]
@@ -167,7 +167,7 @@ mod tests {
     proptest! {
         #[test]
         fn prop_roundtrip(session in ".{0,64}", target in ".{0,64}") {
-            let msg = OpenRequest { session, target, e2e: None };
+            let msg = OpenRequest { session, target, e2e: None, hold: false };
             let frame = encode(&msg).unwrap();
             let (back, used): (OpenRequest, usize) = decode(&frame).unwrap().unwrap();
             prop_assert_eq!(back, msg);

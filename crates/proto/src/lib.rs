@@ -21,7 +21,7 @@ pub use codec::{decode, encode, DecodeError, EncodeError, HEADER_LEN, MAX_FRAME_
 pub use msg::*;
 pub use version::{
     negotiate, negotiate_agent, VersionError, AGENT_AUDIT_VERSION, AGENT_GRANT_REFUSED_VERSION,
-    AGENT_LINK_VERSION, LINK_UPGRADE, PROTOCOL_VERSION,
+    AGENT_HOLD_VERSION, AGENT_LINK_VERSION, LINK_UPGRADE, PROTOCOL_VERSION,
 };
 
 /// How long either side waits for a handshake frame before it closes the link.

@@ -189,6 +189,13 @@ pub struct OpenRequest {
     /// tunnels without it, and agents before it refuse the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e2e: Option<u8>,
+    /// Server to agent only (link version [`crate::AGENT_HOLD_VERSION`]): the server sends
+    /// this request and the first Noise message while it still checks the tunnel, then its
+    /// decision as an [`OpenReply`] frame. The agent checks and computes its part meanwhile,
+    /// but touches the target only after an `ok` decision; any other end drops the tunnel.
+    /// Agents before it refuse the field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
 }
 
 /// Answer to an [`OpenRequest`]; on `ok` the stream carries the target's bytes from then on.
@@ -346,7 +353,8 @@ mod recording_tests {
 
     #[test]
     fn the_first_frame_of_a_stream_is_a_tunnel_or_a_recording_question() {
-        let open = OpenRequest { session: "s1".into(), target: "plc".into(), e2e: Some(1) };
+        let open =
+            OpenRequest { session: "s1".into(), target: "plc".into(), e2e: Some(1), hold: false };
         let text = serde_json::to_string(&open).unwrap();
         assert_eq!(
             serde_json::from_str::<StreamRequest>(&text).unwrap(),

@@ -10,11 +10,15 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Version 3 adds `grant_refused` from the agent: the server hears at once why the agent does
 /// not hold a grant (and tells the technician), rather than waiting out the acknowledgement;
 /// and `trust`: the agent's trust anchor changed while it runs.
-pub const AGENT_LINK_VERSION: u16 = 3;
+/// Version 4 adds held tunnel opens ([`crate::OpenRequest::hold`]): the server passes the open
+/// request and the first Noise message on while it checks, and its decision after.
+pub const AGENT_LINK_VERSION: u16 = 4;
 /// The first agent link version on which the agent's records travel.
 pub const AGENT_AUDIT_VERSION: u16 = 2;
 /// The first agent link version on which the agent says why it refused a grant.
 pub const AGENT_GRANT_REFUSED_VERSION: u16 = 3;
+/// The first agent link version on which the server holds tunnel opens.
+pub const AGENT_HOLD_VERSION: u16 = 4;
 /// The HTTP/1.1 upgrade token of a link: after `101 Switching Protocols` the connection speaks
 /// HTTP/2 (with prior knowledge). A peer that asks for anything else is refused.
 pub const LINK_UPGRADE: &str = "fernwart-h2/1";

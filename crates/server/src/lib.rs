@@ -252,6 +252,8 @@ pub async fn run(
     let tls = tls::server_config(data)?;
     let app = App::open(data, cfg, shutdown.clone())?;
     api::serve(app.clone(), listener, tls).await;
+    // What the links and tunnels recorded last is written before the chain is signed.
+    app.relay.audit.flush().await;
     // The last records of a clean stop are signed and exported too.
     checkpoint(&app).await;
     app.siem.finish().await;

@@ -222,7 +222,12 @@ async fn bad_open_request_on_a_data_stream_leaves_the_link_usable() {
     let mut s = mux.open().await.unwrap();
     write_frame(
         &mut s,
-        &fernwart_proto::OpenRequest { session: "s1".into(), target: "ssh".into(), e2e: None },
+        &fernwart_proto::OpenRequest {
+            session: "s1".into(),
+            target: "ssh".into(),
+            e2e: None,
+            hold: false,
+        },
     )
     .await
     .unwrap();
@@ -234,7 +239,12 @@ async fn bad_open_request_on_a_data_stream_leaves_the_link_usable() {
     let mut s = mux.open().await.unwrap();
     write_frame(
         &mut s,
-        &fernwart_proto::OpenRequest { session: "s1".into(), target: "plc".into(), e2e: None },
+        &fernwart_proto::OpenRequest {
+            session: "s1".into(),
+            target: "plc".into(),
+            e2e: None,
+            hold: false,
+        },
     )
     .await
     .unwrap();

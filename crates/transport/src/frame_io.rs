@@ -97,7 +97,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_one_frame_and_leaves_the_rest() {
-        let msg = OpenRequest { session: "s".into(), target: "t".into(), e2e: None };
+        let msg = OpenRequest { session: "s".into(), target: "t".into(), e2e: None, hold: false };
         let mut bytes = codec::encode(&msg).unwrap();
         bytes.extend_from_slice(b"tunnel bytes");
         let mut r = &bytes[..];

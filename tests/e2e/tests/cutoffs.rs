@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use fernwart_e2e::{open_tunnel, poll, roundtrip, tunnel_refuses, wait_closed, Echo, World};
+use fernwart_e2e::{
+    audit_actions, open_tunnel, poll, roundtrip, tunnel_refuses, wait_closed, Echo, World,
+};
 
 const T: Duration = Duration::from_secs(10);
 /// The promise says 1 s; the rest is polling and process start-up slack.
@@ -218,5 +220,57 @@ fn connect_notices_a_silent_server() -> Result<()> {
     ensure!(exited.is_some(), "connect still runs 75 s after the server went silent");
     eprintln!("connect noticed the silent server after {:?}", t0.elapsed());
     ensure!(conn.log_tail().contains("lost"), "connect did not say why: {}", conn.log_tail());
+    Ok(())
+}
+
+/// The server passes a tunnel's open request and first handshake message on to the agent
+/// while it still reads the login and the session (a held open): when that reading refuses
+/// the tunnel, the agent drops it without touching the target, and only the server's trail
+/// has the refusal.
+#[test]
+fn a_tunnel_the_server_refuses_never_reaches_the_target() -> Result<()> {
+    let echo = Echo::start()?;
+    let mut w = world(&echo)?;
+    w.create_session("s1", "m1", &["echo"], &["tech1"])?;
+    let conn = w.connect_approved("s1", "tech1", "op1")?;
+    let fwd = conn.forward("echo")?;
+    roundtrip(fwd, b"held open", T)?;
+    wait_target_idle(&echo, CUT)?;
+    let before = echo.accepted();
+
+    // The technician's login ends behind the link's back: only the store knows.
+    let db = rusqlite::Connection::open(w.srv_dir.join("fernwart.db"))?;
+    let ended = db.execute(
+        "DELETE FROM auth_tokens WHERE user_id = (SELECT id FROM users WHERE name = 'tech1')",
+        [],
+    )?;
+    drop(db);
+    ensure!(ended >= 1, "no login of tech1 to end");
+    ensure!(tunnel_refuses(fwd, Duration::from_secs(3)), "a tunnel opened for a login that ended");
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(
+        echo.accepted() == before,
+        "the agent connected to the target for a tunnel the server refused"
+    );
+    let events = w.audit("admin")?;
+    let refused = events.iter().any(|e| {
+        e.get("action").and_then(|a| a.as_str()) == Some("tunnel.refused")
+            && e.to_string().contains("login ended")
+    });
+    ensure!(refused, "no tunnel.refused for the ended login: {}", audit_actions(&events));
+    let agent = w.agent_raw(&[
+        "audit",
+        "list",
+        "--json",
+        "--data",
+        w.agent_dir("m1").to_str().unwrap_or_default(),
+    ])?;
+    let agent = agent.check()?.json_list();
+    let opens = agent.iter().filter(|r| r["action"] == "tunnel.open").count();
+    let refusals = agent.iter().filter(|r| r["action"] == "tunnel.refused").count();
+    ensure!(
+        opens == 1 && refusals == 0,
+        "the agent's trail has {opens} tunnel.open and {refusals} tunnel.refused (1 and 0 expected)"
+    );
     Ok(())
 }

@@ -165,7 +165,8 @@ async fn the_agent_refuses_a_technician_key_its_grant_does_not_name() -> Result<
     // The key the grant names opens a tunnel; another one is refused by the agent.
     for (key, opens) in [(&named, true), (&stranger, false)] {
         let mut s = mux.open().await?;
-        let req = OpenRequest { session: "s1".into(), target: "echo".into(), e2e: Some(1) };
+        let req =
+            OpenRequest { session: "s1".into(), target: "echo".into(), e2e: Some(1), hold: false };
         write_frame(&mut s, &req).await?;
         let mut msg1 = BytesMut::new();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
@@ -182,8 +183,11 @@ async fn the_agent_refuses_a_technician_key_its_grant_does_not_name() -> Result<
     }
     // A tunnel without end-to-end encryption is refused too.
     let mut s = mux.open().await?;
-    write_frame(&mut s, &OpenRequest { session: "s1".into(), target: "echo".into(), e2e: None })
-        .await?;
+    write_frame(
+        &mut s,
+        &OpenRequest { session: "s1".into(), target: "echo".into(), e2e: None, hold: false },
+    )
+    .await?;
     let reply: OpenReply = read_frame_within(&mut s, T).await?;
     ensure!(!reply.ok, "a plaintext tunnel opened");
     ensure!(reply.error.unwrap_or_default().contains("end-to-end"), "unclear refusal");

@@ -18,6 +18,10 @@ use super::AuditLog;
 const QUEUE: usize = 4096;
 /// Records written before one sync, at most.
 const BATCH: usize = 256;
+/// How long a write waits for more records after the first (group commit): records that
+/// come in a burst (a tunnel's open, a busy minute of tunnels) share one write and one sync,
+/// and none waits longer than this to reach the disk.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 enum Msg {
     Record(Body),
@@ -86,13 +90,26 @@ fn run(log: &AuditLog, rx: &Receiver<Msg>) {
         let mut batch = Vec::new();
         let mut waiting = Vec::new();
         let mut next = Some(first);
+        let until = std::time::Instant::now() + GATHER;
         while let Some(msg) = next.take() {
-            match msg {
-                Msg::Record(b) => batch.push(b),
-                Msg::Flush(done) => waiting.push(done),
-            }
+            let flush = match msg {
+                Msg::Record(b) => {
+                    batch.push(b);
+                    false
+                }
+                Msg::Flush(done) => {
+                    waiting.push(done);
+                    true
+                }
+            };
             if batch.len() < BATCH {
-                next = rx.try_recv().ok();
+                // Someone waits for the disk: write what is queued now.
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                next = if flush || !waiting.is_empty() || left.is_zero() {
+                    rx.try_recv().ok()
+                } else {
+                    rx.recv_timeout(left).ok()
+                };
             }
         }
         write(log, batch);

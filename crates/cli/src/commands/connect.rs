@@ -192,11 +192,15 @@ async fn tunnel_inner(
         session: session.to_owned(),
         target: target.to_owned(),
         e2e: Some(e2e::VERSION),
+        hold: false,
     };
     let frame = fernwart_proto::encode(&req).map_err(|e| format!("failed: {e}"))?;
     if s_wr.send_all(Bytes::from(frame)).await.is_err() {
         return Ok(());
     }
+    // This runtime has one thread: let the link write the request out now, so that the server
+    // checks it while the first Noise message is computed here.
+    tokio::task::yield_now().await;
     let (mut t_rd, mut t_wr) = tcp.into_split();
     let mut early = BytesMut::with_capacity(e2e::MAX_EARLY_DATA);
     let _ = tokio::time::timeout(FIRST_BYTES_WAIT, t_rd.read_buf(&mut early)).await;

@@ -153,8 +153,14 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
     let collector_control = ctl_tx.clone();
     // Peer input shown to people: printable, at most 64 characters.
     let software: String = agent.chars().filter(|c| !c.is_control()).take(64).collect();
-    let conn_id =
-        app.hub.agent_connected(machine_id, mux.clone(), ctl_tx, switch_on, targets, software);
+    let conn_id = app.hub.agent_connected(
+        machine_id,
+        mux.clone(),
+        ctl_tx,
+        switch_on,
+        targets,
+        (software, version),
+    );
     tracing::info!(%machine, switch_on, version, "agent online");
 
     let (mut rd, mut wr) = control.into_split();

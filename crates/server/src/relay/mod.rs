@@ -172,6 +172,8 @@ struct AgentEntry {
     targets: Vec<TargetInfo>,
     /// What the agent says it is in its hello (`fernwart-agent 0.1.0`), cleaned.
     software: String,
+    /// The agent link version agreed on.
+    link_version: u16,
     acks: HashMap<String, Vec<oneshot::Sender<GrantAnswer>>>,
 }
 
@@ -193,6 +195,7 @@ pub struct AgentView {
     pub switch_on: bool,
     pub switch_token: CancellationToken,
     pub targets: Vec<TargetInfo>,
+    pub link_version: u16,
 }
 
 impl Hub {
@@ -208,7 +211,7 @@ impl Hub {
         control: mpsc::Sender<ServerToAgent>,
         switch_on: bool,
         targets: Vec<TargetInfo>,
-        software: String,
+        (software, link_version): (String, u16),
     ) -> u64 {
         let mut inner = self.lock();
         inner.next_conn += 1;
@@ -221,6 +224,7 @@ impl Hub {
             switch_token: CancellationToken::new(),
             targets,
             software,
+            link_version,
             acks: HashMap::new(),
         };
         if let Some(old) = inner.agents.insert(machine, entry) {
@@ -245,6 +249,7 @@ impl Hub {
             switch_on: a.switch_on,
             switch_token: a.switch_token.clone(),
             targets: a.targets.clone(),
+            link_version: a.link_version,
         })
     }
 

@@ -179,6 +179,7 @@ pub async fn serve(
         return;
     }
     let mut ready = false;
+    let mut sref: tunnel::SessionRef;
     let mut warned = false;
     let mut session_name = session_id.to_string();
     let login_ends = tokio::time::Instant::now()
@@ -190,6 +191,12 @@ pub async fn serve(
             Err(e) => break (Closing::Error, format!("server error: {e}")),
         };
         session_name.clone_from(&s.name);
+        sref = tunnel::SessionRef {
+            id: session_id,
+            machine_id: s.machine_id,
+            name: s.name.clone(),
+            targets: s.targets.clone(),
+        };
         let now = util::now();
         if s.is_terminal() {
             let by = s.ended_by.clone().or(s.decided_by.clone()).unwrap_or_default();
@@ -281,8 +288,8 @@ pub async fn serve(
                         );
                     }
                 }
-                let machine_id = s.machine_id;
-                let agent_key = match app.store.run(move |b| b.machine_e2e_key(machine_id)).await {
+                let agent_key = match app.store.run(move |b| b.machine_e2e_key(s.machine_id)).await
+                {
                     Ok(k) => k,
                     Err(e) => break (Closing::Error, format!("server error: {e}")),
                 };
@@ -314,7 +321,7 @@ pub async fn serve(
             s = inbound.recv(), if ready => match s {
                 Some(stream) => {
                     let guards = Guards { session: session_token.clone(), user: user_token.clone(), link: link.clone() };
-                    tokio::spawn(tunnel::serve(app.clone(), stream, session_id, who.clone(), guards));
+                    tokio::spawn(tunnel::serve(app.clone(), stream, sref.clone(), who.clone(), guards));
                 }
                 None => break (Closing::Left, "technician left".into()),
             },

@@ -5,20 +5,32 @@ use std::{
     time::Duration,
 };
 
-use fernwart_proto::{OpenReply, OpenRequest, HANDSHAKE_TIMEOUT};
+use fernwart_proto::{OpenReply, OpenRequest, AGENT_HOLD_VERSION, HANDSHAKE_TIMEOUT};
 use fernwart_transport::{
     frame_io::{read_frame_within, write_last_frame},
     pipe::{self, mux_to_mux, Activity, Halt},
-    write_frame, MuxReader, MuxStream, MuxWriter,
+    sealed, write_frame, MuxReader, MuxStream, MuxWriter,
 };
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{tech_link::Technician, Relay};
 use crate::{
     audit::{Entry, Event},
     authz::{self, Action, Object},
+    domain::{session::Session, Caller},
     util,
 };
+
+/// The session a technician link serves, as the link last read it: what lets a tunnel's open
+/// go on to the agent while the store confirms it (the store's answer decides).
+#[derive(Debug, Clone)]
+pub struct SessionRef {
+    pub id: i64,
+    pub machine_id: i64,
+    pub name: String,
+    pub targets: Vec<String>,
+}
 
 /// Everything a tunnel must stop for.
 pub struct Guards {
@@ -30,10 +42,11 @@ pub struct Guards {
 pub async fn serve(
     app: Relay,
     mut stream: MuxStream,
-    session_id: i64,
+    sref: SessionRef,
     who: Technician,
     guards: Guards,
 ) {
+    let session_id = sref.id;
     let user = who.name.clone();
     let req: OpenRequest = match read_frame_within(&mut stream, HANDSHAKE_TIMEOUT).await {
         Ok(r) => r,
@@ -43,7 +56,11 @@ pub async fn serve(
         }
     };
     let target = req.target.clone();
-    let opened = open(&app, session_id, &who, &target, req.e2e).await;
+    let activity = Activity::default();
+    let (bytes_up, bytes_down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let tap = test_tap::open();
+    let ahead = Ahead { tech: &mut stream, carried: &bytes_up, tap: tap.as_ref().map(|t| &t.up) };
+    let opened = open(&app, &sref, &who, &guards, &req, ahead).await;
     let (agent_stream, switch, until, session) = match opened {
         Ok(opened) => opened,
         Err(reason) => {
@@ -58,9 +75,6 @@ pub async fn serve(
     // them only after its own checks. Its answer decides whether anything comes back.
     let (mut t_rd, mut t_wr) = stream.into_split();
     let (mut a_rd, mut a_wr) = agent_stream.into_split();
-    let activity = Activity::default();
-    let (bytes_up, bytes_down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let tap = test_tap::open();
     let up = relay(&mut t_rd, &mut a_wr, &activity, &bytes_up, tap.as_ref().map(|t| &t.up));
     let down = async {
         let reason = match read_frame_within::<OpenReply, _>(&mut a_rd, HANDSHAKE_TIMEOUT).await {
@@ -161,22 +175,120 @@ async fn relay(
     }
 }
 
+/// The technician's stream while the tunnel opens, for the first Noise message that goes ahead.
+struct Ahead<'a> {
+    tech: &'a mut MuxStream,
+    carried: &'a AtomicU64,
+    tap: Option<&'a test_tap::File>,
+}
+
 /// Checks promise 2 at the server (the login, the account, the session, the target, the
 /// machine), then asks the agent, which checks again on its own and answers on the returned
 /// stream.
+///
+/// The store's answer takes a thread hand-off; meanwhile the stream to the agent opens, and
+/// where the link already knows the tunnel as allowed (session target, agent target, switch
+/// on, neither session nor user revoked) and the agent speaks link version 4, the request goes
+/// ahead marked `hold` with the technician's first Noise message: the agent checks and computes
+/// its part but touches the target only on the `ok` decision sent here after every check has
+/// passed. A refused tunnel gets a refused decision (the agent drops it without a trace, as it
+/// touched nothing); otherwise the request goes only after the checks.
 async fn open(
     app: &Relay,
-    session_id: i64,
+    sref: &SessionRef,
     who: &Technician,
-    target: &str,
-    e2e: Option<u8>,
+    guards: &Guards,
+    req: &OpenRequest,
+    ahead: Ahead<'_>,
 ) -> Result<(MuxStream, CancellationToken, i64, String), String> {
-    let token = who.token_hash.clone();
-    let (session, caller) = app
-        .store
-        .run(move |b| b.tunnel_check(session_id, &token))
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    let target = req.target.as_str();
+    let agent = app.hub.agent(sref.machine_id);
+    let held = agent.as_ref().is_some_and(|a| {
+        a.link_version >= AGENT_HOLD_VERSION
+            && req.e2e.is_some()
+            && a.switch_on
+            && a.targets.iter().any(|t| t.name == target)
+            && sref.targets.iter().any(|t| t == target)
+            && !guards.session.is_cancelled()
+            && !guards.user.is_cancelled()
+    });
+    let (token, session_id) = (who.token_hash.clone(), sref.id);
+    let check = app.store.run(move |b| b.tunnel_check(session_id, &token));
+    let early = async {
+        let Some(a) = &agent else { return Ok::<_, String>(None) };
+        let mut s = a.mux.open().await.map_err(|e| format!("cannot reach the agent: {e}"))?;
+        if held {
+            let req = OpenRequest {
+                session: sref.name.clone(),
+                target: target.to_owned(),
+                e2e: req.e2e,
+                hold: true,
+            };
+            write_frame(&mut s, &req).await.map_err(|e| format!("agent link failed: {e}"))?;
+            let body = sealed::read_record(ahead.tech, HANDSHAKE_TIMEOUT)
+                .await
+                .map_err(|e| format!("no end-to-end handshake: {e}"))?;
+            let mut record = u16::try_from(body.len())
+                .map_err(|_| "end-to-end handshake message too long".to_owned())?
+                .to_be_bytes()
+                .to_vec();
+            record.extend_from_slice(&body);
+            ahead.carried.fetch_add(record.len() as u64, Ordering::Relaxed);
+            if let Some(tap) = ahead.tap {
+                tap.write(&record);
+            }
+            s.write_all(&record).await.map_err(|e| format!("agent link failed: {e}"))?;
+        }
+        Ok(Some(s))
+    };
+    let (stream, checked) = tokio::join!(early, check);
+    let mut stream = stream?;
+    let decided = decide(sref, req, agent.as_ref(), checked);
+    if held {
+        match &decided {
+            Ok(_) => {
+                if let Some(s) = &mut stream {
+                    write_frame(s, &OpenReply::ok())
+                        .await
+                        .map_err(|e| format!("agent link failed: {e}"))?;
+                }
+            }
+            // Ended after the decision (not reset): the agent reads why and lets go.
+            Err(reason) => {
+                if let Some(mut s) = stream.take() {
+                    if write_frame(&mut s, &OpenReply::refused(reason.clone())).await.is_ok() {
+                        s.end();
+                    }
+                }
+            }
+        }
+    }
+    let (agent, until, session) = decided?;
+    let mut s = stream.ok_or_else(|| format!("machine {session} is offline"))?;
+    if !held {
+        // The end-to-end version goes on unchanged; the Noise message behind the request
+        // follows with the stream's other bytes.
+        let req = OpenRequest {
+            session: session.clone(),
+            target: target.to_owned(),
+            e2e: req.e2e,
+            hold: false,
+        };
+        write_frame(&mut s, &req).await.map_err(|e| format!("agent link failed: {e}"))?;
+    }
+    Ok((s, agent.switch_token, until, session))
+}
+
+/// The server's decision on a tunnel, from the store's fresh reading of the login and the
+/// session and the hub's view of the agent: the agent to ask, the tunnel's end, the session.
+fn decide(
+    sref: &SessionRef,
+    req: &OpenRequest,
+    agent: Option<&super::AgentView>,
+    checked: Result<(Option<Session>, Option<Caller>), crate::store::StoreError>,
+) -> Result<(super::AgentView, i64, String), String> {
+    let target = req.target.as_str();
+    let (session, caller) = checked.map_err(|e| format!("server error: {e}"))?;
     let session = session.ok_or("session is gone")?;
     let caller = caller.ok_or("login ended: log in again")?;
     let now = util::now();
@@ -188,22 +300,17 @@ async fn open(
     if !session.targets.iter().any(|t| t == target) {
         return Err(format!("target {target:?} is not part of session {}", session.name));
     }
-    let agent = app
-        .hub
-        .agent(session.machine_id)
-        .ok_or_else(|| format!("machine {} is offline", session.machine))?;
+    let agent = agent.ok_or_else(|| format!("machine {} is offline", session.machine))?;
+    if session.machine_id != sref.machine_id || session.name != sref.name {
+        return Err(format!("session {} changed: connect again", session.name));
+    }
     if !agent.switch_on {
         return Err(format!("the key switch of machine {} is off", session.machine));
     }
     if !agent.targets.iter().any(|t| t.name == target) {
         return Err(format!("machine {} does not offer target {target:?}", session.machine));
     }
-    let mut s = agent.mux.open().await.map_err(|e| format!("cannot reach the agent: {e}"))?;
-    // The end-to-end version goes on unchanged; the Noise message behind the request follows
-    // with the stream's other bytes.
-    let req = OpenRequest { session: session.name.clone(), target: target.to_owned(), e2e };
-    write_frame(&mut s, &req).await.map_err(|e| format!("agent link failed: {e}"))?;
-    Ok((s, agent.switch_token, session.until.min(caller.valid_until()), session.name))
+    Ok((agent.clone(), session.until.min(caller.valid_until()), session.name))
 }
 
 /// The session's name for the audit trail, or its id if it is gone.
