@@ -108,6 +108,46 @@ fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
     conn.wait_forwards(T)?;
     roundtrip(conn.forward("plc")?, b"fernwart console approval", T)?;
 
+    // Live: the dashboard listens to the server's events; a tunnel that opens appears with
+    // its bytes, without a reload.
+    b.find("html[data-live-connected]", T).context("the page's event stream did not open")?;
+    let loaded = b.url()?;
+    b.find("#live-connections p.empty", T)?;
+    let mut tool = std::net::TcpStream::connect(conn.forward("plc")?)?;
+    tool.set_read_timeout(Some(T))?;
+    echo(&mut tool, b"live bytes one")?;
+    let row = r#"tr.connection[data-session="s1"][data-target="plc"]"#;
+    b.find(row, T).context("the live connection did not appear")?;
+    ensure!(b.url()? == loaded, "the page was reloaded: {}", b.url()?);
+    let bytes = |b: &webdriver::Browser, which: &str| -> Result<u64> {
+        let cell = b.find(&format!("{row} td.bytes-{which}"), T)?;
+        Ok(b.attribute(&cell, "data-bytes")?.unwrap_or_default().parse()?)
+    };
+    poll("the tunnel's bytes on the page", T, Duration::from_millis(200), || {
+        Ok((bytes(&b, "up")? >= 14 && bytes(&b, "down")? >= 14).then_some(()))
+    })?;
+    // More bytes: the counts grow on the page by themselves.
+    echo(&mut tool, &[b'x'; 1000])?;
+    poll("the bytes grow on the page", T, Duration::from_millis(200), || {
+        Ok((bytes(&b, "up")? >= 1014 && bytes(&b, "down")? >= 1014).then_some(()))
+    })?;
+    ensure!(b.url()? == loaded, "the page was reloaded: {}", b.url()?);
+    b.screenshot(&shots.join("live-connection-en.png"))?;
+
+    // Cut: the tunnel closes at once; the page says so.
+    b.click(&b.find(&format!("{row} button.cut"), T)?)?;
+    let note = b.find("p.note", T)?;
+    ensure!(b.text(&note)?.contains("s1"), "after cutting: {}", b.text(&note)?);
+    let mut buf = [0u8; 16];
+    match std::io::Read::read(&mut tool, &mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => bail!("the cut tunnel still carried {n} bytes"),
+    }
+    poll("the cut connection leaves the page", T, Duration::from_millis(200), || {
+        b.goto(&format!("{}/", w.url))?;
+        Ok(b.find_all(row)?.is_empty().then_some(()))
+    })?;
+
     b.goto(&format!("{}/sessions", w.url))?;
     b.find(r#"tr.session[data-session="s1"]"#, T)?;
     b.screenshot(&shots.join("sessions-en.png"))?;
@@ -118,7 +158,7 @@ fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
     let state = b.attribute(&row, "data-state")?.unwrap_or_default();
     ensure!(state == "approved" || state == "active", "s1 on the sessions page: {state}");
     let html = b.source()?;
-    ensure!(html.contains(r#"<html lang="de">"#), "?lang=de gives a German page");
+    ensure!(html.contains(r#"<html lang="de""#), "?lang=de gives a German page");
     ensure!(html.contains("Sitzungen") && html.contains("Abmelden"), "German texts missing");
     b.screenshot(&shots.join("sessions-de.png"))?;
     // The choice is remembered: the dashboard stays German.
@@ -141,6 +181,18 @@ fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
     ensure!(audit_has(&events, &["session", "approve"]), "no approval in the trail");
     ensure!(has_event(&events, "session.approve", &["op1", "s1"]), "no approval of s1 by op1");
     ensure!(has_event(&events, "auth.logout", &["op1"]), "no logout of op1 in the trail");
+    ensure!(has_event(&events, "tunnel.cut", &["op1", "s1", "plc", "tech1"]), "no cut on record");
+    ensure!(has_event(&events, "tunnel.close", &["cut by op1"]), "the tunnel's close says no cut");
+    Ok(())
+}
+
+/// Sends `data` through a forward to the echo target and reads it back.
+fn echo(s: &mut std::net::TcpStream, data: &[u8]) -> Result<()> {
+    use std::io::{Read, Write};
+    s.write_all(data)?;
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).context("reading the echo")?;
+    ensure!(back == data, "the echo came back changed");
     Ok(())
 }
 
@@ -259,6 +311,8 @@ fn security_headers(r: &Reply, what: &str) -> Result<()> {
     let csp = r.header("content-security-policy").unwrap_or_default();
     for part in [
         "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
         "style-src 'self'",
         "form-action 'self'",
         "frame-ancestors 'none'",

@@ -178,6 +178,18 @@ messages! {
     DoneApprove => "Session approved:", "Sitzung freigegeben:";
     DoneReject => "Session rejected:", "Sitzung abgelehnt:";
     DoneEnd => "Session ended:", "Sitzung beendet:";
+    DoneCut => "Connection cut in session:", "Verbindung getrennt in Sitzung:";
+
+    LiveConnections => "Live connections", "Aktive Verbindungen";
+    NoConnections => "Nobody is connected right now.", "Zurzeit ist niemand verbunden.";
+    ColTarget => "Target", "Ziel";
+    ColTechnician => "Technician", "Techniker";
+    ColSince => "Connected since (UTC)", "Verbunden seit (UTC)";
+    ColBytesUp => "Bytes to the machine", "Bytes zur Maschine";
+    ColBytesDown => "Bytes from the machine", "Bytes von der Maschine";
+    Cut => "Cut", "Trennen";
+    CutConnection => "Cut connection to", "Verbindung trennen zu";
+    ErrorConnectionGone => "This connection is no longer open.", "Diese Verbindung besteht nicht mehr.";
 
     ErrorTitle => "Not possible", "Nicht möglich";
     ErrorRefused => "The server refused this. Its reason:", "Der Server hat dies abgelehnt. Begründung:";

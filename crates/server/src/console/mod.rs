@@ -35,6 +35,7 @@ use crate::{
 };
 
 pub mod i18n;
+mod live;
 mod pages;
 pub mod view;
 
@@ -50,8 +51,9 @@ pub const PRE_COOKIE: &str = "__Host-fernwart-pre";
 /// The chosen language (not secret).
 pub const LANG_COOKIE: &str = "__Host-fernwart-lang";
 
-/// The Content-Security-Policy of every console answer: our own stylesheet, nothing else.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The Content-Security-Policy of every console answer: our own stylesheet and script (which
+/// fetches pages and listens to `/events` of this origin), nothing else.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const CSS: &str = include_str!("console.css");
 
@@ -64,6 +66,9 @@ pub fn router() -> Router<App> {
         .route("/sessions", get(sessions_page))
         .route("/sessions/{name}/{action}", post(session_action))
         .route("/console.css", get(css))
+        .route("/console.js", get(live::script))
+        .route("/events", get(live::events))
+        .route("/connections/{id}/cut", post(live::cut))
         .layer(middleware::map_response(security_headers))
 }
 
@@ -488,6 +493,14 @@ async fn dashboard(State(app): State<App>, v: Viewer) -> Response {
     } else {
         None
     };
+    let connections = if sees_sessions {
+        match live::connection_rows(&app, &c).await {
+            Ok(rows) => Some(rows),
+            Err(e) => return v.api_error(&e),
+        }
+    } else {
+        None
+    };
     let done = Done::parse(
         v.query.get("done").map(String::as_str),
         v.query.get("session").map(String::as_str),
@@ -499,6 +512,7 @@ async fn dashboard(State(app): State<App>, v: Viewer) -> Response {
             done.as_ref(),
             machines.as_deref(),
             waiting.as_deref(),
+            connections.as_deref(),
             &v.csrf,
         ),
     )

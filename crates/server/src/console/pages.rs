@@ -6,6 +6,7 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::{
     i18n::{Lang, Msg},
+    live::{self, ConnectionRow},
     view::{Done, MachineRow, SessionActions, SessionRow},
 };
 use crate::domain::{Role, SessionState};
@@ -30,6 +31,7 @@ fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
                 meta name="referrer" content="no-referrer";
                 title { (t(title)) " · " (t(Msg::Product)) }
                 link rel="stylesheet" href="/console.css";
+                @if f.user.is_some() { script src="/console.js" defer {} }
             }
             body {
                 a.skip href="#main" { (t(Msg::SkipToContent)) }
@@ -106,14 +108,18 @@ pub fn dashboard(
     done: Option<&Done>,
     machines: Option<&[MachineRow]>,
     waiting: Option<&[SessionRow]>,
+    connections: Option<&[ConnectionRow]>,
     csrf: &str,
 ) -> Markup {
     let t = |m: Msg| m.text(f.lang);
     let body = html! {
         h1 { (t(Msg::DashboardTitle)) }
         (done_note(f.lang, done))
+        @if let Some(rows) = connections {
+            (live::connections_section(f.lang, rows, csrf))
+        }
         @if let Some(waiting) = waiting {
-            section aria-labelledby="waiting" {
+            section data-live="sessions" aria-labelledby="waiting" {
                 h2 #waiting { (t(Msg::Waiting)) }
                 @if waiting.is_empty() {
                     p.empty { (t(Msg::NoneWaiting)) }
@@ -123,7 +129,7 @@ pub fn dashboard(
             }
         }
         @if let Some(machines) = machines {
-            section aria-labelledby="machines" {
+            section data-live="machines" aria-labelledby="machines" {
                 h2 #machines { (t(Msg::Machines)) }
                 @if machines.is_empty() {
                     p.empty { (t(Msg::NoMachines)) }
@@ -194,10 +200,12 @@ pub fn sessions(f: &Frame<'_>, done: Option<&Done>, rows: &[SessionRow], csrf: &
     let body = html! {
         h1 { (t(Msg::SessionsTitle)) }
         (done_note(f.lang, done))
-        @if rows.is_empty() {
-            p.empty { (t(Msg::NoSessions)) }
-        } @else {
-            (sessions_table(f.lang, rows, csrf, "/sessions"))
+        div data-live="sessions" {
+            @if rows.is_empty() {
+                p.empty { (t(Msg::NoSessions)) }
+            } @else {
+                (sessions_table(f.lang, rows, csrf, "/sessions"))
+            }
         }
     };
     layout(f, Msg::SessionsTitle, body)

@@ -1,7 +1,10 @@
 //! One technician TCP connection: checked at the server, opened at the agent, then relayed.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -13,7 +16,11 @@ use fernwart_transport::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{tech_link::Technician, Relay};
+use super::{
+    live::{CutSignal, Opening},
+    tech_link::Technician,
+    Relay,
+};
 use crate::{
     audit::{Entry, Event},
     authz::{self, Action, Object},
@@ -44,7 +51,7 @@ pub async fn serve(
     };
     let target = req.target.clone();
     let opened = open(&app, session_id, &who, &target, req.e2e).await;
-    let (agent_stream, switch, until, session) = match opened {
+    let (agent_stream, switch, until, session, (machine, machine_org)) = match opened {
         Ok(opened) => opened,
         Err(reason) => {
             refused(&app, &who, &session_label(&app, session_id).await, &target, &reason);
@@ -59,7 +66,10 @@ pub async fn serve(
     let (mut t_rd, mut t_wr) = stream.into_split();
     let (mut a_rd, mut a_wr) = agent_stream.into_split();
     let activity = Activity::default();
-    let (bytes_up, bytes_down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (bytes_up, bytes_down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let cut = CutSignal::default();
+    // Listed for the console from the agent's yes until the tunnel is done.
+    let listed = Mutex::new(None);
     let tap = test_tap::open();
     let up = relay(&mut t_rd, &mut a_wr, &activity, &bytes_up, tap.as_ref().map(|t| &t.up));
     let down = async {
@@ -82,6 +92,19 @@ pub async fn serve(
             &who.source,
             Event::TunnelOpen { session: session.clone(), target: target.clone() },
         ));
+        let opening = Opening {
+            session_id,
+            session: session.clone(),
+            machine: machine.clone(),
+            machine_org: machine_org.clone(),
+            user: user.clone(),
+            target: target.clone(),
+            since: util::now(),
+            up: bytes_up.clone(),
+            down: bytes_down.clone(),
+            cut: cut.clone(),
+        };
+        *listed.lock().unwrap_or_else(|p| p.into_inner()) = Some(app.hub.tunnel_opened(opening));
         relay(&mut a_rd, &mut t_wr, &activity, &bytes_down, tap.as_ref().map(|t| &t.down))
             .await
             .map_err(Halt::Io)
@@ -96,6 +119,7 @@ pub async fn serve(
             Err(Halt::Io(e)) => format!("failed: {e}"),
         },
         _ = guards.session.cancelled() => "session ended".to_owned(),
+        _ = cut.token.cancelled() => format!("cut by {}", cut.by()),
         _ = guards.user.cancelled() => "user disabled".to_owned(),
         _ = guards.link.cancelled() => "technician link closed".to_owned(),
         _ = switch.cancelled() => "key switch off or agent gone".to_owned(),
@@ -104,6 +128,7 @@ pub async fn serve(
             format!("idle for {} (sessions.tunnel_idle_timeout)", humantime::format_duration(app.tunnel_idle))
         }
     };
+    drop(listed);
     let took = started.elapsed();
     let secs = took.as_secs();
     tracing::info!(session = %session, %target, %user, %outcome, secs, "tunnel closed");
@@ -170,7 +195,7 @@ async fn open(
     who: &Technician,
     target: &str,
     e2e: Option<u8>,
-) -> Result<(MuxStream, CancellationToken, i64, String), String> {
+) -> Result<Opened, String> {
     let token = who.token_hash.clone();
     let (session, caller) = app
         .store
@@ -203,8 +228,13 @@ async fn open(
     // with the stream's other bytes.
     let req = OpenRequest { session: session.name.clone(), target: target.to_owned(), e2e };
     write_frame(&mut s, &req).await.map_err(|e| format!("agent link failed: {e}"))?;
-    Ok((s, agent.switch_token, session.until.min(caller.valid_until()), session.name))
+    let until = session.until.min(caller.valid_until());
+    Ok((s, agent.switch_token, until, session.name, (session.machine, session.machine_org)))
 }
+
+/// An opened tunnel: the agent's stream, the machine's switch, when it must end, the session's
+/// name, the machine and its organization.
+type Opened = (MuxStream, CancellationToken, i64, String, (String, Option<String>));
 
 /// The session's name for the audit trail, or its id if it is gone.
 async fn session_label(app: &Relay, session_id: i64) -> String {

@@ -1,0 +1,58 @@
+// fernwart console: live parts of a page. The server says by server-sent events (/events)
+// which kind of state changed; the page is then fetched again and each of its live parts
+// (data-live="KIND") is swapped for the fresh one. Without this script pages read the same.
+(function () {
+  "use strict";
+  if (!window.EventSource || !window.fetch || !window.DOMParser) return;
+  if (!document.querySelector("[data-live]")) return;
+
+  var busy = false;
+  var again = false;
+
+  function refresh() {
+    if (busy) { again = true; return; }
+    busy = true;
+    fetch(location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) {
+        // Logged out or refused meanwhile: leave the page as it is.
+        if (r.redirected || !r.ok) throw new Error("HTTP " + r.status);
+        return r.text();
+      })
+      .then(function (text) {
+        var fresh = new DOMParser().parseFromString(text, "text/html");
+        document.querySelectorAll("[data-live]").forEach(function (old) {
+          var kind = old.getAttribute("data-live");
+          var next = fresh.querySelector('[data-live="' + kind + '"]');
+          if (!next) return;
+          // Keep the keyboard where it was, if the same control is still there.
+          var focused = document.activeElement;
+          var had = focused && old.contains(focused) && focused.getAttribute("aria-label");
+          var node = document.importNode(next, true);
+          old.replaceWith(node);
+          if (had) {
+            node.querySelectorAll("[aria-label]").forEach(function (e) {
+              if (e.getAttribute("aria-label") === had) e.focus();
+            });
+          }
+        });
+        document.documentElement.setAttribute("data-refreshed", String(Date.now()));
+      })
+      .catch(function () {})
+      .then(function () {
+        busy = false;
+        if (again) { again = false; refresh(); }
+      });
+  }
+
+  function wants(kind) {
+    return kind === "all" || document.querySelector('[data-live="' + kind + '"]') !== null;
+  }
+
+  var source = new EventSource("/events");
+  ["sessions", "machines", "connections", "all"].forEach(function (kind) {
+    source.addEventListener(kind, function () { if (wants(kind)) refresh(); });
+  });
+  source.addEventListener("open", function () {
+    document.documentElement.setAttribute("data-live-connected", "true");
+  });
+})();
