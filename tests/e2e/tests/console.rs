@@ -196,6 +196,123 @@ fn echo(s: &mut std::net::TcpStream, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A session-admin prepares a session in the browser; the technician starts it from the
+/// console's `fernwart://` link (`fernwart open-url`), which waits; an approver of the
+/// operator releases it in a second browser while the session-admin's page follows live.
+#[test]
+fn a_session_prepared_in_the_browser_is_started_from_its_link() -> Result<()> {
+    let Some((chromium, chromedriver)) = webdriver::available() else {
+        eprintln!("\n!!! SKIPPED: the browser test needs chromium and chromium-driver\n");
+        return Ok(());
+    };
+    let plc = Echo::start()?;
+    let mut w = World::standard()?;
+    w.add_user("sa1", "session-admin")?;
+    w.login("sa1")?;
+    w.start_agent("m1", &[("plc", plc.addr)])?;
+    w.switch("m1", true)?;
+    w.wait_switch("m1", true, T)?;
+    let shots = screenshots();
+    let log = w.log_path("chromedriver");
+    let driver = webdriver::Driver::start(&chromium, &chromedriver, &log)?;
+
+    // The session-admin prepares s7 with the form.
+    let sa = driver.session(&w.root.join("browser-sa1"), "de-DE")?;
+    sa.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code("sa1")?;
+    login(&sa, "sa1", &default_password("sa1"), &code)?;
+    sa.find("main h1", T)?;
+    sa.goto(&format!("{}/sessions", w.url))?;
+    sa.click(&sa.find("#prepare-link", T)?)?;
+    sa.find("form#prepare", T)?;
+    ensure!(sa.source()?.contains("Sitzung vorbereiten"), "the form speaks German");
+    sa.type_into(&sa.find("#name", T)?, "s7")?;
+    sa.type_into(&sa.find("#targets", T)?, "plc")?;
+    sa.type_into(&sa.find("#users", T)?, "tech1")?;
+    sa.type_into(&sa.find("#reason", T)?, "T-7 Spindel")?;
+    sa.screenshot(&shots.join("session-prepare-de.png"))?;
+    sa.click(&sa.find("form#prepare button[type=submit]", T)?)?;
+    let facts = sa.find(r#"dl.facts[data-session="s7"]"#, T)?;
+    ensure!(
+        sa.attribute(&facts, "data-state")?.as_deref() == Some("prepared"),
+        "s7 after preparing"
+    );
+    ensure!(w.session_state("s7")? == "prepared", "s7 is not prepared at the server");
+    let s7 = w.session("s7")?;
+    ensure!(s7["created_by"] == "sa1" && s7["reason"] == "T-7 Spindel", "s7: {s7}");
+    // The session-admin is not its technician: no link for them.
+    ensure!(sa.find_all("a.connect-link")?.is_empty(), "a connect link for the session-admin");
+    sa.find("html[data-live-connected]", T).context("the session page's events")?;
+    let loaded = sa.url()?;
+
+    // The technician's page shows the command and the link.
+    let mut t = Client::new(&w)?;
+    let code = w.next_code("tech1")?;
+    ensure!(t.login("tech1", &default_password("tech1"), &code)?.status == 303, "tech1 login");
+    let page = t.get("/sessions/s7")?;
+    ensure!(page.status == 200, "tech1 on s7: {}", page.summary());
+    let link = format!("fernwart://connect/{}/s7", w.listen);
+    ensure!(page.body.contains(&link), "no link {link} on tech1's page");
+    ensure!(page.body.contains("fernwart connect s7"), "no command on tech1's page");
+    // A technician is not offered the form, and the server refuses it.
+    ensure!(!t.get("/sessions")?.body.contains("/sessions/new"), "tech1 is offered the form");
+    let r = t.get("/sessions/new")?;
+    ensure!(r.status == 403, "tech1 on the form: {}", r.summary());
+    let tt = hidden_csrf(&page.body)?;
+    let fields = [
+        ("csrf", tt.as_str()),
+        ("name", "s8"),
+        ("machine", "m1"),
+        ("targets", "plc"),
+        ("users", "tech1"),
+        ("reason", "mine"),
+        ("approval", "yes"),
+    ];
+    let r = t.post("/sessions/new", &fields, &[])?;
+    ensure!(r.status == 403, "tech1 prepares: {}", r.summary());
+    ensure!(w.fw("admin", &["session", "show", "s8"]).is_err(), "tech1 prepared s8");
+
+    // A link to another server is refused before anything is sent; the right one connects
+    // and waits for the operator.
+    let out = w.fw_raw("tech1", &["open-url", "fernwart://connect/evil.example:8443/s7"], None)?;
+    ensure!(!out.success(), "a link to another server was followed");
+    ensure!(out.stderr.contains("refused"), "the refusal: {}", out.stderr);
+    let mut cmd = w.cli("tech1");
+    cmd.args(["--json", "open-url", &link]);
+    let log = w.log_path("open-url-tech1-s7");
+    let proc = fernwart_e2e::Proc::spawn(cmd, "fernwart open-url (tech1)", &log, true)?;
+    let mut conn = fernwart_e2e::Connect { proc, forwards: Default::default() };
+    w.wait_session_state("s7", "requested", T)?;
+    // The session-admin's page follows by itself.
+    poll("s7 requested on sa1's page", T, Duration::from_millis(200), || {
+        let f = sa.find(r#"dl.facts[data-session="s7"]"#, T)?;
+        Ok((sa.attribute(&f, "data-state")?.as_deref() == Some("requested")).then_some(()))
+    })?;
+
+    // The operator's approver, in a second browser: s7 waits on the dashboard.
+    let op = driver.session(&w.root.join("browser-op1"), "en-US")?;
+    op.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code("op1")?;
+    login(&op, "op1", &default_password("op1"), &code)?;
+    let approve = op.find(r#"tr.session[data-session="s7"] button.approve"#, T)?;
+    op.click(&approve)?;
+    conn.wait_forwards(T)?;
+    roundtrip(conn.forward("plc")?, b"started from the console link", T)?;
+    poll("s7 released on sa1's page", T, Duration::from_millis(200), || {
+        let f = sa.find(r#"dl.facts[data-session="s7"]"#, T)?;
+        let state = sa.attribute(&f, "data-state")?.unwrap_or_default();
+        Ok((state == "approved" || state == "active").then_some(()))
+    })?;
+    ensure!(sa.url()? == loaded, "sa1's page was reloaded: {}", sa.url()?);
+    sa.screenshot(&shots.join("session-de.png"))?;
+
+    let events = w.audit("aud1")?;
+    ensure!(has_event(&events, "session.create", &["sa1", "s7", "T-7 Spindel"]), "no create");
+    ensure!(has_event(&events, "session.approve", &["op1", "s7"]), "no approval of s7");
+    ensure!(has_event(&events, "tunnel.open", &["tech1", "s7"]), "no tunnel of s7");
+    Ok(())
+}
+
 /// Whether one record of `action` mentions all of `words`.
 fn has_event(events: &[serde_json::Value], action: &str, words: &[&str]) -> bool {
     events.iter().any(|e| {

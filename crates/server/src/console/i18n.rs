@@ -179,6 +179,24 @@ messages! {
     DoneReject => "Session rejected:", "Sitzung abgelehnt:";
     DoneEnd => "Session ended:", "Sitzung beendet:";
     DoneCut => "Connection cut in session:", "Verbindung getrennt in Sitzung:";
+    DonePrepare => "Session prepared:", "Sitzung vorbereitet:";
+
+    PrepareTitle => "Prepare a session", "Sitzung vorbereiten";
+    PrepareButton => "Prepare session", "Sitzung vorbereiten";
+    FieldSessionName => "Session name", "Name der Sitzung";
+    HintName => "1 to 64 letters, digits, - _ . @ (for example the ticket number).", "1 bis 64 Buchstaben, Ziffern, - _ . @ (zum Beispiel die Ticketnummer).";
+    HintTargets => "Targets, separated by commas. The machines' agents report:", "Ziele, durch Kommas getrennt. Die Agenten der Maschinen melden:";
+    HintList => "User names of technicians, separated by commas.", "Benutzernamen der Techniker, durch Kommas getrennt.";
+    FieldFrom => "Start (UTC; empty: now)", "Beginn (UTC; leer: sofort)";
+    FieldDuration => "Duration", "Dauer";
+    HintDuration => "For example 30m, 2h, 1day.", "Zum Beispiel 30m, 2h, 1day.";
+    FieldApproval => "An approver of the operator must release it", "Ein Freigebender des Betreibers muss sie freigeben";
+    FieldRecord => "Record the connections (at the machine's agent)", "Verbindungen aufzeichnen (beim Agenten der Maschine)";
+    BackToSessions => "Back to the sessions", "Zurück zu den Sitzungen";
+    StartTitle => "Start the connection", "Verbindung starten";
+    StartCommand => "On your computer, in a terminal:", "Auf Ihrem Rechner, in einem Terminal:";
+    StartLink => "Or with one click, if fernwart handles these links on your computer:", "Oder mit einem Klick, wenn fernwart diese Links auf Ihrem Rechner öffnet:";
+    StartRegister => "Set that up once with", "Einmal einrichten mit";
 
     LiveConnections => "Live connections", "Aktive Verbindungen";
     NoConnections => "Nobody is connected right now.", "Zurzeit ist niemand verbunden.";

@@ -37,6 +37,7 @@ use crate::{
 pub mod i18n;
 mod live;
 mod pages;
+mod sessions;
 pub mod view;
 
 use i18n::{Lang, Msg};
@@ -64,6 +65,8 @@ pub fn router() -> Router<App> {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/sessions", get(sessions_page))
+        .route("/sessions/new", get(sessions::new_page).post(sessions::create))
+        .route("/sessions/{name}", get(sessions::show))
         .route("/sessions/{name}/{action}", post(session_action))
         .route("/console.css", get(css))
         .route("/console.js", get(live::script))
@@ -530,7 +533,9 @@ async fn sessions_page(State(app): State<App>, v: Viewer) -> Response {
         v.query.get("done").map(String::as_str),
         v.query.get("session").map(String::as_str),
     );
-    v.page(StatusCode::OK, pages::sessions(&v.frame(), done.as_ref(), &rows, &v.csrf))
+    let prepares =
+        authz::decide(&v.a.caller, Action::SessionCreate, Object::None, util::now()).is_ok();
+    v.page(StatusCode::OK, pages::sessions(&v.frame(), done.as_ref(), &rows, prepares, &v.csrf))
 }
 
 async fn machine_rows(app: &App, c: &crate::domain::Caller) -> Result<Vec<MachineRow>, ApiError> {
@@ -605,8 +610,10 @@ async fn session_action(
     if let Err(e) = api::sessions::decide(&app, &v.a, &name, &action, b"").await {
         return v.api_error(&e);
     }
+    let own_page = format!("/sessions/{name}");
     let back = match form.get("back") {
         Some("/sessions") => "/sessions",
+        Some(b) if b == own_page => &own_page,
         _ => "/",
     };
     let to = format!(
@@ -699,7 +706,7 @@ mod tests {
             path: "/sessions",
             user: Some(("op1", crate::domain::Role::Approver, "tok")),
         };
-        let page = pages::sessions(&f, None, &[row], "tok").into_string();
+        let page = pages::sessions(&f, None, &[row], false, "tok").into_string();
         assert!(!page.contains("<script>"), "{page}");
         assert!(page.contains("&lt;script&gt;"));
         assert!(page.contains(r#"action="/sessions/s1/approve""#));

@@ -20,7 +20,7 @@ pub struct Frame<'a> {
     pub user: Option<(&'a str, Role, &'a str)>,
 }
 
-fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
+pub(super) fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
     let t = |m: Msg| m.text(f.lang);
     html! {
         (DOCTYPE)
@@ -195,11 +195,18 @@ pub fn dashboard(
     layout(f, Msg::DashboardTitle, body)
 }
 
-pub fn sessions(f: &Frame<'_>, done: Option<&Done>, rows: &[SessionRow], csrf: &str) -> Markup {
+pub fn sessions(
+    f: &Frame<'_>,
+    done: Option<&Done>,
+    rows: &[SessionRow],
+    prepares: bool,
+    csrf: &str,
+) -> Markup {
     let t = |m: Msg| m.text(f.lang);
     let body = html! {
         h1 { (t(Msg::SessionsTitle)) }
         (done_note(f.lang, done))
+        @if prepares { p { a.button #prepare-link href="/sessions/new" { (t(Msg::PrepareTitle)) } } }
         div data-live="sessions" {
             @if rows.is_empty() {
                 p.empty { (t(Msg::NoSessions)) }
@@ -222,7 +229,7 @@ pub fn error(f: &Frame<'_>, what: Msg, reason: Option<&str>) -> Markup {
     layout(f, Msg::ErrorTitle, body)
 }
 
-fn done_note(lang: Lang, done: Option<&Done>) -> Markup {
+pub(super) fn done_note(lang: Lang, done: Option<&Done>) -> Markup {
     html! {
         @if let Some(d) = done {
             p.note role="status" {
@@ -274,7 +281,7 @@ fn sessions_table(lang: Lang, rows: &[SessionRow], csrf: &str, back: &str) -> Ma
             tbody {
                 @for r in rows {
                     tr.session data-session=(r.name) data-state=(r.state.as_str()) {
-                        th scope="row" { (r.name) }
+                        th scope="row" { a href={ "/sessions/" (r.name) } { (r.name) } }
                         td { span.state { (t(state_msg(r.state))) }
                             @if !r.approval_required { br; small { (t(Msg::NoApprovalNeeded)) } } }
                         td { (r.machine) }
@@ -292,7 +299,7 @@ fn sessions_table(lang: Lang, rows: &[SessionRow], csrf: &str, back: &str) -> Ma
     }
 }
 
-fn actions(lang: Lang, r: &SessionRow, csrf: &str, back: &str) -> Markup {
+pub(super) fn actions(lang: Lang, r: &SessionRow, csrf: &str, back: &str) -> Markup {
     let t = |m: Msg| m.text(lang);
     let SessionActions { approve, signed_only, reject, end } = r.actions;
     let button = |verb: &str, label: Msg, aria: Msg, class: &str| {

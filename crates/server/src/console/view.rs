@@ -140,6 +140,7 @@ impl Done {
             "reject" => Msg::DoneReject,
             "end" => Msg::DoneEnd,
             "cut" => Msg::DoneCut,
+            "prepare" => Msg::DonePrepare,
             _ => return None,
         };
         let session = session.filter(|s| crate::domain::names::valid(s))?.to_owned();
