@@ -53,10 +53,12 @@ pub enum Action {
     WindowAdd,
     WindowList,
     WindowRemove,
+    /// Read the server's settings (password policy, lockout, session limits).
+    SettingsRead,
 }
 
 impl Action {
-    pub const ALL: [Action; 33] = [
+    pub const ALL: [Action; 34] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
         Action::PasswordChange,
@@ -90,6 +92,7 @@ impl Action {
         Action::WindowAdd,
         Action::WindowList,
         Action::WindowRemove,
+        Action::SettingsRead,
     ];
 
     /// The action's name in the audit trail.
@@ -128,6 +131,7 @@ impl Action {
             Action::WindowAdd => "window.add",
             Action::WindowList => "window.list",
             Action::WindowRemove => "window.remove",
+            Action::SettingsRead => "settings.read",
         }
     }
 
@@ -164,6 +168,8 @@ impl Action {
             // A pre-approval is an approval given ahead: the operator's approvers give it.
             Action::WindowAdd | Action::WindowRemove => &[Approver],
             Action::WindowList => &[Admin, SessionAdmin, Approver, Auditor],
+            // The rules logins and sessions live by: for who sets them and who checks them.
+            Action::SettingsRead => &[Admin, Auditor],
         }
     }
 
@@ -773,6 +779,7 @@ mod tests {
             (WindowAdd,       [false, false,  false, true,   false]),
             (WindowList,      [true,  true,   false, true,   true ]),
             (WindowRemove,    [false, false,  false, true,   false]),
+            (SettingsRead,    [true,  false,  false, false,  true ]),
         ];
         assert_eq!(table.len(), Action::ALL.len());
         let s = session();

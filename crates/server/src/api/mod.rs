@@ -22,17 +22,17 @@ use crate::{
 };
 
 pub(crate) mod account;
-mod audit;
+pub(crate) mod audit;
 mod limits;
 mod links;
 mod machine_audit;
-mod machines;
-mod orgs;
+pub(crate) mod machines;
+pub(crate) mod orgs;
 mod recordings;
 mod serve;
 pub(crate) mod sessions;
 mod tokens;
-mod users;
+pub(crate) mod users;
 mod windows;
 
 pub use limits::{LimitError, Limits};

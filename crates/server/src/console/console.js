@@ -3,6 +3,20 @@
 // (data-live="KIND") is swapped for the fresh one. Without this script pages read the same.
 (function () {
   "use strict";
+  // Copy buttons (hidden without this script): the named field's text to the clipboard.
+  document.querySelectorAll("button.copy[data-copy]").forEach(function (b) {
+    var field = document.getElementById(b.getAttribute("data-copy"));
+    if (!field || !navigator.clipboard) return;
+    b.hidden = false;
+    b.addEventListener("click", function () {
+      navigator.clipboard.writeText(field.value).then(function () {
+        b.setAttribute("data-copied", "true");
+      }, function () {
+        field.select();
+      });
+    });
+  });
+
   if (!window.EventSource || !window.fetch || !window.DOMParser) return;
   if (!document.querySelector("[data-live]")) return;
 

@@ -34,10 +34,12 @@ use crate::{
     util, App,
 };
 
+mod admin;
 pub mod i18n;
 mod live;
 mod pages;
 mod sessions;
+mod trail;
 pub mod view;
 
 use i18n::{Lang, Msg};
@@ -68,6 +70,19 @@ pub fn router() -> Router<App> {
         .route("/sessions/new", get(sessions::new_page).post(sessions::create))
         .route("/sessions/{name}", get(sessions::show))
         .route("/sessions/{name}/{action}", post(session_action))
+        .route("/machines", get(admin::machines_page))
+        .route("/machines/new", post(admin::machine_add))
+        .route("/machines/{name}/revoke", post(admin::machine_revoke))
+        .route("/users", get(admin::users_page))
+        .route("/users/new", post(admin::user_add))
+        .route("/users/{name}/disable", post(admin::user_disable))
+        .route("/orgs", get(admin::orgs_page))
+        .route("/orgs/new", post(admin::org_add))
+        .route("/contracts/new", post(admin::contract_add))
+        .route("/settings", get(admin::settings_page))
+        .route("/audit", get(trail::audit_page))
+        .route("/audit/export.csv", get(trail::export_csv))
+        .route("/audit/export.jsonl", get(trail::export_jsonl))
         .route("/console.css", get(css))
         .route("/console.js", get(live::script))
         .route("/events", get(live::events))

@@ -20,6 +20,15 @@ pub struct Frame<'a> {
     pub user: Option<(&'a str, Role, &'a str)>,
 }
 
+/// The pages beyond overview and sessions, each linked for the roles that may open it.
+const MORE_PAGES: [(&str, crate::authz::Action, Msg); 5] = [
+    ("/machines", crate::authz::Action::MachineList, Msg::NavMachines),
+    ("/users", crate::authz::Action::UserList, Msg::NavUsers),
+    ("/orgs", crate::authz::Action::OrgList, Msg::NavOrgs),
+    ("/audit", crate::authz::Action::AuditList, Msg::NavAudit),
+    ("/settings", crate::authz::Action::SettingsRead, Msg::NavSettings),
+];
+
 pub(super) fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
     let t = |m: Msg| m.text(f.lang);
     html! {
@@ -41,6 +50,11 @@ pub(super) fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
                         nav aria-label=(t(Msg::MainNav)) {
                             a href="/" aria-current=[(f.path == "/").then_some("page")] { (t(Msg::NavDashboard)) }
                             a href="/sessions" aria-current=[(f.path == "/sessions").then_some("page")] { (t(Msg::NavSessions)) }
+                            @for (path, action, label) in MORE_PAGES {
+                                @if action.roles().contains(&role) {
+                                    a href=(path) aria-current=[(f.path == path).then_some("page")] { (t(label)) }
+                                }
+                            }
                         }
                         span.who { (t(Msg::SignedInAs)) " " strong { (name) } " (" (t(Msg::RoleLabel)) " " (t(role_msg(role))) ")" }
                         form.inline method="post" action="/logout" {
