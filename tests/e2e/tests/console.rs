@@ -313,6 +313,172 @@ fn a_session_prepared_in_the_browser_is_started_from_its_link() -> Result<()> {
     Ok(())
 }
 
+/// The administration pages in the browser, in both languages: a machine added (its token
+/// shown once, and it enrols), revoked; a user added and disabled; organizations and a
+/// contract; the settings; the audit trail filtered. Then what others may not do.
+#[test]
+fn administration_pages_in_the_browser() -> Result<()> {
+    let Some((chromium, chromedriver)) = webdriver::available() else {
+        eprintln!("\n!!! SKIPPED: the browser test needs chromium and chromium-driver\n");
+        return Ok(());
+    };
+    let plc = Echo::start()?;
+    let mut w = World::standard()?;
+    w.start_agent("m1", &[("plc", plc.addr)])?;
+    let shots = screenshots();
+    let log = w.log_path("chromedriver");
+    let driver = webdriver::Driver::start(&chromium, &chromedriver, &log)?;
+    let b = driver.session(&w.root.join("browser-admin"), "en-US")?;
+    let admin = w.admin.clone();
+    b.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code(&admin)?;
+    login(&b, &admin, &w.password(&admin), &code)?;
+    b.find("main h1", T)?;
+    for path in ["/machines", "/users", "/orgs", "/audit", "/settings"] {
+        b.find(&format!("nav a[href='{path}']"), T)
+            .with_context(|| format!("no link to {path}"))?;
+    }
+
+    // Machines: m1 with the target its agent reports.
+    b.goto(&format!("{}/machines", w.url))?;
+    b.find(r#"tr.machine[data-machine="m1"] li[data-target="plc"]"#, T)?;
+    b.screenshot(&shots.join("machines-en.png"))?;
+    b.type_into(&b.find("form#machine-add #name", T)?, "m9")?;
+    b.click(&b.find("form#machine-add button[type=submit]", T)?)?;
+    let line = b.find("#enroll-line", T)?;
+    let token = b.attribute(&line, "data-token")?.unwrap_or_default();
+    let value = b.attribute(&line, "value")?.unwrap_or_default();
+    ensure!(
+        value.starts_with(&format!("fernwart-agent enroll --server {} --token {token} ", w.url))
+            && !token.is_empty(),
+        "the enrolment line: {value:?}"
+    );
+    b.find("button.copy:not([hidden])", T).context("no copy button")?;
+    b.screenshot(&shots.join("machine-added-en.png"))?;
+    // The token is real: the agent enrols with it.
+    let dir = w.write_agent_toml("m9", &[("plc", plc.addr)])?;
+    w.enroll_raw(&dir, &token, &w.ca)?.check()?;
+    // Revoke it.
+    b.goto(&format!("{}/machines", w.url))?;
+    b.click(&b.find(r#"form[action="/machines/m9/revoke"] button"#, T)?)?;
+    b.find("p.note", T)?;
+    ensure!(
+        b.find_all(r#"form[action="/machines/m9/revoke"]"#)?.is_empty(),
+        "m9 can still be revoked"
+    );
+    ensure!(w.machine("m9")?.is_some_and(|m| m["revoked"] == true), "m9 not revoked");
+
+    // Users: add one, disable it.
+    b.goto(&format!("{}/users", w.url))?;
+    b.type_into(&b.find("form#user-add #name", T)?, "tech9")?;
+    b.type_into(&b.find("form#user-add #password", T)?, &default_password("tech9"))?;
+    b.click(&b.find("form#user-add button[type=submit]", T)?)?;
+    b.find(r#"tr.user[data-user="tech9"]"#, T)?;
+    b.screenshot(&shots.join("users-en.png"))?;
+    b.click(&b.find(r#"form[action="/users/tech9/disable"] button"#, T)?)?;
+    b.find(r#"tr.user[data-user="tech9"] .badge.bad"#, T)?;
+
+    // Organizations and a contract.
+    b.goto(&format!("{}/orgs", w.url))?;
+    for (name, kind) in [("plant", "operator"), ("builder", "provider")] {
+        b.type_into(&b.find("form#org-add #name", T)?, name)?;
+        b.click(&b.find(&format!("form#org-add #kind option[value={kind}]"), T)?)?;
+        b.click(&b.find("form#org-add button[type=submit]", T)?)?;
+        b.find(&format!(r#"tr.org[data-org="{name}"]"#), T)?;
+    }
+    b.click(&b.find("form#contract-add button[type=submit]", T)?)?;
+    b.find("p.note", T).context("no note after the contract")?;
+    let cells = b.find_all("td.contracts")?;
+    let texts: Vec<String> = cells.iter().map(|c| b.text(c)).collect::<Result<_>>()?;
+    ensure!(texts.iter().any(|t| t.contains("plant") || t.contains("builder")), "{texts:?}");
+    b.screenshot(&shots.join("orgs-en.png"))?;
+
+    // Settings, read-only.
+    b.goto(&format!("{}/settings", w.url))?;
+    ensure!(b.source()?.contains("Lockout after failed logins"), "settings page");
+    b.screenshot(&shots.join("settings-en.png"))?;
+
+    // The audit trail, filtered to machine additions.
+    b.goto(&format!("{}/audit", w.url))?;
+    b.type_into(&b.find("#kind", T)?, "machine.add")?;
+    b.click(&b.find("form#audit-filter button[type=submit]", T)?)?;
+    b.find(r#"tr.record[data-action="machine.add"]"#, T)?;
+    ensure!(b.find_all(r#"tr.record:not([data-action="machine.add"])"#)?.is_empty(), "filter");
+    ensure!(b.source()?.contains("m9"), "m9's addition not listed");
+    b.find("a.export-csv[href*='kind=machine.add']", T)?;
+    b.screenshot(&shots.join("audit-en.png"))?;
+
+    // Every page in German too.
+    for page in ["machines", "users", "orgs", "settings", "audit"] {
+        b.goto(&format!("{}/{page}?lang=de", w.url))?;
+        b.find("main h1", T)?;
+        ensure!(b.source()?.contains(r#"<html lang="de""#), "{page} in German");
+        b.screenshot(&shots.join(format!("{page}-de.png")))?;
+    }
+
+    // The downloads, for an auditor.
+    let mut a = Client::new(&w)?;
+    let code = w.next_code("aud1")?;
+    ensure!(a.login("aud1", &default_password("aud1"), &code)?.status == 303, "aud1 login");
+    let csv = a.get("/audit/export.csv?kind=machine")?;
+    ensure!(csv.status == 200, "csv: {}", csv.summary());
+    ensure!(
+        csv.header("content-disposition").is_some_and(|d| d.starts_with("attachment")),
+        "the CSV is no download"
+    );
+    ensure!(csv.body.starts_with("id,time,actor,org,action,target,source,details"), "csv head");
+    ensure!(csv.body.contains("machine.revoke") && csv.body.contains("m9"), "csv rows");
+    let jl = a.get("/audit/export.jsonl?kind=machine.add")?;
+    ensure!(jl.status == 200, "jsonl: {}", jl.summary());
+    let rows: Vec<serde_json::Value> =
+        jl.body.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(rows.len() >= 2 && rows.iter().all(|r| r["action"] == "machine.add"), "{rows:?}");
+
+    // A technician on the admin pages: not linked, refused.
+    let mut t = Client::new(&w)?;
+    let code = w.next_code("tech1")?;
+    ensure!(t.login("tech1", &default_password("tech1"), &code)?.status == 303, "tech1 login");
+    let home = t.get("/")?;
+    ensure!(!home.body.contains(r#"href="/users""#), "a technician is shown the users page");
+    for page in ["/users", "/orgs", "/settings"] {
+        let r = t.get(page)?;
+        ensure!(r.status == 403, "tech1 on {page}: {}", r.summary());
+    }
+    let m = t.get("/machines")?;
+    ensure!(m.status == 200 && !m.body.contains("/machines/new"), "tech1 is offered to add");
+    ensure!(!m.body.contains("/revoke"), "tech1 is offered to revoke");
+    let tt = hidden_csrf(&m.body)?;
+    let r = t.post("/machines/new", &[("csrf", &tt), ("name", "m10")], &[])?;
+    ensure!(r.status == 403, "tech1 adds a machine: {}", r.summary());
+    let r = t.post("/machines/m1/revoke", &[("csrf", &tt)], &[])?;
+    ensure!(r.status == 403, "tech1 revokes m1: {}", r.summary());
+    ensure!(w.machine("m10")?.is_none(), "tech1 added m10");
+
+    // The admin's forms: without the token, or from another site, refused.
+    let mut c = Client::new(&w)?;
+    let code = w.next_code(&admin)?;
+    ensure!(c.login(&admin, &w.password(&admin), &code)?.status == 303, "admin login");
+    let page = c.get("/users")?;
+    let token = hidden_csrf(&page.body)?;
+    let pw = default_password("evil1");
+    let user = [("name", "evil1"), ("role", "admin"), ("password", pw.as_str())];
+    let r = c.post("/users/new", &user, &[])?;
+    ensure!(r.status == 403, "a user added without the form token: {}", r.summary());
+    let mut with_token = user.to_vec();
+    with_token.push(("csrf", &token));
+    let r = c.post("/users/new", &with_token, &[("Sec-Fetch-Site", "cross-site")])?;
+    ensure!(r.status == 403, "a user added cross-site: {}", r.summary());
+    let r = c.post("/users/new", &with_token, &[("Origin", "https://evil.example")])?;
+    ensure!(r.status == 403, "a user added from another origin: {}", r.summary());
+    ensure!(!c.get("/users")?.body.contains(r#"data-user="evil1""#), "evil1 was added");
+
+    let events = w.audit("aud1")?;
+    ensure!(has_event(&events, "machine.add", &["m9"]), "no machine.add of m9");
+    ensure!(has_event(&events, "user.disable", &["tech9"]), "no user.disable of tech9");
+    ensure!(has_event(&events, "contract.add", &["builder", "plant"]), "no contract.add");
+    Ok(())
+}
+
 /// Whether one record of `action` mentions all of `words`.
 fn has_event(events: &[serde_json::Value], action: &str, words: &[&str]) -> bool {
     events.iter().any(|e| {
