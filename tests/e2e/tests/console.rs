@@ -177,6 +177,23 @@ fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
     b.goto(&format!("{}/sessions", w.url))?;
     ensure!(b.url()?.contains("/login"), "after logout /sessions leads to {}", b.url()?);
 
+    // The auditor finds it all on the audit page: the approval, the tunnel, its cut.
+    let aud = driver.session(&w.root.join("browser-aud1"), "en-US")?;
+    aud.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code("aud1")?;
+    login(&aud, "aud1", &default_password("aud1"), &code)?;
+    aud.find("main h1", T)?;
+    aud.goto(&format!("{}/audit?session=s1", w.url))?;
+    for action in
+        ["session.request", "session.approve", "tunnel.open", "tunnel.cut", "tunnel.close"]
+    {
+        aud.find(&format!(r#"tr.record[data-action="{action}"]"#), T)
+            .with_context(|| format!("no {action} of s1 on the audit page"))?;
+    }
+    let page = aud.source()?;
+    ensure!(page.contains("cut by op1"), "the tunnel's close does not say who cut it");
+    aud.screenshot(&shots.join("audit-session-en.png"))?;
+
     let events = w.audit("aud1")?;
     ensure!(audit_has(&events, &["session", "approve"]), "no approval in the trail");
     ensure!(has_event(&events, "session.approve", &["op1", "s1"]), "no approval of s1 by op1");
@@ -471,6 +488,15 @@ fn administration_pages_in_the_browser() -> Result<()> {
     let r = c.post("/users/new", &with_token, &[("Origin", "https://evil.example")])?;
     ensure!(r.status == 403, "a user added from another origin: {}", r.summary());
     ensure!(!c.get("/users")?.body.contains(r#"data-user="evil1""#), "evil1 was added");
+
+    // A machine going offline shows on the open page by itself.
+    b.goto(&format!("{}/machines?lang=en", w.url))?;
+    b.find(r#"tr.machine[data-machine="m1"] .badge.good"#, T)?;
+    b.find("html[data-live-connected]", T)?;
+    let loaded = b.url()?;
+    w.stop_agent("m1");
+    b.find(r#"tr.machine[data-machine="m1"] .badge.bad"#, T).context("m1 still online")?;
+    ensure!(b.url()? == loaded, "the page was reloaded");
 
     let events = w.audit("aud1")?;
     ensure!(has_event(&events, "machine.add", &["m9"]), "no machine.add of m9");
@@ -799,6 +825,54 @@ fn console_http_headers_cookies_and_csrf() -> Result<()> {
     ensure!(!a.jar.contains_key("__Host-fernwart"), "an idle login keeps its cookie");
     let events = w.audit("admin")?;
     ensure!(has_event(&events, "auth.login_ended", &["ap1"]), "the idle end is not on record");
+    Ok(())
+}
+
+/// A page that refreshes itself on live updates (the script's requests carry
+/// `X-Fernwart-Live`) is checked like any request but does not keep its login from going idle.
+#[test]
+fn live_refreshes_do_not_keep_a_login_alive() -> Result<()> {
+    let mut w = World::boot()?;
+    w.add_user("op1", "approver")?;
+    w.login("op1")?;
+    let mut c = Client::new(&w)?;
+    let code = w.next_code("op1")?;
+    ensure!(c.login("op1", &default_password("op1"), &code)?.status == 303, "op1 login");
+    let token = c.jar.get("__Host-fernwart").context("no login cookie")?.clone();
+    let hash: String =
+        sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let db = rusqlite::Connection::open(w.srv_dir.join("fernwart.db"))?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    let last_used = |db: &rusqlite::Connection| -> Result<i64> {
+        Ok(db.query_row(
+            "SELECT COALESCE(last_used_at, created_at) FROM auth_tokens WHERE token_hash = ?1",
+            [&hash],
+            |r| r.get(0),
+        )?)
+    };
+    let back = |db: &rusqlite::Connection, secs: i64| -> Result<()> {
+        let n = db.execute(
+            "UPDATE auth_tokens SET created_at = created_at - ?2, \
+             last_used_at = COALESCE(last_used_at, created_at) - ?2 WHERE token_hash = ?1",
+            rusqlite::params![&hash, secs],
+        )?;
+        ensure!(n == 1, "op1's login not found");
+        Ok(())
+    };
+    // Half an hour unused: a live refresh is answered, but the login is not used by it.
+    back(&db, 1800)?;
+    let before = last_used(&db)?;
+    let r = c.send("GET", "/", None, &[("X-Fernwart-Live", "1")])?;
+    ensure!(r.status == 200, "a live refresh: {}", r.summary());
+    ensure!(last_used(&db)? == before, "a live refresh counted as use");
+    // A page the person opens counts.
+    let r = c.get("/")?;
+    ensure!(r.status == 200, "a page: {}", r.summary());
+    ensure!(last_used(&db)? > before, "opening a page did not count as use");
+    // Two hours unused: the live refresh ends the login like any request.
+    back(&db, 7200)?;
+    let r = c.send("GET", "/", None, &[("X-Fernwart-Live", "1")])?;
+    ensure!(r.status == 303 && location(&r) == "/login?ended=1", "idle: {}", r.summary());
     Ok(())
 }
 

@@ -26,7 +26,7 @@
   function refresh() {
     if (busy) { again = true; return; }
     busy = true;
-    fetch(location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+    fetch(location.href, { credentials: "same-origin", headers: { "Accept": "text/html", "X-Fernwart-Live": "1" } })
       .then(function (r) {
         // Logged out or refused meanwhile: leave the page as it is.
         if (r.redirected || !r.ok) throw new Error("HTTP " + r.status);

@@ -51,6 +51,8 @@ use view::{Done, MachineRow, SessionActions, SessionRow};
 pub const LOGIN_COOKIE: &str = "__Host-fernwart";
 /// The login form's double-submit token, before there is a login.
 pub const PRE_COOKIE: &str = "__Host-fernwart-pre";
+/// The header the console's script sends when it refreshes a page on a live update.
+pub const LIVE_HEADER: &str = "x-fernwart-live";
 /// The chosen language (not secret).
 pub const LANG_COOKIE: &str = "__Host-fernwart-lang";
 
@@ -249,7 +251,10 @@ impl FromRequestParts<App> for Viewer {
             return Err(ui.remember(Redirect::to("/login").into_response()));
         };
         let token = token.to_owned();
-        let a = match Authed::from_token(app, &token, parts.extensions.get::<ConnInfo>()).await {
+        // The script's own refresh of a page (a live update) is not someone at work.
+        let in_use = !parts.headers.contains_key(LIVE_HEADER);
+        let info = parts.extensions.get::<ConnInfo>();
+        let a = match Authed::from_token_as(app, &token, info, in_use).await {
             Ok(a) if a.caller.scope == Scope::Full => a,
             Ok(_) => return Err(login_again(ui)),
             Err(e) if e.status() == StatusCode::UNAUTHORIZED => return Err(login_again(ui)),
