@@ -828,6 +828,73 @@ fn console_http_headers_cookies_and_csrf() -> Result<()> {
     Ok(())
 }
 
+/// Live connections are shown and cut only within the machine's operator: an approver of
+/// another organization neither sees the tunnel nor may cut it; the operator's approver may.
+#[test]
+fn only_the_operators_approvers_see_and_cut_its_connections() -> Result<()> {
+    let mut w = World::boot()?;
+    for org in ["plant", "other"] {
+        w.fw("admin", &["org", "add", org, "--kind", "operator"])?;
+    }
+    w.add_user_in("apa", "approver", Some("plant"))?;
+    w.add_user_in("apb", "approver", Some("other"))?;
+    w.add_user_in("pt1", "technician", Some("plant"))?;
+    for u in ["apa", "apb", "pt1"] {
+        w.login(u)?;
+    }
+    let plc = Echo::start()?;
+    w.start_agent_in("m2", Some("plant"), &[("plc", plc.addr)])?;
+    w.switch("m2", true)?;
+    w.wait_switch("m2", true, T)?;
+    w.create_session("s5", "m2", &["plc"], &["pt1"])?;
+    let conn = w.connect_approved("s5", "pt1", "apa")?;
+    let mut tool = std::net::TcpStream::connect(conn.forward("plc")?)?;
+    tool.set_read_timeout(Some(T))?;
+    echo(&mut tool, b"before")?;
+
+    let mut a = Client::new(&w)?;
+    let code = w.next_code("apa")?;
+    ensure!(a.login("apa", &default_password("apa"), &code)?.status == 303, "apa login");
+    let dash = poll("the tunnel on apa's dashboard", T, Duration::from_millis(200), || {
+        let d = a.get("/")?;
+        Ok(d.body.contains(r#"data-session="s5" data-target="plc""#).then_some(d))
+    })?;
+    let marker = r#"data-connection=""#;
+    let at = dash.body.find(marker).context("no connection id")? + marker.len();
+    let id: String = dash.body[at..].chars().take_while(char::is_ascii_digit).collect();
+    ensure!(dash.body.contains(&format!("/connections/{id}/cut")), "apa may not cut");
+
+    let mut b = Client::new(&w)?;
+    let code = w.next_code("apb")?;
+    ensure!(b.login("apb", &default_password("apb"), &code)?.status == 303, "apb login");
+    let other = b.get("/")?;
+    ensure!(!other.body.contains("data-connection="), "apb sees plant's connection");
+    let bt = hidden_csrf(&other.body)?;
+    let r = b.post(&format!("/connections/{id}/cut"), &[("csrf", &bt)], &[])?;
+    ensure!(r.status == 404 || r.status == 403, "apb cuts plant's tunnel: {}", r.summary());
+    echo(&mut tool, b"still open")?;
+    // Without the form token, even the operator's approver is refused.
+    let r = a.post(&format!("/connections/{id}/cut"), &[], &[])?;
+    ensure!(r.status == 403, "a cut without the form token: {}", r.summary());
+    echo(&mut tool, b"still open")?;
+
+    let at = hidden_csrf(&dash.body)?;
+    let r = a.post(&format!("/connections/{id}/cut"), &[("csrf", &at)], &[])?;
+    ensure!(r.status == 303, "apa cuts: {}", r.summary());
+    let mut buf = [0u8; 8];
+    match std::io::Read::read(&mut tool, &mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => bail!("the cut tunnel still carried {n} bytes"),
+    }
+    let events = w.audit("admin")?;
+    ensure!(has_event(&events, "tunnel.cut", &["apa", "s5"]), "no cut by apa on record");
+    ensure!(
+        has_event(&events, "access.refused", &["apb", "tunnel.cut"]),
+        "apb's try not on record"
+    );
+    Ok(())
+}
+
 /// A page that refreshes itself on live updates (the script's requests carry
 /// `X-Fernwart-Live`) is checked like any request but does not keep its login from going idle.
 #[test]
