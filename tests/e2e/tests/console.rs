@@ -895,6 +895,47 @@ fn only_the_operators_approvers_see_and_cut_its_connections() -> Result<()> {
     Ok(())
 }
 
+/// `fernwart url-handler register` on Linux: a desktop entry that runs this fernwart's
+/// `open-url` in a terminal, made the default for `x-scheme-handler/fernwart` by `xdg-mime`
+/// (here a stand-in that notes how it was called).
+#[cfg(all(unix, not(target_os = "macos")))]
+#[test]
+fn the_url_handler_is_registered_for_the_desktop() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new()?;
+    let data = w.root.join("xdg-data");
+    let bin = w.root.join("fake-bin");
+    std::fs::create_dir_all(&bin)?;
+    let fake = bin.join("xdg-mime");
+    std::fs::write(&fake, "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$XDG_DATA_HOME/xdg-mime.args\"\n")?;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = w
+        .cli("tech1")
+        .args(["--json", "url-handler", "register"])
+        .env("XDG_DATA_HOME", &data)
+        .env("PATH", path)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "register: {}", String::from_utf8_lossy(&out.stderr));
+    let js: serde_json::Value = serde_json::from_str(stdout.trim())?;
+    ensure!(js["scheme"] == "fernwart", "{js}");
+    let entry = std::fs::read_to_string(data.join("applications/fernwart-url-handler.desktop"))?;
+    let exe = w.bins.cli.canonicalize()?;
+    ensure!(
+        entry.contains(&format!("Exec=\"{}\" open-url %u", exe.display())),
+        "the desktop entry: {entry}"
+    );
+    ensure!(entry.contains("MimeType=x-scheme-handler/fernwart;"), "{entry}");
+    let args = std::fs::read_to_string(data.join("xdg-mime.args"))?;
+    ensure!(
+        args.lines().collect::<Vec<_>>()
+            == ["default", "fernwart-url-handler.desktop", "x-scheme-handler/fernwart"],
+        "xdg-mime called with {args:?}"
+    );
+    Ok(())
+}
+
 /// A page that refreshes itself on live updates (the script's requests carry
 /// `X-Fernwart-Live`) is checked like any request but does not keep its login from going idle.
 #[test]

@@ -62,11 +62,27 @@
     return kind === "all" || document.querySelector('[data-live="' + kind + '"]') !== null;
   }
 
-  var source = new EventSource("/events");
-  ["sessions", "machines", "connections", "all"].forEach(function (kind) {
-    source.addEventListener(kind, function () { if (wants(kind)) refresh(); });
+  // One stream per visible page: a hidden tab gives its connection back (a browser holds
+  // only a few per server over HTTP/1.1) and catches up when shown again.
+  var source = null;
+  function listen() {
+    if (source) return;
+    source = new EventSource("/events");
+    ["sessions", "machines", "connections", "all"].forEach(function (kind) {
+      source.addEventListener(kind, function () { if (wants(kind)) refresh(); });
+    });
+    source.addEventListener("open", function () {
+      document.documentElement.setAttribute("data-live-connected", "true");
+    });
+  }
+  function stop() {
+    if (!source) return;
+    source.close();
+    source = null;
+    document.documentElement.removeAttribute("data-live-connected");
+  }
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) { stop(); } else { listen(); refresh(); }
   });
-  source.addEventListener("open", function () {
-    document.documentElement.setAttribute("data-live-connected", "true");
-  });
+  if (!document.hidden) listen();
 })();
