@@ -133,6 +133,20 @@ fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
     })?;
     ensure!(b.url()? == loaded, "the page was reloaded: {}", b.url()?);
     b.screenshot(&shots.join("live-connection-en.png"))?;
+    b.goto(&format!("{}/?lang=de", w.url))?;
+    b.find(row, T)?;
+    ensure!(b.source()?.contains("Aktive Verbindungen"), "the live connections in German");
+    b.screenshot(&shots.join("live-connection-de.png"))?;
+    // On a tablet: nothing wider than the screen but the tables' own scroll areas.
+    b.resize(800, 1100)?;
+    let overflow = b.eval(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+    )?;
+    ensure!(overflow.as_i64() == Some(0), "the page is wider than a tablet: {overflow}");
+    b.screenshot(&shots.join("dashboard-tablet-de.png"))?;
+    b.goto(&format!("{}/?lang=en", w.url))?;
+    b.find(row, T)?;
+    b.find("html[data-live-connected]", T)?;
 
     // Cut: the tunnel closes at once; the page says so.
     b.click(&b.find(&format!("{row} button.cut"), T)?)?;
@@ -312,7 +326,8 @@ fn a_session_prepared_in_the_browser_is_started_from_its_link() -> Result<()> {
     let code = w.next_code("op1")?;
     login(&op, "op1", &default_password("op1"), &code)?;
     let approve = op.find(r#"tr.session[data-session="s7"] button.approve"#, T)?;
-    op.click(&approve)?;
+    // By keyboard: Enter on the button.
+    op.press_enter(&approve)?;
     conn.wait_forwards(T)?;
     roundtrip(conn.forward("plc")?, b"started from the console link", T)?;
     poll("s7 released on sa1's page", T, Duration::from_millis(200), || {
@@ -322,6 +337,12 @@ fn a_session_prepared_in_the_browser_is_started_from_its_link() -> Result<()> {
     })?;
     ensure!(sa.url()? == loaded, "sa1's page was reloaded: {}", sa.url()?);
     sa.screenshot(&shots.join("session-de.png"))?;
+    sa.goto(&format!("{}/sessions/s7?lang=en", w.url))?;
+    sa.find(r#"dl.facts[data-session="s7"]"#, T)?;
+    sa.screenshot(&shots.join("session-en.png"))?;
+    sa.goto(&format!("{}/sessions/new", w.url))?;
+    sa.find("form#prepare", T)?;
+    sa.screenshot(&shots.join("session-prepare-en.png"))?;
 
     let events = w.audit("aud1")?;
     ensure!(has_event(&events, "session.create", &["sa1", "s7", "T-7 Spindel"]), "no create");
