@@ -285,6 +285,7 @@ fn a_session_prepared_in_the_browser_is_started_from_its_link() -> Result<()> {
     let link = format!("fernwart://connect/{}/s7", w.listen);
     ensure!(page.body.contains(&link), "no link {link} on tech1's page");
     ensure!(page.body.contains("fernwart connect s7"), "no command on tech1's page");
+    ensure!(page.body.contains(r#"href="/audit?session=s7""#), "no link to s7's records");
     // A technician is not offered the form, and the server refuses it.
     ensure!(!t.get("/sessions")?.body.contains("/sessions/new"), "tech1 is offered the form");
     let r = t.get("/sessions/new")?;

@@ -197,6 +197,7 @@ messages! {
     HintDuration => "For example 30m, 2h, 1day.", "Zum Beispiel 30m, 2h, 1day.";
     FieldApproval => "An approver of the operator must release it", "Ein Freigebender des Betreibers muss sie freigeben";
     FieldRecord => "Record the connections (at the machine's agent)", "Verbindungen aufzeichnen (beim Agenten der Maschine)";
+    SessionTrail => "What happened in this session (audit trail)", "Was in dieser Sitzung geschah (Protokoll)";
     BackToSessions => "Back to the sessions", "Zurück zu den Sitzungen";
     StartTitle => "Start the connection", "Verbindung starten";
     StartCommand => "On your computer, in a terminal:", "Auf Ihrem Rechner, in einem Terminal:";

@@ -197,11 +197,13 @@ pub async fn show(State(app): State<App>, v: Viewer, Path(name): Path<String>) -
     let connects =
         crate::authz::decide(&v.a.caller, Action::SessionConnect, Object::Session(&s), now).is_ok();
     let link = connects.then(|| connect_link(&app.cfg.settings.server.public_url, &s.name));
+    let trail = crate::authz::decide(&v.a.caller, Action::AuditList, Object::None, now).is_ok();
     let done = Done::parse(
         v.query.get("done").map(String::as_str),
         v.query.get("session").map(String::as_str),
     );
-    v.page(StatusCode::OK, session_page(&v.frame(), done.as_ref(), &row, link.as_deref(), &v.csrf))
+    let page = session_page(&v.frame(), done.as_ref(), &row, link.as_deref(), trail, &v.csrf);
+    v.page(StatusCode::OK, page)
 }
 
 /// `fernwart://connect/HOST:PORT/SESSION` for the server at `public_url`; the CLI's
@@ -284,6 +286,7 @@ fn session_page(
     done: Option<&Done>,
     r: &SessionRow,
     link: Option<&str>,
+    trail: bool,
     csrf: &str,
 ) -> Markup {
     let t = |m: Msg| m.text(f.lang);
@@ -315,6 +318,9 @@ fn session_page(
                 p { a.connect-link href=(link) { (link) } }
                 p.hint { (t(Msg::StartRegister)) " " code { "fernwart url-handler register" } }
             }
+        }
+        @if trail {
+            p { a.session-trail href={ "/audit?session=" (r.name) } { (t(Msg::SessionTrail)) } }
         }
         p { a href="/sessions" { (t(Msg::BackToSessions)) } }
     };
