@@ -523,6 +523,7 @@ pub async fn settings_page(State(app): State<App>, v: Viewer) -> Response {
         (Msg::SetDefaultDuration, s.sessions.default_duration.clone()),
         (Msg::SetNoApproval, yes_no(s.sessions.allow_no_approval).to_owned()),
         (Msg::SetTunnelIdle, s.sessions.tunnel_idle_timeout.clone()),
+        (Msg::SetLinksPerUser, crate::relay::MAX_LINKS_PER_USER.to_string()),
         (Msg::SetEnrolTtl, s.enrolment.token_ttl.clone()),
         (Msg::SetCertTtl, s.enrolment.cert_ttl.clone()),
     ];

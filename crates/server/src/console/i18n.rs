@@ -259,6 +259,7 @@ messages! {
     SetDefaultDuration => "Session: default time window", "Sitzung: Standard-Zeitfenster";
     SetNoApproval => "Session: without approval allowed (machines of no organization)", "Sitzung: ohne Freigabe erlaubt (Maschinen ohne Organisation)";
     SetTunnelIdle => "Connection closed when idle for", "Verbindung getrennt nach Leerlauf von";
+    SetLinksPerUser => "Connect links one technician may hold at once (fixed)", "Gleichzeitige Verbindungen eines Technikers (fest)";
     SetEnrolTtl => "Enrolment token valid for", "Registrierungs-Token gültig für";
     SetCertTtl => "Machine certificate valid for", "Maschinenzertifikat gültig für";
     AuditTitle => "Audit trail", "Protokoll";
