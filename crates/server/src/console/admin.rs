@@ -322,7 +322,7 @@ pub async fn user_add(State(app): State<App>, v: Viewer, body: Bytes) -> Respons
         return res;
     }
     let Some(role) = Role::ALL.into_iter().find(|r| r.as_str() == field(&form, "role")) else {
-        return v.error(StatusCode::BAD_REQUEST, Msg::ErrorRefused, Some("unknown role"));
+        return v.error(StatusCode::BAD_REQUEST, Msg::ErrorBadField, None);
     };
     let expires = match optional(&form, "expires").map(|e| local_time(&e)).transpose() {
         Ok(e) => e,
@@ -473,7 +473,7 @@ pub async fn org_add(State(app): State<App>, v: Viewer, body: Bytes) -> Response
     let kind = match form.get("kind") {
         Some("operator") => OrgKind::Operator,
         Some("provider") => OrgKind::Provider,
-        _ => return v.error(StatusCode::BAD_REQUEST, Msg::ErrorRefused, Some("unknown kind")),
+        _ => return v.error(StatusCode::BAD_REQUEST, Msg::ErrorBadField, None),
     };
     let req = OrgAddRequest {
         name: name.clone(),

@@ -292,6 +292,7 @@ messages! {
     ErrorRefused => "The server refused this. Its reason:", "Der Server hat dies abgelehnt. Begründung:";
     ErrorForm => "This form has expired or did not come from this console. Reload the page and try again.", "Dieses Formular ist abgelaufen oder stammt nicht von dieser Konsole. Laden Sie die Seite neu und versuchen Sie es erneut.";
     ErrorInternal => "Something went wrong at the server. The event is logged; try again later.", "Auf dem Server ist ein Fehler aufgetreten. Er wurde protokolliert; versuchen Sie es später erneut.";
+    ErrorBadField => "A field of this form holds a value the console does not offer.", "Ein Feld dieses Formulars enthält einen Wert, den die Konsole nicht anbietet.";
     ErrorNotFound => "There is no such page.", "Diese Seite gibt es nicht.";
     Back => "Back to the overview", "Zurück zur Übersicht";
 }
