@@ -306,6 +306,63 @@ pub async fn cut(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Scope;
+
+    fn caller(role: Role, name: &str, org: Option<&str>) -> Caller {
+        Caller {
+            user_id: 1,
+            name: name.into(),
+            role,
+            scope: Scope::Full,
+            login_expires: 10_000,
+            account_expires: None,
+            disabled: false,
+            source: "127.0.0.1".into(),
+            api_token: None,
+            org: org.map(str::to_owned),
+            serves: vec![],
+            last_used: None,
+        }
+    }
+
+    fn tunnel(org: Option<&str>, user: &str) -> TunnelView {
+        TunnelView {
+            id: 1,
+            session_id: 1,
+            session: "s1".into(),
+            machine: "m1".into(),
+            machine_org: org.map(str::to_owned),
+            user: user.into(),
+            target: "plc".into(),
+            since: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+        }
+    }
+
+    #[test]
+    fn viewers_hear_only_of_what_they_may_see() {
+        let now = 100;
+        let plant = Pulse::Connections { org: Some("plant".into()) };
+        let own = caller(Role::Approver, "apa", Some("plant"));
+        let other = caller(Role::Approver, "apb", Some("other"));
+        let staff = caller(Role::Admin, "admin", None);
+        assert!(hears(&own, &plant, now) && hears(&staff, &plant, now));
+        assert!(!hears(&other, &plant, now), "another operator hears of plant's tunnels");
+        let sessions = Pulse::Sessions { org: Some("plant".into()) };
+        assert!(!hears(&other, &sessions, now));
+        assert!(hears(&other, &Pulse::Sessions { org: None }, now));
+        // An expired login hears nothing.
+        let mut gone = own.clone();
+        gone.login_expires = now - 1;
+        assert!(!hears(&gone, &plant, now) && !hears(&gone, &Pulse::Machines, now));
+        // Tunnels: a technician sees only its own.
+        let tech = caller(Role::Technician, "pt1", Some("plant"));
+        assert!(sees_tunnel(&tech, &tunnel(Some("plant"), "pt1")));
+        assert!(!sees_tunnel(&tech, &tunnel(Some("plant"), "pt2")));
+        assert!(!sees_tunnel(&other, &tunnel(Some("plant"), "pt1")));
+        assert!(sees_tunnel(&staff, &tunnel(Some("plant"), "pt1")));
+    }
 
     #[test]
     fn durations_read_well() {
