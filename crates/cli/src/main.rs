@@ -71,6 +71,22 @@ enum Cmd {
         #[arg(long, default_value = "30m")]
         wait: String,
     },
+    /// Connect to the session a `fernwart://connect/SERVER/SESSION` link names (as the web
+    /// console shows it); only on the server this fernwart uses.
+    OpenUrl {
+        url: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: IpAddr,
+        /// How long to wait for approval, e.g. 10m.
+        #[arg(long, default_value = "30m")]
+        wait: String,
+    },
+    /// Make this fernwart open `fernwart://` links (a desktop entry and xdg-mime on Linux,
+    /// HKCU\Software\Classes\fernwart on Windows).
+    UrlHandler {
+        #[command(subcommand)]
+        cmd: UrlHandlerCmd,
+    },
     /// Organizations (admin).
     Org {
         #[command(subcommand)]
@@ -285,6 +301,12 @@ enum KeyCmd {
 }
 
 #[derive(Subcommand)]
+enum UrlHandlerCmd {
+    /// Register this program as the handler of `fernwart://` links for the current user.
+    Register,
+}
+
+#[derive(Subcommand)]
 enum TokenCmd {
     /// Create an API token for automation (printed once; use it as FERNWART_TOKEN).
     Create {
@@ -404,6 +426,12 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--wait {wait:?}: {e}"))?;
             commands::connect::run(&ctx, &name, bind, wait).await
         }
+        Cmd::OpenUrl { url, bind, wait } => {
+            let wait = humantime::parse_duration(&wait)
+                .map_err(|e| anyhow::anyhow!("--wait {wait:?}: {e}"))?;
+            commands::url::open(&ctx, &url, bind, wait).await
+        }
+        Cmd::UrlHandler { cmd: UrlHandlerCmd::Register } => commands::url::register(&ctx),
         Cmd::Org {
             cmd: OrgCmd::Add { name, kind, allow_no_approval, max_session, require_signed },
         } => {

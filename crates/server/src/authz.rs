@@ -32,6 +32,8 @@ pub enum Action {
     SessionConnect,
     /// Open one tunnel on a technician link.
     TunnelOpen,
+    /// Cut one open tunnel of a session at once (the web console's live connections).
+    TunnelCut,
     AuditList,
     /// Export the whole chain with its checkpoints.
     AuditExport,
@@ -51,10 +53,12 @@ pub enum Action {
     WindowAdd,
     WindowList,
     WindowRemove,
+    /// Read the server's settings (password policy, lockout, session limits).
+    SettingsRead,
 }
 
 impl Action {
-    pub const ALL: [Action; 32] = [
+    pub const ALL: [Action; 34] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
         Action::PasswordChange,
@@ -73,6 +77,7 @@ impl Action {
         Action::SessionRevoke,
         Action::SessionConnect,
         Action::TunnelOpen,
+        Action::TunnelCut,
         Action::AuditList,
         Action::AuditExport,
         Action::MachineAudit,
@@ -87,6 +92,7 @@ impl Action {
         Action::WindowAdd,
         Action::WindowList,
         Action::WindowRemove,
+        Action::SettingsRead,
     ];
 
     /// The action's name in the audit trail.
@@ -110,6 +116,7 @@ impl Action {
             Action::SessionRevoke => "session.revoke",
             Action::SessionConnect => "session.connect",
             Action::TunnelOpen => "tunnel.open",
+            Action::TunnelCut => "tunnel.cut",
             Action::AuditList => "audit.list",
             Action::AuditExport => "audit.export",
             Action::MachineAudit => "machine.audit",
@@ -124,6 +131,7 @@ impl Action {
             Action::WindowAdd => "window.add",
             Action::WindowList => "window.list",
             Action::WindowRemove => "window.remove",
+            Action::SettingsRead => "settings.read",
         }
     }
 
@@ -147,6 +155,8 @@ impl Action {
             Action::SessionEnd => &[Admin, SessionAdmin, Approver, Technician],
             Action::SessionRevoke => &[Admin, Approver],
             Action::SessionConnect | Action::TunnelOpen => &[Technician],
+            // The operator's approvers watch who is connected and cut at once; admins too.
+            Action::TunnelCut => &[Admin, Approver],
             // Technicians see their own records (what they did, what was refused to them).
             Action::AuditList => &[Admin, Auditor, Technician],
             Action::AuditExport => &[Admin, Auditor],
@@ -158,6 +168,8 @@ impl Action {
             // A pre-approval is an approval given ahead: the operator's approvers give it.
             Action::WindowAdd | Action::WindowRemove => &[Approver],
             Action::WindowList => &[Admin, SessionAdmin, Approver, Auditor],
+            // The rules logins and sessions live by: for who sets them and who checks them.
+            Action::SettingsRead => &[Admin, Auditor],
         }
     }
 
@@ -330,6 +342,14 @@ fn decide_object(caller: &Caller, action: Action, object: Object<'_>) -> Result<
                     Denial::Forbidden,
                     format!("four eyes: you cannot {verb} a session you prepared or work in"),
                 ));
+            }
+            Ok(())
+        }
+        Action::TunnelCut => {
+            role_allows(caller, action)?;
+            // An approver cuts only on machines of their own operator (like a decision).
+            if caller.role == Role::Approver {
+                own_operator(caller, &s.machine, s.machine_org.as_deref())?;
             }
             Ok(())
         }
@@ -744,6 +764,7 @@ mod tests {
             (SessionRevoke,   [true,  false,  false, true,   false]),
             (SessionConnect,  [false, false,  true,  false,  false]),
             (TunnelOpen,      [false, false,  true,  false,  false]),
+            (TunnelCut,       [true,  false,  false, true,   false]),
             (AuditList,       [true,  false,  true,  false,  true ]),
             (AuditExport,     [true,  false,  false, false,  true ]),
             (MachineAudit,    [true,  false,  false, false,  true ]),
@@ -758,6 +779,7 @@ mod tests {
             (WindowAdd,       [false, false,  false, true,   false]),
             (WindowList,      [true,  true,   false, true,   true ]),
             (WindowRemove,    [false, false,  false, true,   false]),
+            (SettingsRead,    [true,  false,  false, false,  true ]),
         ];
         assert_eq!(table.len(), Action::ALL.len());
         let s = session();
@@ -772,7 +794,7 @@ mod tests {
                 };
                 let object = match action {
                     SessionShow | SessionApprove | SessionReject | SessionEnd | SessionRevoke
-                    | SessionConnect | TunnelOpen => Object::Session(&s),
+                    | SessionConnect | TunnelOpen | TunnelCut => Object::Session(&s),
                     UserDisable => Object::Named("someone"),
                     WindowAdd | WindowRemove | MachineAudit | RecordingRead => {
                         Object::Machine { name: "m1", org: None }
@@ -946,6 +968,9 @@ mod tests {
             (Approver,     SessionReject,       ['F', 'A',     'F',     'H']),
             (Approver,     SessionShow,         ['A', 'A',     'A',     'H']),
             (Approver,     SessionRevoke,       ['A', 'A',     'A',     'H']),
+            (Approver,     TunnelCut,           ['F', 'A',     'F',     'H']),
+            (Admin,        TunnelCut,           ['A', 'A',     'A',     'H']),
+            (Technician,   TunnelCut,           ['-', '-',     '-',     'H']),
             (Approver,     WindowAdd,           ['F', 'A',     'F',     'H']),
             (Approver,     WindowRemove,        ['F', 'A',     'F',     'H']),
             (SessionAdmin, SessionShow,         ['A', 'A',     'A',     'H']),

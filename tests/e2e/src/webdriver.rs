@@ -175,6 +175,22 @@ impl Browser {
         v.as_array().cloned().ok_or_else(|| anyhow!("cookies: not a list: {v}"))
     }
 
+    /// Sets the window's size in CSS pixels (a tablet: 800 × 1100).
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        self.cmd("POST", "/window/rect", Some(&json!({ "width": width, "height": height })))
+            .map(|_| ())
+    }
+
+    /// Runs `script` (a function body) in the page and gives back what it returns.
+    pub fn eval(&self, script: &str) -> Result<Value> {
+        self.cmd("POST", "/execute/sync", Some(&json!({ "script": script, "args": [] })))
+    }
+
+    /// Presses Enter on the element, as a keyboard user does on a focused button.
+    pub fn press_enter(&self, e: &Element) -> Result<()> {
+        self.type_into(e, "\u{E007}")
+    }
+
     /// Saves a PNG of the window to `path` (its directory is created).
     pub fn screenshot(&self, path: &Path) -> Result<()> {
         use base64::Engine as _;

@@ -108,6 +108,60 @@ fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
     conn.wait_forwards(T)?;
     roundtrip(conn.forward("plc")?, b"fernwart console approval", T)?;
 
+    // Live: the dashboard listens to the server's events; a tunnel that opens appears with
+    // its bytes, without a reload.
+    b.find("html[data-live-connected]", T).context("the page's event stream did not open")?;
+    let loaded = b.url()?;
+    b.find("#live-connections p.empty", T)?;
+    let mut tool = std::net::TcpStream::connect(conn.forward("plc")?)?;
+    tool.set_read_timeout(Some(T))?;
+    echo(&mut tool, b"live bytes one")?;
+    let row = r#"tr.connection[data-session="s1"][data-target="plc"]"#;
+    b.find(row, T).context("the live connection did not appear")?;
+    ensure!(b.url()? == loaded, "the page was reloaded: {}", b.url()?);
+    let bytes = |b: &webdriver::Browser, which: &str| -> Result<u64> {
+        let cell = b.find(&format!("{row} td.bytes-{which}"), T)?;
+        Ok(b.attribute(&cell, "data-bytes")?.unwrap_or_default().parse()?)
+    };
+    poll("the tunnel's bytes on the page", T, Duration::from_millis(200), || {
+        Ok((bytes(&b, "up")? >= 14 && bytes(&b, "down")? >= 14).then_some(()))
+    })?;
+    // More bytes: the counts grow on the page by themselves.
+    echo(&mut tool, &[b'x'; 1000])?;
+    poll("the bytes grow on the page", T, Duration::from_millis(200), || {
+        Ok((bytes(&b, "up")? >= 1014 && bytes(&b, "down")? >= 1014).then_some(()))
+    })?;
+    ensure!(b.url()? == loaded, "the page was reloaded: {}", b.url()?);
+    b.screenshot(&shots.join("live-connection-en.png"))?;
+    b.goto(&format!("{}/?lang=de", w.url))?;
+    b.find(row, T)?;
+    ensure!(b.source()?.contains("Aktive Verbindungen"), "the live connections in German");
+    b.screenshot(&shots.join("live-connection-de.png"))?;
+    // On a tablet: nothing wider than the screen but the tables' own scroll areas.
+    b.resize(800, 1100)?;
+    let overflow = b.eval(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+    )?;
+    ensure!(overflow.as_i64() == Some(0), "the page is wider than a tablet: {overflow}");
+    b.screenshot(&shots.join("dashboard-tablet-de.png"))?;
+    b.goto(&format!("{}/?lang=en", w.url))?;
+    b.find(row, T)?;
+    b.find("html[data-live-connected]", T)?;
+
+    // Cut: the tunnel closes at once; the page says so.
+    b.click(&b.find(&format!("{row} button.cut"), T)?)?;
+    let note = b.find("p.note", T)?;
+    ensure!(b.text(&note)?.contains("s1"), "after cutting: {}", b.text(&note)?);
+    let mut buf = [0u8; 16];
+    match std::io::Read::read(&mut tool, &mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => bail!("the cut tunnel still carried {n} bytes"),
+    }
+    poll("the cut connection leaves the page", T, Duration::from_millis(200), || {
+        b.goto(&format!("{}/", w.url))?;
+        Ok(b.find_all(row)?.is_empty().then_some(()))
+    })?;
+
     b.goto(&format!("{}/sessions", w.url))?;
     b.find(r#"tr.session[data-session="s1"]"#, T)?;
     b.screenshot(&shots.join("sessions-en.png"))?;
@@ -118,7 +172,7 @@ fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
     let state = b.attribute(&row, "data-state")?.unwrap_or_default();
     ensure!(state == "approved" || state == "active", "s1 on the sessions page: {state}");
     let html = b.source()?;
-    ensure!(html.contains(r#"<html lang="de">"#), "?lang=de gives a German page");
+    ensure!(html.contains(r#"<html lang="de""#), "?lang=de gives a German page");
     ensure!(html.contains("Sitzungen") && html.contains("Abmelden"), "German texts missing");
     b.screenshot(&shots.join("sessions-de.png"))?;
     // The choice is remembered: the dashboard stays German.
@@ -137,10 +191,339 @@ fn an_approver_releases_a_waiting_session_in_the_browser() -> Result<()> {
     b.goto(&format!("{}/sessions", w.url))?;
     ensure!(b.url()?.contains("/login"), "after logout /sessions leads to {}", b.url()?);
 
+    // The auditor finds it all on the audit page: the approval, the tunnel, its cut.
+    let aud = driver.session(&w.root.join("browser-aud1"), "en-US")?;
+    aud.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code("aud1")?;
+    login(&aud, "aud1", &default_password("aud1"), &code)?;
+    aud.find("main h1", T)?;
+    aud.goto(&format!("{}/audit?session=s1", w.url))?;
+    for action in
+        ["session.request", "session.approve", "tunnel.open", "tunnel.cut", "tunnel.close"]
+    {
+        aud.find(&format!(r#"tr.record[data-action="{action}"]"#), T)
+            .with_context(|| format!("no {action} of s1 on the audit page"))?;
+    }
+    let page = aud.source()?;
+    ensure!(page.contains("cut by op1"), "the tunnel's close does not say who cut it");
+    aud.screenshot(&shots.join("audit-session-en.png"))?;
+
     let events = w.audit("aud1")?;
     ensure!(audit_has(&events, &["session", "approve"]), "no approval in the trail");
     ensure!(has_event(&events, "session.approve", &["op1", "s1"]), "no approval of s1 by op1");
     ensure!(has_event(&events, "auth.logout", &["op1"]), "no logout of op1 in the trail");
+    ensure!(has_event(&events, "tunnel.cut", &["op1", "s1", "plc", "tech1"]), "no cut on record");
+    ensure!(has_event(&events, "tunnel.close", &["cut by op1"]), "the tunnel's close says no cut");
+    Ok(())
+}
+
+/// Sends `data` through a forward to the echo target and reads it back.
+fn echo(s: &mut std::net::TcpStream, data: &[u8]) -> Result<()> {
+    use std::io::{Read, Write};
+    s.write_all(data)?;
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).context("reading the echo")?;
+    ensure!(back == data, "the echo came back changed");
+    Ok(())
+}
+
+/// A session-admin prepares a session in the browser; the technician starts it from the
+/// console's `fernwart://` link (`fernwart open-url`), which waits; an approver of the
+/// operator releases it in a second browser while the session-admin's page follows live.
+#[test]
+fn a_session_prepared_in_the_browser_is_started_from_its_link() -> Result<()> {
+    let Some((chromium, chromedriver)) = webdriver::available() else {
+        eprintln!("\n!!! SKIPPED: the browser test needs chromium and chromium-driver\n");
+        return Ok(());
+    };
+    let plc = Echo::start()?;
+    let mut w = World::standard()?;
+    w.add_user("sa1", "session-admin")?;
+    w.login("sa1")?;
+    w.start_agent("m1", &[("plc", plc.addr)])?;
+    w.switch("m1", true)?;
+    w.wait_switch("m1", true, T)?;
+    let shots = screenshots();
+    let log = w.log_path("chromedriver");
+    let driver = webdriver::Driver::start(&chromium, &chromedriver, &log)?;
+
+    // The session-admin prepares s7 with the form.
+    let sa = driver.session(&w.root.join("browser-sa1"), "de-DE")?;
+    sa.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code("sa1")?;
+    login(&sa, "sa1", &default_password("sa1"), &code)?;
+    sa.find("main h1", T)?;
+    sa.goto(&format!("{}/sessions", w.url))?;
+    sa.click(&sa.find("#prepare-link", T)?)?;
+    sa.find("form#prepare", T)?;
+    ensure!(sa.source()?.contains("Sitzung vorbereiten"), "the form speaks German");
+    sa.type_into(&sa.find("#name", T)?, "s7")?;
+    sa.type_into(&sa.find("#targets", T)?, "plc")?;
+    sa.type_into(&sa.find("#users", T)?, "tech1")?;
+    sa.type_into(&sa.find("#reason", T)?, "T-7 Spindel")?;
+    sa.screenshot(&shots.join("session-prepare-de.png"))?;
+    sa.click(&sa.find("form#prepare button[type=submit]", T)?)?;
+    let facts = sa.find(r#"dl.facts[data-session="s7"]"#, T)?;
+    ensure!(
+        sa.attribute(&facts, "data-state")?.as_deref() == Some("prepared"),
+        "s7 after preparing"
+    );
+    ensure!(w.session_state("s7")? == "prepared", "s7 is not prepared at the server");
+    let s7 = w.session("s7")?;
+    ensure!(s7["created_by"] == "sa1" && s7["reason"] == "T-7 Spindel", "s7: {s7}");
+    // The session-admin is not its technician: no link for them.
+    ensure!(sa.find_all("a.connect-link")?.is_empty(), "a connect link for the session-admin");
+    sa.find("html[data-live-connected]", T).context("the session page's events")?;
+    let loaded = sa.url()?;
+
+    // The technician's page shows the command and the link.
+    let mut t = Client::new(&w)?;
+    let code = w.next_code("tech1")?;
+    ensure!(t.login("tech1", &default_password("tech1"), &code)?.status == 303, "tech1 login");
+    let page = t.get("/sessions/s7")?;
+    ensure!(page.status == 200, "tech1 on s7: {}", page.summary());
+    let link = format!("fernwart://connect/{}/s7", w.listen);
+    ensure!(page.body.contains(&link), "no link {link} on tech1's page");
+    ensure!(page.body.contains("fernwart connect s7"), "no command on tech1's page");
+    ensure!(page.body.contains(r#"href="/audit?session=s7""#), "no link to s7's records");
+    // A technician is not offered the form, and the server refuses it.
+    ensure!(!t.get("/sessions")?.body.contains("/sessions/new"), "tech1 is offered the form");
+    let r = t.get("/sessions/new")?;
+    ensure!(r.status == 403, "tech1 on the form: {}", r.summary());
+    let tt = hidden_csrf(&page.body)?;
+    let fields = [
+        ("csrf", tt.as_str()),
+        ("name", "s8"),
+        ("machine", "m1"),
+        ("targets", "plc"),
+        ("users", "tech1"),
+        ("reason", "mine"),
+        ("approval", "yes"),
+    ];
+    let r = t.post("/sessions/new", &fields, &[])?;
+    ensure!(r.status == 403, "tech1 prepares: {}", r.summary());
+    ensure!(w.fw("admin", &["session", "show", "s8"]).is_err(), "tech1 prepared s8");
+
+    // A link to another server is refused before anything is sent; the right one connects
+    // and waits for the operator.
+    let out = w.fw_raw("tech1", &["open-url", "fernwart://connect/evil.example:8443/s7"], None)?;
+    ensure!(!out.success(), "a link to another server was followed");
+    ensure!(out.stderr.contains("refused"), "the refusal: {}", out.stderr);
+    let mut cmd = w.cli("tech1");
+    cmd.args(["--json", "open-url", &link]);
+    let log = w.log_path("open-url-tech1-s7");
+    let proc = fernwart_e2e::Proc::spawn(cmd, "fernwart open-url (tech1)", &log, true)?;
+    let mut conn = fernwart_e2e::Connect { proc, forwards: Default::default() };
+    w.wait_session_state("s7", "requested", T)?;
+    // The session-admin's page follows by itself.
+    poll("s7 requested on sa1's page", T, Duration::from_millis(200), || {
+        let f = sa.find(r#"dl.facts[data-session="s7"]"#, T)?;
+        Ok((sa.attribute(&f, "data-state")?.as_deref() == Some("requested")).then_some(()))
+    })?;
+
+    // The operator's approver, in a second browser: s7 waits on the dashboard.
+    let op = driver.session(&w.root.join("browser-op1"), "en-US")?;
+    op.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code("op1")?;
+    login(&op, "op1", &default_password("op1"), &code)?;
+    let approve = op.find(r#"tr.session[data-session="s7"] button.approve"#, T)?;
+    // By keyboard: Enter on the button.
+    op.press_enter(&approve)?;
+    conn.wait_forwards(T)?;
+    roundtrip(conn.forward("plc")?, b"started from the console link", T)?;
+    poll("s7 released on sa1's page", T, Duration::from_millis(200), || {
+        let f = sa.find(r#"dl.facts[data-session="s7"]"#, T)?;
+        let state = sa.attribute(&f, "data-state")?.unwrap_or_default();
+        Ok((state == "approved" || state == "active").then_some(()))
+    })?;
+    ensure!(sa.url()? == loaded, "sa1's page was reloaded: {}", sa.url()?);
+    sa.screenshot(&shots.join("session-de.png"))?;
+    sa.goto(&format!("{}/sessions/s7?lang=en", w.url))?;
+    sa.find(r#"dl.facts[data-session="s7"]"#, T)?;
+    sa.screenshot(&shots.join("session-en.png"))?;
+    sa.goto(&format!("{}/sessions/new", w.url))?;
+    sa.find("form#prepare", T)?;
+    sa.screenshot(&shots.join("session-prepare-en.png"))?;
+
+    let events = w.audit("aud1")?;
+    ensure!(has_event(&events, "session.create", &["sa1", "s7", "T-7 Spindel"]), "no create");
+    ensure!(has_event(&events, "session.approve", &["op1", "s7"]), "no approval of s7");
+    ensure!(has_event(&events, "tunnel.open", &["tech1", "s7"]), "no tunnel of s7");
+    Ok(())
+}
+
+/// The administration pages in the browser, in both languages: a machine added (its token
+/// shown once, and it enrols), revoked; a user added and disabled; organizations and a
+/// contract; the settings; the audit trail filtered. Then what others may not do.
+#[test]
+fn administration_pages_in_the_browser() -> Result<()> {
+    let Some((chromium, chromedriver)) = webdriver::available() else {
+        eprintln!("\n!!! SKIPPED: the browser test needs chromium and chromium-driver\n");
+        return Ok(());
+    };
+    let plc = Echo::start()?;
+    let mut w = World::standard()?;
+    w.start_agent("m1", &[("plc", plc.addr)])?;
+    let shots = screenshots();
+    let log = w.log_path("chromedriver");
+    let driver = webdriver::Driver::start(&chromium, &chromedriver, &log)?;
+    let b = driver.session(&w.root.join("browser-admin"), "en-US")?;
+    let admin = w.admin.clone();
+    b.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code(&admin)?;
+    login(&b, &admin, &w.password(&admin), &code)?;
+    b.find("main h1", T)?;
+    for path in ["/machines", "/users", "/orgs", "/audit", "/settings"] {
+        b.find(&format!("nav a[href='{path}']"), T)
+            .with_context(|| format!("no link to {path}"))?;
+    }
+
+    // Machines: m1 with the target its agent reports.
+    b.goto(&format!("{}/machines", w.url))?;
+    b.find(r#"tr.machine[data-machine="m1"] li[data-target="plc"]"#, T)?;
+    b.screenshot(&shots.join("machines-en.png"))?;
+    b.type_into(&b.find("form#machine-add #name", T)?, "m9")?;
+    b.click(&b.find("form#machine-add button[type=submit]", T)?)?;
+    let line = b.find("#enroll-line", T)?;
+    let token = b.attribute(&line, "data-token")?.unwrap_or_default();
+    let value = b.attribute(&line, "value")?.unwrap_or_default();
+    ensure!(
+        value.starts_with(&format!("fernwart-agent enroll --server {} --token {token} ", w.url))
+            && !token.is_empty(),
+        "the enrolment line: {value:?}"
+    );
+    b.find("button.copy:not([hidden])", T).context("no copy button")?;
+    b.screenshot(&shots.join("machine-added-en.png"))?;
+    // The token is real: the agent enrols with it.
+    let dir = w.write_agent_toml("m9", &[("plc", plc.addr)])?;
+    w.enroll_raw(&dir, &token, &w.ca)?.check()?;
+    // Revoke it.
+    b.goto(&format!("{}/machines", w.url))?;
+    b.click(&b.find(r#"form[action="/machines/m9/revoke"] button"#, T)?)?;
+    b.find("p.note", T)?;
+    ensure!(
+        b.find_all(r#"form[action="/machines/m9/revoke"]"#)?.is_empty(),
+        "m9 can still be revoked"
+    );
+    ensure!(w.machine("m9")?.is_some_and(|m| m["revoked"] == true), "m9 not revoked");
+
+    // Users: add one, disable it.
+    b.goto(&format!("{}/users", w.url))?;
+    b.type_into(&b.find("form#user-add #name", T)?, "tech9")?;
+    b.type_into(&b.find("form#user-add #password", T)?, &default_password("tech9"))?;
+    b.click(&b.find("form#user-add button[type=submit]", T)?)?;
+    b.find(r#"tr.user[data-user="tech9"]"#, T)?;
+    b.screenshot(&shots.join("users-en.png"))?;
+    b.click(&b.find(r#"form[action="/users/tech9/disable"] button"#, T)?)?;
+    b.find(r#"tr.user[data-user="tech9"] .badge.bad"#, T)?;
+
+    // Organizations and a contract.
+    b.goto(&format!("{}/orgs", w.url))?;
+    for (name, kind) in [("plant", "operator"), ("builder", "provider")] {
+        b.type_into(&b.find("form#org-add #name", T)?, name)?;
+        b.click(&b.find(&format!("form#org-add #kind option[value={kind}]"), T)?)?;
+        b.click(&b.find("form#org-add button[type=submit]", T)?)?;
+        b.find(&format!(r#"tr.org[data-org="{name}"]"#), T)?;
+    }
+    b.click(&b.find("form#contract-add button[type=submit]", T)?)?;
+    b.find("p.note", T).context("no note after the contract")?;
+    let cells = b.find_all("td.contracts")?;
+    let texts: Vec<String> = cells.iter().map(|c| b.text(c)).collect::<Result<_>>()?;
+    ensure!(texts.iter().any(|t| t.contains("plant") || t.contains("builder")), "{texts:?}");
+    b.screenshot(&shots.join("orgs-en.png"))?;
+
+    // Settings, read-only.
+    b.goto(&format!("{}/settings", w.url))?;
+    ensure!(b.source()?.contains("Lockout after failed logins"), "settings page");
+    b.screenshot(&shots.join("settings-en.png"))?;
+
+    // The audit trail, filtered to machine additions.
+    b.goto(&format!("{}/audit", w.url))?;
+    b.type_into(&b.find("#kind", T)?, "machine.add")?;
+    b.click(&b.find("form#audit-filter button[type=submit]", T)?)?;
+    b.find(r#"tr.record[data-action="machine.add"]"#, T)?;
+    ensure!(b.find_all(r#"tr.record:not([data-action="machine.add"])"#)?.is_empty(), "filter");
+    ensure!(b.source()?.contains("m9"), "m9's addition not listed");
+    b.find("a.export-csv[href*='kind=machine.add']", T)?;
+    b.screenshot(&shots.join("audit-en.png"))?;
+
+    // Every page in German too.
+    for page in ["machines", "users", "orgs", "settings", "audit"] {
+        b.goto(&format!("{}/{page}?lang=de", w.url))?;
+        b.find("main h1", T)?;
+        ensure!(b.source()?.contains(r#"<html lang="de""#), "{page} in German");
+        b.screenshot(&shots.join(format!("{page}-de.png")))?;
+    }
+
+    // The downloads, for an auditor.
+    let mut a = Client::new(&w)?;
+    let code = w.next_code("aud1")?;
+    ensure!(a.login("aud1", &default_password("aud1"), &code)?.status == 303, "aud1 login");
+    let csv = a.get("/audit/export.csv?kind=machine")?;
+    ensure!(csv.status == 200, "csv: {}", csv.summary());
+    ensure!(
+        csv.header("content-disposition").is_some_and(|d| d.starts_with("attachment")),
+        "the CSV is no download"
+    );
+    ensure!(csv.body.starts_with("id,time,actor,org,action,target,source,details"), "csv head");
+    ensure!(csv.body.contains("machine.revoke") && csv.body.contains("m9"), "csv rows");
+    let jl = a.get("/audit/export.jsonl?kind=machine.add")?;
+    ensure!(jl.status == 200, "jsonl: {}", jl.summary());
+    let rows: Vec<serde_json::Value> =
+        jl.body.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(rows.len() >= 2 && rows.iter().all(|r| r["action"] == "machine.add"), "{rows:?}");
+
+    // A technician on the admin pages: not linked, refused.
+    let mut t = Client::new(&w)?;
+    let code = w.next_code("tech1")?;
+    ensure!(t.login("tech1", &default_password("tech1"), &code)?.status == 303, "tech1 login");
+    let home = t.get("/")?;
+    ensure!(!home.body.contains(r#"href="/users""#), "a technician is shown the users page");
+    for page in ["/users", "/orgs", "/settings"] {
+        let r = t.get(page)?;
+        ensure!(r.status == 403, "tech1 on {page}: {}", r.summary());
+    }
+    let m = t.get("/machines")?;
+    ensure!(m.status == 200 && !m.body.contains("/machines/new"), "tech1 is offered to add");
+    ensure!(!m.body.contains("/revoke"), "tech1 is offered to revoke");
+    let tt = hidden_csrf(&m.body)?;
+    let r = t.post("/machines/new", &[("csrf", &tt), ("name", "m10")], &[])?;
+    ensure!(r.status == 403, "tech1 adds a machine: {}", r.summary());
+    let r = t.post("/machines/m1/revoke", &[("csrf", &tt)], &[])?;
+    ensure!(r.status == 403, "tech1 revokes m1: {}", r.summary());
+    ensure!(w.machine("m10")?.is_none(), "tech1 added m10");
+
+    // The admin's forms: without the token, or from another site, refused.
+    let mut c = Client::new(&w)?;
+    let code = w.next_code(&admin)?;
+    ensure!(c.login(&admin, &w.password(&admin), &code)?.status == 303, "admin login");
+    let page = c.get("/users")?;
+    let token = hidden_csrf(&page.body)?;
+    let pw = default_password("evil1");
+    let user = [("name", "evil1"), ("role", "admin"), ("password", pw.as_str())];
+    let r = c.post("/users/new", &user, &[])?;
+    ensure!(r.status == 403, "a user added without the form token: {}", r.summary());
+    let mut with_token = user.to_vec();
+    with_token.push(("csrf", &token));
+    let r = c.post("/users/new", &with_token, &[("Sec-Fetch-Site", "cross-site")])?;
+    ensure!(r.status == 403, "a user added cross-site: {}", r.summary());
+    let r = c.post("/users/new", &with_token, &[("Origin", "https://evil.example")])?;
+    ensure!(r.status == 403, "a user added from another origin: {}", r.summary());
+    ensure!(!c.get("/users")?.body.contains(r#"data-user="evil1""#), "evil1 was added");
+
+    // A machine going offline shows on the open page by itself.
+    b.goto(&format!("{}/machines?lang=en", w.url))?;
+    b.find(r#"tr.machine[data-machine="m1"] .badge.good"#, T)?;
+    b.find("html[data-live-connected]", T)?;
+    let loaded = b.url()?;
+    w.stop_agent("m1");
+    b.find(r#"tr.machine[data-machine="m1"] .badge.bad"#, T).context("m1 still online")?;
+    ensure!(b.url()? == loaded, "the page was reloaded");
+
+    let events = w.audit("aud1")?;
+    ensure!(has_event(&events, "machine.add", &["m9"]), "no machine.add of m9");
+    ensure!(has_event(&events, "user.disable", &["tech9"]), "no user.disable of tech9");
+    ensure!(has_event(&events, "contract.add", &["builder", "plant"]), "no contract.add");
     Ok(())
 }
 
@@ -259,6 +642,8 @@ fn security_headers(r: &Reply, what: &str) -> Result<()> {
     let csp = r.header("content-security-policy").unwrap_or_default();
     for part in [
         "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
         "style-src 'self'",
         "form-action 'self'",
         "frame-ancestors 'none'",
@@ -462,6 +847,162 @@ fn console_http_headers_cookies_and_csrf() -> Result<()> {
     ensure!(!a.jar.contains_key("__Host-fernwart"), "an idle login keeps its cookie");
     let events = w.audit("admin")?;
     ensure!(has_event(&events, "auth.login_ended", &["ap1"]), "the idle end is not on record");
+    Ok(())
+}
+
+/// Live connections are shown and cut only within the machine's operator: an approver of
+/// another organization neither sees the tunnel nor may cut it; the operator's approver may.
+#[test]
+fn only_the_operators_approvers_see_and_cut_its_connections() -> Result<()> {
+    let mut w = World::boot()?;
+    for org in ["plant", "other"] {
+        w.fw("admin", &["org", "add", org, "--kind", "operator"])?;
+    }
+    w.add_user_in("apa", "approver", Some("plant"))?;
+    w.add_user_in("apb", "approver", Some("other"))?;
+    w.add_user_in("pt1", "technician", Some("plant"))?;
+    for u in ["apa", "apb", "pt1"] {
+        w.login(u)?;
+    }
+    let plc = Echo::start()?;
+    w.start_agent_in("m2", Some("plant"), &[("plc", plc.addr)])?;
+    w.switch("m2", true)?;
+    w.wait_switch("m2", true, T)?;
+    w.create_session("s5", "m2", &["plc"], &["pt1"])?;
+    let conn = w.connect_approved("s5", "pt1", "apa")?;
+    let mut tool = std::net::TcpStream::connect(conn.forward("plc")?)?;
+    tool.set_read_timeout(Some(T))?;
+    echo(&mut tool, b"before")?;
+
+    let mut a = Client::new(&w)?;
+    let code = w.next_code("apa")?;
+    ensure!(a.login("apa", &default_password("apa"), &code)?.status == 303, "apa login");
+    let dash = poll("the tunnel on apa's dashboard", T, Duration::from_millis(200), || {
+        let d = a.get("/")?;
+        Ok(d.body.contains(r#"data-session="s5" data-target="plc""#).then_some(d))
+    })?;
+    let marker = r#"data-connection=""#;
+    let at = dash.body.find(marker).context("no connection id")? + marker.len();
+    let id: String = dash.body[at..].chars().take_while(char::is_ascii_digit).collect();
+    ensure!(dash.body.contains(&format!("/connections/{id}/cut")), "apa may not cut");
+
+    let mut b = Client::new(&w)?;
+    let code = w.next_code("apb")?;
+    ensure!(b.login("apb", &default_password("apb"), &code)?.status == 303, "apb login");
+    let other = b.get("/")?;
+    ensure!(!other.body.contains("data-connection="), "apb sees plant's connection");
+    let bt = hidden_csrf(&other.body)?;
+    let r = b.post(&format!("/connections/{id}/cut"), &[("csrf", &bt)], &[])?;
+    ensure!(r.status == 404 || r.status == 403, "apb cuts plant's tunnel: {}", r.summary());
+    echo(&mut tool, b"still open")?;
+    // Without the form token, even the operator's approver is refused.
+    let r = a.post(&format!("/connections/{id}/cut"), &[], &[])?;
+    ensure!(r.status == 403, "a cut without the form token: {}", r.summary());
+    echo(&mut tool, b"still open")?;
+
+    let at = hidden_csrf(&dash.body)?;
+    let r = a.post(&format!("/connections/{id}/cut"), &[("csrf", &at)], &[])?;
+    ensure!(r.status == 303, "apa cuts: {}", r.summary());
+    let mut buf = [0u8; 8];
+    match std::io::Read::read(&mut tool, &mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => bail!("the cut tunnel still carried {n} bytes"),
+    }
+    let events = w.audit("admin")?;
+    ensure!(has_event(&events, "tunnel.cut", &["apa", "s5"]), "no cut by apa on record");
+    ensure!(
+        has_event(&events, "access.refused", &["apb", "tunnel.cut"]),
+        "apb's try not on record"
+    );
+    Ok(())
+}
+
+/// `fernwart url-handler register` on Linux: a desktop entry that runs this fernwart's
+/// `open-url` in a terminal, made the default for `x-scheme-handler/fernwart` by `xdg-mime`
+/// (here a stand-in that notes how it was called).
+#[cfg(all(unix, not(target_os = "macos")))]
+#[test]
+fn the_url_handler_is_registered_for_the_desktop() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new()?;
+    let data = w.root.join("xdg-data");
+    let bin = w.root.join("fake-bin");
+    std::fs::create_dir_all(&bin)?;
+    let fake = bin.join("xdg-mime");
+    std::fs::write(&fake, "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$XDG_DATA_HOME/xdg-mime.args\"\n")?;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = w
+        .cli("tech1")
+        .args(["--json", "url-handler", "register"])
+        .env("XDG_DATA_HOME", &data)
+        .env("PATH", path)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "register: {}", String::from_utf8_lossy(&out.stderr));
+    let js: serde_json::Value = serde_json::from_str(stdout.trim())?;
+    ensure!(js["scheme"] == "fernwart", "{js}");
+    let entry = std::fs::read_to_string(data.join("applications/fernwart-url-handler.desktop"))?;
+    let exe = w.bins.cli.canonicalize()?;
+    ensure!(
+        entry.contains(&format!("Exec=\"{}\" open-url %u", exe.display())),
+        "the desktop entry: {entry}"
+    );
+    ensure!(entry.contains("MimeType=x-scheme-handler/fernwart;"), "{entry}");
+    let args = std::fs::read_to_string(data.join("xdg-mime.args"))?;
+    ensure!(
+        args.lines().collect::<Vec<_>>()
+            == ["default", "fernwart-url-handler.desktop", "x-scheme-handler/fernwart"],
+        "xdg-mime called with {args:?}"
+    );
+    Ok(())
+}
+
+/// A page that refreshes itself on live updates (the script's requests carry
+/// `X-Fernwart-Live`) is checked like any request but does not keep its login from going idle.
+#[test]
+fn live_refreshes_do_not_keep_a_login_alive() -> Result<()> {
+    let mut w = World::boot()?;
+    w.add_user("op1", "approver")?;
+    w.login("op1")?;
+    let mut c = Client::new(&w)?;
+    let code = w.next_code("op1")?;
+    ensure!(c.login("op1", &default_password("op1"), &code)?.status == 303, "op1 login");
+    let token = c.jar.get("__Host-fernwart").context("no login cookie")?.clone();
+    let hash: String =
+        sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let db = rusqlite::Connection::open(w.srv_dir.join("fernwart.db"))?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    let last_used = |db: &rusqlite::Connection| -> Result<i64> {
+        Ok(db.query_row(
+            "SELECT COALESCE(last_used_at, created_at) FROM auth_tokens WHERE token_hash = ?1",
+            [&hash],
+            |r| r.get(0),
+        )?)
+    };
+    let back = |db: &rusqlite::Connection, secs: i64| -> Result<()> {
+        let n = db.execute(
+            "UPDATE auth_tokens SET created_at = created_at - ?2, \
+             last_used_at = COALESCE(last_used_at, created_at) - ?2 WHERE token_hash = ?1",
+            rusqlite::params![&hash, secs],
+        )?;
+        ensure!(n == 1, "op1's login not found");
+        Ok(())
+    };
+    // Half an hour unused: a live refresh is answered, but the login is not used by it.
+    back(&db, 1800)?;
+    let before = last_used(&db)?;
+    let r = c.send("GET", "/", None, &[("X-Fernwart-Live", "1")])?;
+    ensure!(r.status == 200, "a live refresh: {}", r.summary());
+    ensure!(last_used(&db)? == before, "a live refresh counted as use");
+    // A page the person opens counts.
+    let r = c.get("/")?;
+    ensure!(r.status == 200, "a page: {}", r.summary());
+    ensure!(last_used(&db)? > before, "opening a page did not count as use");
+    // Two hours unused: the live refresh ends the login like any request.
+    back(&db, 7200)?;
+    let r = c.send("GET", "/", None, &[("X-Fernwart-Live", "1")])?;
+    ensure!(r.status == 303 && location(&r) == "/login?ended=1", "idle: {}", r.summary());
     Ok(())
 }
 

@@ -10,4 +10,5 @@ pub mod org;
 pub mod recording;
 pub mod session;
 pub mod token;
+pub mod url;
 pub mod window;

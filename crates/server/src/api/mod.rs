@@ -22,17 +22,17 @@ use crate::{
 };
 
 pub(crate) mod account;
-mod audit;
+pub(crate) mod audit;
 mod limits;
 mod links;
 mod machine_audit;
-mod machines;
-mod orgs;
+pub(crate) mod machines;
+pub(crate) mod orgs;
 mod recordings;
 mod serve;
 pub(crate) mod sessions;
 mod tokens;
-mod users;
+pub(crate) mod users;
 mod windows;
 
 pub use limits::{LimitError, Limits};
@@ -233,6 +233,18 @@ impl Authed {
     /// Checks a login token however it came (a bearer header, the console's cookie): the same
     /// validity, idle timeout and audit for both.
     pub async fn from_token(app: &App, token: &str, info: Option<&ConnInfo>) -> ApiResult<Self> {
+        Self::from_token_as(app, token, info, true).await
+    }
+
+    /// [`Authed::from_token`]; `counts_as_use`: false for a console page that refreshes itself
+    /// on a live update, which is checked like any request but does not keep the login from
+    /// going idle (a page left open is no one at work).
+    pub async fn from_token_as(
+        app: &App,
+        token: &str,
+        info: Option<&ConnInfo>,
+        counts_as_use: bool,
+    ) -> ApiResult<Self> {
         let token_hash = util::token_hash(token);
         let hash = token_hash.clone();
         let caller = app.store.run(move |b| b.caller(&hash)).await?;
@@ -260,7 +272,7 @@ impl Authed {
             }
             // Written at most once a minute (or a third of the timeout): the idle clock needs
             // no finer grain.
-            if now - last >= (idle / 3).clamp(1, 60) {
+            if counts_as_use && now - last >= (idle / 3).clamp(1, 60) {
                 let hash = token_hash.clone();
                 app.store.run(move |b| b.login_used(&hash, now)).await?;
             }

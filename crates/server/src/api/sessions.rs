@@ -53,7 +53,13 @@ pub async fn create(
     a: Authed,
     Body(req): Body<SessionCreateRequest>,
 ) -> ApiResult<Json<SessionInfo>> {
-    a.allow(&app, Action::SessionCreate, Object::Named(&req.name))?;
+    prepare(&app, &a, req).await.map(Json)
+}
+
+/// Prepares a session for the caller: the one path of the API (`fernwart session create`) and
+/// the console's form.
+pub async fn prepare(app: &App, a: &Authed, req: SessionCreateRequest) -> ApiResult<SessionInfo> {
+    a.allow(app, Action::SessionCreate, Object::Named(&req.name))?;
     if !names::valid(&req.name) {
         return Err(ApiError::bad("session name: 1-64 letters, digits, - _ . @"));
     }
@@ -135,8 +141,8 @@ pub async fn create(
     let caller = c.clone();
     let rule = move |facts: &PrepareFacts| authz::prepare(&caller, ask, facts);
     match app.store.run(move |b| b.session_create(&new, &rule, &entry)).await {
-        Ok(s) => Ok(Json(info(&s))),
-        Err(StoreError::Refused(r)) => Err(a.refused(&app, Action::SessionCreate, &name, r)),
+        Ok(s) => Ok(info(&s)),
+        Err(StoreError::Refused(r)) => Err(a.refused(app, Action::SessionCreate, &name, r)),
         Err(e) => Err(e.into()),
     }
 }

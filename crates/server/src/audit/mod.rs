@@ -273,6 +273,13 @@ pub enum Event {
         session: String,
         target: String,
     },
+    /// An open tunnel cut at once by someone watching (the console's live connections).
+    TunnelCut {
+        session: String,
+        target: String,
+        /// Whose tunnel it was.
+        user: String,
+    },
     TunnelClose {
         session: String,
         target: String,
@@ -352,6 +359,7 @@ impl Event {
             Event::Disconnect { .. } => "session.disconnect",
             Event::TunnelOpen { .. } => "tunnel.open",
             Event::TunnelClose { .. } => "tunnel.close",
+            Event::TunnelCut { .. } => "tunnel.cut",
             Event::TunnelRefused { .. } => "tunnel.refused",
             Event::RecordingFetch { .. } => "recording.fetch",
             Event::AccessRefused { .. } => "access.refused",
@@ -400,6 +408,7 @@ impl Event {
             | Event::Disconnect { session, .. }
             | Event::TunnelOpen { session, .. }
             | Event::TunnelClose { session, .. }
+            | Event::TunnelCut { session, .. }
             | Event::TunnelRefused { session, .. }
             | Event::RecordingFetch { session, .. }
             | Event::GrantRefused { session, .. } => session,
@@ -445,6 +454,7 @@ impl Event {
             | Event::Disconnect { session, .. }
             | Event::TunnelOpen { session, .. }
             | Event::TunnelClose { session, .. }
+            | Event::TunnelCut { session, .. }
             | Event::TunnelRefused { session, .. }
             | Event::GrantRefused { session, .. }
             | Event::RecordingFetch { session, .. } => Some(session),
@@ -562,6 +572,7 @@ impl Event {
             Event::Connect { targets, .. } => json!({"targets": targets}),
             Event::Disconnect { reason, .. } => json!({"reason": reason}),
             Event::TunnelOpen { target, .. } => json!({"target": target}),
+            Event::TunnelCut { target, user, .. } => json!({"target": target, "user": user}),
             Event::RecordingFetch { id, .. } => json!({"id": id}),
             Event::TunnelClose {
                 target,

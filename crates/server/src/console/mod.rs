@@ -34,8 +34,12 @@ use crate::{
     util, App,
 };
 
+mod admin;
 pub mod i18n;
+mod live;
 mod pages;
+mod sessions;
+mod trail;
 pub mod view;
 
 use i18n::{Lang, Msg};
@@ -47,11 +51,14 @@ use view::{Done, MachineRow, SessionActions, SessionRow};
 pub const LOGIN_COOKIE: &str = "__Host-fernwart";
 /// The login form's double-submit token, before there is a login.
 pub const PRE_COOKIE: &str = "__Host-fernwart-pre";
+/// The header the console's script sends when it refreshes a page on a live update.
+pub const LIVE_HEADER: &str = "x-fernwart-live";
 /// The chosen language (not secret).
 pub const LANG_COOKIE: &str = "__Host-fernwart-lang";
 
-/// The Content-Security-Policy of every console answer: our own stylesheet, nothing else.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The Content-Security-Policy of every console answer: our own stylesheet and script (which
+/// fetches pages and listens to `/events` of this origin), nothing else.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const CSS: &str = include_str!("console.css");
 
@@ -62,8 +69,26 @@ pub fn router() -> Router<App> {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/sessions", get(sessions_page))
+        .route("/sessions/new", get(sessions::new_page).post(sessions::create))
+        .route("/sessions/{name}", get(sessions::show))
         .route("/sessions/{name}/{action}", post(session_action))
+        .route("/machines", get(admin::machines_page))
+        .route("/machines/new", post(admin::machine_add))
+        .route("/machines/{name}/revoke", post(admin::machine_revoke))
+        .route("/users", get(admin::users_page))
+        .route("/users/new", post(admin::user_add))
+        .route("/users/{name}/disable", post(admin::user_disable))
+        .route("/orgs", get(admin::orgs_page))
+        .route("/orgs/new", post(admin::org_add))
+        .route("/contracts/new", post(admin::contract_add))
+        .route("/settings", get(admin::settings_page))
+        .route("/audit", get(trail::audit_page))
+        .route("/audit/export.csv", get(trail::export_csv))
+        .route("/audit/export.jsonl", get(trail::export_jsonl))
         .route("/console.css", get(css))
+        .route("/console.js", get(live::script))
+        .route("/events", get(live::events))
+        .route("/connections/{id}/cut", post(live::cut))
         .layer(middleware::map_response(security_headers))
 }
 
@@ -226,7 +251,10 @@ impl FromRequestParts<App> for Viewer {
             return Err(ui.remember(Redirect::to("/login").into_response()));
         };
         let token = token.to_owned();
-        let a = match Authed::from_token(app, &token, parts.extensions.get::<ConnInfo>()).await {
+        // The script's own refresh of a page (a live update) is not someone at work.
+        let in_use = !parts.headers.contains_key(LIVE_HEADER);
+        let info = parts.extensions.get::<ConnInfo>();
+        let a = match Authed::from_token_as(app, &token, info, in_use).await {
             Ok(a) if a.caller.scope == Scope::Full => a,
             Ok(_) => return Err(login_again(ui)),
             Err(e) if e.status() == StatusCode::UNAUTHORIZED => return Err(login_again(ui)),
@@ -488,6 +516,14 @@ async fn dashboard(State(app): State<App>, v: Viewer) -> Response {
     } else {
         None
     };
+    let connections = if sees_sessions {
+        match live::connection_rows(&app, &c).await {
+            Ok(rows) => Some(rows),
+            Err(e) => return v.api_error(&e),
+        }
+    } else {
+        None
+    };
     let done = Done::parse(
         v.query.get("done").map(String::as_str),
         v.query.get("session").map(String::as_str),
@@ -499,6 +535,7 @@ async fn dashboard(State(app): State<App>, v: Viewer) -> Response {
             done.as_ref(),
             machines.as_deref(),
             waiting.as_deref(),
+            connections.as_deref(),
             &v.csrf,
         ),
     )
@@ -516,7 +553,9 @@ async fn sessions_page(State(app): State<App>, v: Viewer) -> Response {
         v.query.get("done").map(String::as_str),
         v.query.get("session").map(String::as_str),
     );
-    v.page(StatusCode::OK, pages::sessions(&v.frame(), done.as_ref(), &rows, &v.csrf))
+    let prepares =
+        authz::decide(&v.a.caller, Action::SessionCreate, Object::None, util::now()).is_ok();
+    v.page(StatusCode::OK, pages::sessions(&v.frame(), done.as_ref(), &rows, prepares, &v.csrf))
 }
 
 async fn machine_rows(app: &App, c: &crate::domain::Caller) -> Result<Vec<MachineRow>, ApiError> {
@@ -591,8 +630,10 @@ async fn session_action(
     if let Err(e) = api::sessions::decide(&app, &v.a, &name, &action, b"").await {
         return v.api_error(&e);
     }
+    let own_page = format!("/sessions/{name}");
     let back = match form.get("back") {
         Some("/sessions") => "/sessions",
+        Some(b) if b == own_page => &own_page,
         _ => "/",
     };
     let to = format!(
@@ -685,7 +726,7 @@ mod tests {
             path: "/sessions",
             user: Some(("op1", crate::domain::Role::Approver, "tok")),
         };
-        let page = pages::sessions(&f, None, &[row], "tok").into_string();
+        let page = pages::sessions(&f, None, &[row], false, "tok").into_string();
         assert!(!page.contains("<script>"), "{page}");
         assert!(page.contains("&lt;script&gt;"));
         assert!(page.contains(r#"action="/sessions/s1/approve""#));

@@ -6,6 +6,7 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::{
     i18n::{Lang, Msg},
+    live::{self, ConnectionRow},
     view::{Done, MachineRow, SessionActions, SessionRow},
 };
 use crate::domain::{Role, SessionState};
@@ -19,7 +20,16 @@ pub struct Frame<'a> {
     pub user: Option<(&'a str, Role, &'a str)>,
 }
 
-fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
+/// The pages beyond overview and sessions, each linked for the roles that may open it.
+const MORE_PAGES: [(&str, crate::authz::Action, Msg); 5] = [
+    ("/machines", crate::authz::Action::MachineList, Msg::NavMachines),
+    ("/users", crate::authz::Action::UserList, Msg::NavUsers),
+    ("/orgs", crate::authz::Action::OrgList, Msg::NavOrgs),
+    ("/audit", crate::authz::Action::AuditList, Msg::NavAudit),
+    ("/settings", crate::authz::Action::SettingsRead, Msg::NavSettings),
+];
+
+pub(super) fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
     let t = |m: Msg| m.text(f.lang);
     html! {
         (DOCTYPE)
@@ -30,6 +40,7 @@ fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
                 meta name="referrer" content="no-referrer";
                 title { (t(title)) " · " (t(Msg::Product)) }
                 link rel="stylesheet" href="/console.css";
+                @if f.user.is_some() { script src="/console.js" defer {} }
             }
             body {
                 a.skip href="#main" { (t(Msg::SkipToContent)) }
@@ -39,6 +50,11 @@ fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
                         nav aria-label=(t(Msg::MainNav)) {
                             a href="/" aria-current=[(f.path == "/").then_some("page")] { (t(Msg::NavDashboard)) }
                             a href="/sessions" aria-current=[(f.path == "/sessions").then_some("page")] { (t(Msg::NavSessions)) }
+                            @for (path, action, label) in MORE_PAGES {
+                                @if action.roles().contains(&role) {
+                                    a href=(path) aria-current=[(f.path == path).then_some("page")] { (t(label)) }
+                                }
+                            }
                         }
                         span.who { (t(Msg::SignedInAs)) " " strong { (name) } " (" (t(Msg::RoleLabel)) " " (t(role_msg(role))) ")" }
                         form.inline method="post" action="/logout" {
@@ -106,14 +122,18 @@ pub fn dashboard(
     done: Option<&Done>,
     machines: Option<&[MachineRow]>,
     waiting: Option<&[SessionRow]>,
+    connections: Option<&[ConnectionRow]>,
     csrf: &str,
 ) -> Markup {
     let t = |m: Msg| m.text(f.lang);
     let body = html! {
         h1 { (t(Msg::DashboardTitle)) }
         (done_note(f.lang, done))
+        @if let Some(rows) = connections {
+            (live::connections_section(f.lang, rows, csrf))
+        }
         @if let Some(waiting) = waiting {
-            section aria-labelledby="waiting" {
+            section data-live="sessions" aria-labelledby="waiting" {
                 h2 #waiting { (t(Msg::Waiting)) }
                 @if waiting.is_empty() {
                     p.empty { (t(Msg::NoneWaiting)) }
@@ -123,7 +143,7 @@ pub fn dashboard(
             }
         }
         @if let Some(machines) = machines {
-            section aria-labelledby="machines" {
+            section data-live="machines" aria-labelledby="machines" {
                 h2 #machines { (t(Msg::Machines)) }
                 @if machines.is_empty() {
                     p.empty { (t(Msg::NoMachines)) }
@@ -189,15 +209,24 @@ pub fn dashboard(
     layout(f, Msg::DashboardTitle, body)
 }
 
-pub fn sessions(f: &Frame<'_>, done: Option<&Done>, rows: &[SessionRow], csrf: &str) -> Markup {
+pub fn sessions(
+    f: &Frame<'_>,
+    done: Option<&Done>,
+    rows: &[SessionRow],
+    prepares: bool,
+    csrf: &str,
+) -> Markup {
     let t = |m: Msg| m.text(f.lang);
     let body = html! {
         h1 { (t(Msg::SessionsTitle)) }
         (done_note(f.lang, done))
-        @if rows.is_empty() {
-            p.empty { (t(Msg::NoSessions)) }
-        } @else {
-            (sessions_table(f.lang, rows, csrf, "/sessions"))
+        @if prepares { p { a.button #prepare-link href="/sessions/new" { (t(Msg::PrepareTitle)) } } }
+        div data-live="sessions" {
+            @if rows.is_empty() {
+                p.empty { (t(Msg::NoSessions)) }
+            } @else {
+                (sessions_table(f.lang, rows, csrf, "/sessions"))
+            }
         }
     };
     layout(f, Msg::SessionsTitle, body)
@@ -214,7 +243,7 @@ pub fn error(f: &Frame<'_>, what: Msg, reason: Option<&str>) -> Markup {
     layout(f, Msg::ErrorTitle, body)
 }
 
-fn done_note(lang: Lang, done: Option<&Done>) -> Markup {
+pub(super) fn done_note(lang: Lang, done: Option<&Done>) -> Markup {
     html! {
         @if let Some(d) = done {
             p.note role="status" {
@@ -266,7 +295,7 @@ fn sessions_table(lang: Lang, rows: &[SessionRow], csrf: &str, back: &str) -> Ma
             tbody {
                 @for r in rows {
                     tr.session data-session=(r.name) data-state=(r.state.as_str()) {
-                        th scope="row" { (r.name) }
+                        th scope="row" { a href={ "/sessions/" (r.name) } { (r.name) } }
                         td { span.state { (t(state_msg(r.state))) }
                             @if !r.approval_required { br; small { (t(Msg::NoApprovalNeeded)) } } }
                         td { (r.machine) }
@@ -284,7 +313,7 @@ fn sessions_table(lang: Lang, rows: &[SessionRow], csrf: &str, back: &str) -> Ma
     }
 }
 
-fn actions(lang: Lang, r: &SessionRow, csrf: &str, back: &str) -> Markup {
+pub(super) fn actions(lang: Lang, r: &SessionRow, csrf: &str, back: &str) -> Markup {
     let t = |m: Msg| m.text(lang);
     let SessionActions { approve, signed_only, reject, end } = r.actions;
     let button = |verb: &str, label: Msg, aria: Msg, class: &str| {

@@ -139,6 +139,8 @@ impl Done {
             "approve" => Msg::DoneApprove,
             "reject" => Msg::DoneReject,
             "end" => Msg::DoneEnd,
+            "cut" => Msg::DoneCut,
+            "prepare" => Msg::DonePrepare,
             _ => return None,
         };
         let session = session.filter(|s| crate::domain::names::valid(s))?.to_owned();

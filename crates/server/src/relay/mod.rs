@@ -15,7 +15,7 @@ use fernwart_proto::{
     Grant, ServerToAgent, TargetInfo,
 };
 use fernwart_transport::Mux;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -26,6 +26,7 @@ use crate::{
 
 pub mod agent_audit;
 pub mod agent_link;
+pub mod live;
 pub mod recordings;
 pub mod tech_link;
 pub mod tunnel;
@@ -94,6 +95,7 @@ impl Subscriber for Hub {
             Change::Session(applied) => {
                 let s = &applied.after;
                 self.session_changed(s.id, s.is_terminal());
+                self.pulse(live::Pulse::Sessions { org: s.machine_org.clone() });
                 if s.is_terminal() {
                     self.revoke(s.machine_id, &s.name);
                 } else if s.state == SessionState::Approved {
@@ -128,9 +130,22 @@ pub enum GrantAnswer {
     NoAnswer,
 }
 
-#[derive(Default)]
 pub struct Hub {
     inner: Mutex<Inner>,
+    /// What changed in the live state, for the console's live pages ([`live`]).
+    pulses: broadcast::Sender<live::Pulse>,
+    /// The open tunnels, for the console's live connections ([`live`]).
+    tunnels: Mutex<live::Tunnels>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            pulses: broadcast::channel(live::PULSE_BACKLOG).0,
+            tunnels: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -231,6 +246,8 @@ impl Hub {
             old.switch_token.cancel();
             old.mux.close();
         }
+        drop(inner);
+        self.pulse(live::Pulse::Machines);
         conn_id
     }
 
@@ -240,6 +257,8 @@ impl Hub {
             if let Some(old) = inner.agents.remove(&machine) {
                 old.switch_token.cancel();
             }
+            drop(inner);
+            self.pulse(live::Pulse::Machines);
         }
     }
 
@@ -288,6 +307,8 @@ impl Hub {
             }
             a.switch_on = on;
         }
+        drop(inner);
+        self.pulse(live::Pulse::Machines);
     }
 
     /// Closes the machine's link (revocation).
@@ -296,6 +317,7 @@ impl Hub {
             a.switch_token.cancel();
             a.mux.close();
         }
+        self.pulse(live::Pulse::Machines);
     }
 
     /// Sends a grant to the machine's agent and waits for its acknowledgement: the one place

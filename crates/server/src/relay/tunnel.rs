@@ -1,7 +1,10 @@
 //! One technician TCP connection: checked at the server, opened at the agent, then relayed.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -14,7 +17,11 @@ use fernwart_transport::{
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{tech_link::Technician, Relay};
+use super::{
+    live::{CutSignal, Opening},
+    tech_link::Technician,
+    Relay,
+};
 use crate::{
     audit::{Entry, Event},
     authz::{self, Action, Object},
@@ -57,11 +64,11 @@ pub async fn serve(
     };
     let target = req.target.clone();
     let activity = Activity::default();
-    let (bytes_up, bytes_down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (bytes_up, bytes_down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let tap = test_tap::open();
     let ahead = Ahead { tech: &mut stream, carried: &bytes_up, tap: tap.as_ref().map(|t| &t.up) };
     let opened = open(&app, &sref, &who, &guards, &req, ahead).await;
-    let (agent_stream, switch, until, session) = match opened {
+    let (agent_stream, switch, until, session, (machine, machine_org)) = match opened {
         Ok(opened) => opened,
         Err(reason) => {
             refused(&app, &who, &session_label(&app, session_id).await, &target, &reason);
@@ -75,6 +82,9 @@ pub async fn serve(
     // them only after its own checks. Its answer decides whether anything comes back.
     let (mut t_rd, mut t_wr) = stream.into_split();
     let (mut a_rd, mut a_wr) = agent_stream.into_split();
+    let cut = CutSignal::default();
+    // Listed for the console from the agent's yes until the tunnel is done.
+    let listed = Mutex::new(None);
     let up = relay(&mut t_rd, &mut a_wr, &activity, &bytes_up, tap.as_ref().map(|t| &t.up));
     let down = async {
         let reason = match read_frame_within::<OpenReply, _>(&mut a_rd, HANDSHAKE_TIMEOUT).await {
@@ -96,6 +106,19 @@ pub async fn serve(
             &who.source,
             Event::TunnelOpen { session: session.clone(), target: target.clone() },
         ));
+        let opening = Opening {
+            session_id,
+            session: session.clone(),
+            machine: machine.clone(),
+            machine_org: machine_org.clone(),
+            user: user.clone(),
+            target: target.clone(),
+            since: util::now(),
+            up: bytes_up.clone(),
+            down: bytes_down.clone(),
+            cut: cut.clone(),
+        };
+        *listed.lock().unwrap_or_else(|p| p.into_inner()) = Some(app.hub.tunnel_opened(opening));
         relay(&mut a_rd, &mut t_wr, &activity, &bytes_down, tap.as_ref().map(|t| &t.down))
             .await
             .map_err(Halt::Io)
@@ -110,6 +133,7 @@ pub async fn serve(
             Err(Halt::Io(e)) => format!("failed: {e}"),
         },
         _ = guards.session.cancelled() => "session ended".to_owned(),
+        _ = cut.token.cancelled() => format!("cut by {}", cut.by()),
         _ = guards.user.cancelled() => "user disabled".to_owned(),
         _ = guards.link.cancelled() => "technician link closed".to_owned(),
         _ = switch.cancelled() => "key switch off or agent gone".to_owned(),
@@ -118,6 +142,7 @@ pub async fn serve(
             format!("idle for {} (sessions.tunnel_idle_timeout)", humantime::format_duration(app.tunnel_idle))
         }
     };
+    drop(listed);
     let took = started.elapsed();
     let secs = took.as_secs();
     tracing::info!(session = %session, %target, %user, %outcome, secs, "tunnel closed");
@@ -200,7 +225,7 @@ async fn open(
     guards: &Guards,
     req: &OpenRequest,
     ahead: Ahead<'_>,
-) -> Result<(MuxStream, CancellationToken, i64, String), String> {
+) -> Result<Opened, String> {
     let target = req.target.as_str();
     let agent = app.hub.agent(sref.machine_id);
     let held = agent.as_ref().is_some_and(|a| {
@@ -263,7 +288,7 @@ async fn open(
             }
         }
     }
-    let (agent, until, session) = decided?;
+    let (agent, until, session, machine) = decided?;
     let mut s = stream.ok_or_else(|| format!("machine {session} is offline"))?;
     if !held {
         // The end-to-end version goes on unchanged; the Noise message behind the request
@@ -276,7 +301,7 @@ async fn open(
         };
         write_frame(&mut s, &req).await.map_err(|e| format!("agent link failed: {e}"))?;
     }
-    Ok((s, agent.switch_token, until, session))
+    Ok((s, agent.switch_token, until, session, machine))
 }
 
 /// The server's decision on a tunnel, from the store's fresh reading of the login and the
@@ -286,7 +311,7 @@ fn decide(
     req: &OpenRequest,
     agent: Option<&super::AgentView>,
     checked: Result<(Option<Session>, Option<Caller>), crate::store::StoreError>,
-) -> Result<(super::AgentView, i64, String), String> {
+) -> Result<(super::AgentView, i64, String, (String, Option<String>)), String> {
     let target = req.target.as_str();
     let (session, caller) = checked.map_err(|e| format!("server error: {e}"))?;
     let session = session.ok_or("session is gone")?;
@@ -310,8 +335,13 @@ fn decide(
     if !agent.targets.iter().any(|t| t.name == target) {
         return Err(format!("machine {} does not offer target {target:?}", session.machine));
     }
-    Ok((agent.clone(), session.until.min(caller.valid_until()), session.name))
+    let until = session.until.min(caller.valid_until());
+    Ok((agent.clone(), until, session.name, (session.machine, session.machine_org)))
 }
+
+/// An opened tunnel: the agent's stream, the machine's switch, when it must end, the session's
+/// name, the machine and its organization.
+type Opened = (MuxStream, CancellationToken, i64, String, (String, Option<String>));
 
 /// The session's name for the audit trail, or its id if it is gone.
 async fn session_label(app: &Relay, session_id: i64) -> String {
