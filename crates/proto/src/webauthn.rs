@@ -305,6 +305,17 @@ pub fn grant_challenge(grant_bytes: &[u8]) -> [u8; 32] {
 
 // ------------------------------------------------------------------ client data
 
+/// The challenge a client data names (base64url decoded), to find which ceremony it answers;
+/// it is checked again in [`verify_registration`] and [`verify_assertion`].
+pub fn client_data_challenge(json: &[u8]) -> Result<Vec<u8>, Error> {
+    if json.len() > MAX_CLIENT_DATA {
+        return Err(Error::TooLong("client data"));
+    }
+    let cd: ClientData<'_> =
+        serde_json::from_slice(json).map_err(|_| Error::Malformed("client data"))?;
+    URL_SAFE_NO_PAD.decode(cd.challenge).map_err(|_| Error::Malformed("client data challenge"))
+}
+
 #[derive(Deserialize)]
 struct ClientData<'a> {
     #[serde(rename = "type")]

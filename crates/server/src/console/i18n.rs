@@ -185,6 +185,28 @@ messages! {
     ErrorInternal => "Something went wrong at the server. The event is logged; try again later.", "Auf dem Server ist ein Fehler aufgetreten. Er wurde protokolliert; versuchen Sie es später erneut.";
     ErrorNotFound => "There is no such page.", "Diese Seite gibt es nicht.";
     Back => "Back to the overview", "Zurück zur Übersicht";
+
+    NavKeys => "Security keys", "Sicherheitsschlüssel";
+    KeyLogin => "Log in with security key", "Mit Sicherheitsschlüssel anmelden";
+    KeyFailed => "The security key did not answer, or its answer was refused.", "Der Sicherheitsschlüssel hat nicht geantwortet, oder seine Antwort wurde abgelehnt.";
+    KeysTitle => "Security keys", "Sicherheitsschlüssel";
+    KeysIntro => "Security keys (FIDO2/WebAuthn) log you in in place of the code from your app, and sign approvals of sessions on machines that accept only signed approvals.", "Sicherheitsschlüssel (FIDO2/WebAuthn) ersetzen bei der Anmeldung den Code aus Ihrer App und signieren Freigaben von Sitzungen auf Maschinen, die nur signierte Freigaben annehmen.";
+    NoKeys => "You have no security key yet.", "Sie haben noch keinen Sicherheitsschlüssel.";
+    KeyAdded => "Security key registered.", "Sicherheitsschlüssel registriert.";
+    KeyRemoved => "Security key removed.", "Sicherheitsschlüssel entfernt.";
+    ColKeyName => "Name of the key", "Name des Schlüssels";
+    ColFingerprint => "Fingerprint", "Fingerabdruck";
+    ColAdded => "Registered", "Registriert";
+    ColLastUsed => "Last used", "Zuletzt benutzt";
+    KeyRemove => "Remove", "Entfernen";
+    KeyAddTitle => "Register a security key", "Sicherheitsschlüssel registrieren";
+    KeyAdd => "Register key", "Schlüssel registrieren";
+    KeysForOperator => "For the machine's operator", "Für den Betreiber der Maschine";
+    KeysForOperatorText => "For a machine to accept approvals signed with your keys, its operator adds this to the agent's agent.toml:", "Damit eine Maschine mit Ihren Schlüsseln signierte Freigaben annimmt, trägt ihr Betreiber dies in die agent.toml des Agenten ein:";
+    SignWithKey => "Approve with security key", "Mit Sicherheitsschlüssel freigeben";
+    SignTitle => "Approve with security key:", "Mit Sicherheitsschlüssel freigeben:";
+    SignIntro => "Your security key signs exactly this grant; the machine checks the signature itself.", "Ihr Sicherheitsschlüssel signiert genau diese Freigabe; die Maschine prüft die Signatur selbst.";
+    SignButton => "Sign and approve", "Signieren und freigeben";
 }
 
 #[cfg(test)]

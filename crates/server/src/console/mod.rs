@@ -1,4 +1,5 @@
-//! The web console on the server's one TLS port: server-rendered HTML, no script.
+//! The web console on the server's one TLS port: server-rendered HTML; one small script of
+//! our own, for security keys ([`webauthn`]).
 //!
 //! A console login is an API login kept in a cookie (`__Host-fernwart`: Secure, HttpOnly,
 //! SameSite=Strict, Path=/): made by the same [`api::account::authenticate`] (lockout,
@@ -37,6 +38,7 @@ use crate::{
 pub mod i18n;
 mod pages;
 pub mod view;
+mod webauthn;
 
 use i18n::{Lang, Msg};
 use pages::{Frame, LoginNote};
@@ -50,8 +52,9 @@ pub const PRE_COOKIE: &str = "__Host-fernwart-pre";
 /// The chosen language (not secret).
 pub const LANG_COOKIE: &str = "__Host-fernwart-lang";
 
-/// The Content-Security-Policy of every console answer: our own stylesheet, nothing else.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The Content-Security-Policy of every console answer: our own stylesheet and script (security
+/// keys, which fetch their challenges from us), nothing else.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const CSS: &str = include_str!("console.css");
 
@@ -64,6 +67,7 @@ pub fn router() -> Router<App> {
         .route("/sessions", get(sessions_page))
         .route("/sessions/{name}/{action}", post(session_action))
         .route("/console.css", get(css))
+        .merge(webauthn::routes())
         .layer(middleware::map_response(security_headers))
 }
 
@@ -420,7 +424,8 @@ async fn login(
         password: form.get("password").unwrap_or_default().to_owned(),
         otp,
     };
-    let res = match api::account::authenticate(&app, info.as_deref(), req).await {
+    let key = webauthn::login_factor(&app, &form);
+    let res = match api::account::authenticate_with(&app, info.as_deref(), req, key).await {
         Ok(r) => r,
         Err(e) => {
             let (status, note) = match e.status() {

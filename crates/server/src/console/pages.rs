@@ -19,7 +19,7 @@ pub struct Frame<'a> {
     pub user: Option<(&'a str, Role, &'a str)>,
 }
 
-fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
+pub(super) fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
     let t = |m: Msg| m.text(f.lang);
     html! {
         (DOCTYPE)
@@ -39,6 +39,7 @@ fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
                         nav aria-label=(t(Msg::MainNav)) {
                             a href="/" aria-current=[(f.path == "/").then_some("page")] { (t(Msg::NavDashboard)) }
                             a href="/sessions" aria-current=[(f.path == "/sessions").then_some("page")] { (t(Msg::NavSessions)) }
+                            a href="/account/keys" aria-current=[(f.path == "/account/keys").then_some("page")] { (t(Msg::NavKeys)) }
                         }
                         span.who { (t(Msg::SignedInAs)) " " strong { (name) } " (" (t(Msg::RoleLabel)) " " (t(role_msg(role))) ")" }
                         form.inline method="post" action="/logout" {
@@ -96,6 +97,7 @@ pub fn login(lang: Lang, csrf: &str, user: &str, note: LoginNote) -> Markup {
             label for="otp" { (t(Msg::LoginCode)) }
             input #otp name="otp" type="text" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6";
             button type="submit" { (t(Msg::LoginButton)) }
+            (super::webauthn::login_button(lang))
         }
     };
     layout(&Frame { lang, path: "/login", user: None }, Msg::LoginTitle, body)
@@ -301,6 +303,7 @@ fn actions(lang: Lang, r: &SessionRow, csrf: &str, back: &str) -> Markup {
         @if approve { (button("approve", Msg::Approve, Msg::ApproveSession, "approve")) }
         @if signed_only {
             p.signed { (t(Msg::NeedsSigned)) " " code { "fernwart session approve " (r.name) } }
+            a.approve href={ "/sessions/" (r.name) "/sign" } { (t(Msg::SignWithKey)) }
         }
         @if reject { (button("reject", Msg::Reject, Msg::RejectSession, "reject")) }
         @if end { (button("end", Msg::EndNow, Msg::EndSession, "end")) }
