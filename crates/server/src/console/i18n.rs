@@ -163,7 +163,7 @@ messages! {
     ApproveSession => "Approve session", "Sitzung freigeben";
     RejectSession => "Reject session", "Sitzung ablehnen";
     EndSession => "End session", "Sitzung beenden";
-    NeedsSigned => "This machine accepts only approvals signed with an approver's key. Approve on the command line for now:", "Diese Maschine nimmt nur mit dem Schlüssel eines Freigebenden signierte Freigaben an. Geben Sie vorerst auf der Kommandozeile frei:";
+    NeedsSigned => "This machine accepts only approvals signed with an approver's key: with your security key (below), or on the command line:", "Diese Maschine nimmt nur mit dem Schlüssel eines Freigebenden signierte Freigaben an: mit Ihrem Sicherheitsschlüssel (unten) oder auf der Kommandozeile:";
     NoApprovalNeeded => "needs no approval", "braucht keine Freigabe";
 
     StatePrepared => "prepared", "vorbereitet";
