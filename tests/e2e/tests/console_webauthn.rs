@@ -239,8 +239,11 @@ fn an_approver_logs_in_and_signs_an_approval_with_a_security_key() -> Result<()>
     // over another grant).
     w.stop_server()?;
     let db = rusqlite::Connection::open(w.srv_dir.join("fernwart.db"))?;
+    // And the stored signature counter of ap1's key runs ahead of the key's own: as if a
+    // clone of the key had been used (the key's next answer does not count up past it).
     db.execute_batch(
-        "UPDATE sessions SET approval_signature = (SELECT approval_signature FROM sessions WHERE name = 's1') WHERE name = 's2';",
+        "UPDATE sessions SET approval_signature = (SELECT approval_signature FROM sessions WHERE name = 's1') WHERE name = 's2';
+         UPDATE webauthn_credentials SET sign_count = 1000000;",
     )?;
     drop(db);
     w.start_server()?;
@@ -252,5 +255,16 @@ fn an_approver_logs_in_and_signs_an_approval_with_a_security_key() -> Result<()>
         "the agent's refusal of s2: {last}"
     );
     eprintln!("s2: refused: {reason}");
+
+    // The key whose counter regressed logs in no more.
+    b.goto(&format!("{}/login", w.url))?;
+    login_with_key(&b, "ap1", &password)?;
+    let err = b.find("main > p.error", T)?;
+    ensure!(b.text(&err)? == "Invalid user name, password or code.", "{}", b.text(&err)?);
+    let trail = w.fw("admin", &["audit", "list", "--json"])?.json_list();
+    let cloned = trail.iter().any(|r| {
+        text(r, "action") == "auth.login_failed" && r.to_string().contains("counter did not grow")
+    });
+    ensure!(cloned, "the regressed counter is not in the server's trail");
     Ok(())
 }

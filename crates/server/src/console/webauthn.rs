@@ -105,7 +105,7 @@ pub fn login_button(lang: Lang) -> Markup {
     html! {
         input #assertion type="hidden" name="assertion" value="";
         button #wa-login type="button" data-error=(t(Msg::KeyFailed)) { (t(Msg::KeyLogin)) }
-        p #wa-error .error role="alert" hidden {}
+        div #wa-error .error role="alert" hidden {}
         script src="/console-webauthn.js" defer {}
     }
 }
@@ -179,7 +179,7 @@ fn keys_markup(v: &Viewer, keys: &[Credential], done: Option<&str>) -> Markup {
                 input #key-name name="name" type="text" required maxlength="64";
                 button type="submit" { (t(Msg::KeyAdd)) }
             }
-            p #wa-error .error role="alert" hidden {}
+            div #wa-error .error role="alert" hidden {}
             script src="/console-webauthn.js" defer {}
         }
     };
@@ -286,7 +286,7 @@ async fn sign_page(State(app): State<App>, v: Viewer, Path(name): Path<String>) 
                 input type="hidden" name="assertion" value="";
                 button.approve type="submit" { (t(Msg::SignButton)) }
             }
-            p #wa-error .error role="alert" hidden {}
+            div #wa-error .error role="alert" hidden {}
             script src="/console-webauthn.js" defer {}
         }
     };
