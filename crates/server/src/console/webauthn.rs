@@ -17,7 +17,7 @@ use maud::{html, Markup};
 
 use super::{cookie, foreign, pages, same_token, Form, Viewer, PRE_COOKIE};
 use crate::{
-    api::{self, ApiError, ApiResult},
+    api::{self, ApiError, ApiResult, ConnInfo},
     authz::{Action, Object},
     domain::session::Session,
     security_keys::{self, fingerprint},
@@ -64,6 +64,7 @@ async fn login_challenge(
     State(app): State<App>,
     uri: Uri,
     headers: HeaderMap,
+    info: Option<axum::Extension<ConnInfo>>,
     body: Bytes,
 ) -> Response {
     let form = Form::parse(&body);
@@ -71,6 +72,14 @@ async fn login_challenge(
     if foreign(&headers, &uri) || !same_token(pre, form.get("csrf").unwrap_or_default()) {
         return (StatusCode::FORBIDDEN, "form token missing or wrong").into_response();
     }
+    // Asked before any login: each draws on its source's allowance of login attempts, so no
+    // one source fills the pending challenges.
+    let source = info.map(|i| i.remote.ip());
+    if app.limits.source_exhausted(source) {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many attempts; wait a few seconds")
+            .into_response();
+    }
+    app.limits.source_failed(source);
     let res = async {
         let rp = security_keys::relying_party(&app)?;
         let challenge = security_keys::new_challenge(&app, ChallengePurpose::Login, None).await?;

@@ -140,7 +140,8 @@ impl ChallengePurpose {
 
 /// The most security keys of one user.
 pub const MAX_CREDENTIALS: i64 = 16;
-/// The most challenges pending at once (a flood of login pages cannot fill the database).
+/// The most challenges pending at once for one purpose (a flood of login pages cannot fill
+/// the database).
 pub const MAX_CHALLENGES: i64 = 10_000;
 
 /// A user as listed.
@@ -427,7 +428,7 @@ pub trait Backend: Send + Sync + 'static {
 
     // ------------------------------------------------------------ WebAuthn
     /// Stores a challenge until `expires` (expired ones are dropped); false when
-    /// [`MAX_CHALLENGES`] are pending.
+    /// [`MAX_CHALLENGES`] are pending for its purpose.
     fn webauthn_challenge_new(
         &self,
         challenge: &str,

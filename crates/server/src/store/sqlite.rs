@@ -962,8 +962,13 @@ impl Backend for Sqlite {
     ) -> Result<bool, StoreError> {
         self.tx(|tx| {
             tx.execute("DELETE FROM webauthn_challenges WHERE expires_at <= ?1", [now])?;
-            let pending: i64 =
-                tx.query_row("SELECT COUNT(*) FROM webauthn_challenges", [], |r| r.get(0))?;
+            // Counted per purpose: a flood of login challenges (asked before any login) does
+            // not stop a logged-in user from registering a key.
+            let pending: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM webauthn_challenges WHERE purpose = ?1",
+                [purpose.as_str()],
+                |r| r.get(0),
+            )?;
             if pending >= super::MAX_CHALLENGES {
                 return Ok(false);
             }
