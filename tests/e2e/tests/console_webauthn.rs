@@ -9,7 +9,13 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use fernwart_e2e::{net::poll, roundtrip, webdriver, world::Options, Echo, World};
+use fernwart_e2e::{
+    https::{Https, Reply},
+    net::poll,
+    roundtrip, webdriver,
+    world::Options,
+    Echo, World,
+};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
@@ -266,5 +272,135 @@ fn an_approver_logs_in_and_signs_an_approval_with_a_security_key() -> Result<()>
         text(r, "action") == "auth.login_failed" && r.to_string().contains("counter did not grow")
     });
     ensure!(cloned, "the regressed counter is not in the server's trail");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- below the browser
+
+/// A browser's part in HTTP: a cookie jar and forms.
+struct Client {
+    https: Https,
+    jar: std::collections::BTreeMap<String, String>,
+}
+
+impl Client {
+    fn new(w: &World) -> Result<Self> {
+        Ok(Self { https: Https::new(&w.ca, w.listen)?, jar: Default::default() })
+    }
+
+    fn send(&mut self, method: &str, path: &str, body: Option<&str>) -> Result<Reply> {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.https.server()
+        );
+        if !self.jar.is_empty() {
+            let c: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            req.push_str(&format!("Cookie: {}\r\n", c.join("; ")));
+        }
+        let body = body.unwrap_or_default();
+        if method == "POST" {
+            req.push_str(&format!(
+                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        let r = self.https.raw(req.as_bytes()).with_context(|| format!("{method} {path}"))?;
+        for c in r.headers_named("set-cookie") {
+            let Some((name, rest)) = c.split_once('=') else { continue };
+            let value = rest.split(';').next().unwrap_or_default();
+            if value.is_empty() || c.contains("Max-Age=0") {
+                self.jar.remove(name);
+            } else {
+                self.jar.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        Ok(r)
+    }
+
+    fn get(&mut self, path: &str) -> Result<Reply> {
+        self.send("GET", path, None)
+    }
+
+    fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Result<Reply> {
+        let body: String =
+            url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        self.send("POST", path, Some(&body))
+    }
+}
+
+/// The form token in a page.
+fn hidden_csrf(html: &str) -> Result<String> {
+    let marker = r#"name="csrf" value=""#;
+    let at = html.find(marker).with_context(|| format!("no form token in {html}"))? + marker.len();
+    let end = html[at..].find('"').context("unterminated form token")?;
+    Ok(html[at..at + end].to_owned())
+}
+
+#[test]
+fn security_key_forms_need_their_token_and_serve_only_their_user() -> Result<()> {
+    let mut w = World::boot_with(Options { host: Some("localhost".into()), ..Options::default() })?;
+    w.add_user("tech1", "technician")?;
+    w.login("tech1")?;
+    let mut c = Client::new(&w)?;
+
+    // A login challenge needs the login form's pre-login token.
+    let page = c.get("/login")?;
+    ensure!(page.body.contains(r#"src="/console-webauthn.js""#), "the login page has no script");
+    let pre = hidden_csrf(&page.body)?;
+    let r = c.post("/login/key-challenge", &[("csrf", "wrong")])?;
+    ensure!(r.status == 403, "a login challenge without the form token: {}", r.summary());
+    let r = c.post("/login/key-challenge", &[("csrf", &pre)])?;
+    ensure!(r.status == 200, "a login challenge: {}", r.summary());
+    let js = r.json()?;
+    ensure!(js["rp_id"] == "localhost" && text(&js, "challenge").len() == 43, "{js}");
+    let script = c.get("/console-webauthn.js")?;
+    ensure!(
+        script.status == 200
+            && script.header("content-type").is_some_and(|t| t.starts_with("text/javascript")),
+        "the script: {}",
+        script.summary()
+    );
+    let csp = script.header("content-security-policy").unwrap_or_default();
+    ensure!(csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"), "{csp}");
+
+    // Logged in: the key page, and its forms refused without their token.
+    let code = w.next_code("tech1")?;
+    let password = w.password("tech1");
+    let r = c.post(
+        "/login",
+        &[("csrf", &pre), ("user", "tech1"), ("password", &password), ("otp", &code)],
+    )?;
+    ensure!(r.status == 303, "login: {}", r.summary());
+    let keys = c.get("/account/keys")?;
+    ensure!(keys.status == 200 && keys.body.contains("no security key"), "{}", keys.summary());
+    let csrf = hidden_csrf(&keys.body)?;
+    for path in ["/account/keys/challenge", "/account/keys", "/account/keys/1/remove"] {
+        let r = c.post(path, &[("csrf", "")])?;
+        ensure!(r.status == 403, "{path} without its token: {}", r.summary());
+    }
+    let r = c.post("/account/keys/challenge", &[("csrf", &csrf)])?;
+    let js = r.json().with_context(|| r.summary())?;
+    ensure!(js["rp"]["id"] == "localhost" && js["user"]["name"] == "tech1", "{js}");
+    // A made-up registration is refused and nothing is stored.
+    let r = c.post(
+        "/account/keys",
+        &[("csrf", &csrf), ("name", "fake"), ("attestation", "o2NmbXQ"), ("client_data", "e30")],
+    )?;
+    ensure!(r.status == 400, "a made-up registration: {}", r.summary());
+    ensure!(c.get("/account/keys")?.body.contains("no security key"), "a fake key was stored");
+    // Nobody removes a key that is not theirs; a technician signs no approval.
+    let r = c.post("/account/keys/1/remove", &[("csrf", &csrf)])?;
+    ensure!(r.status == 404, "removing a key that is not there: {}", r.summary());
+    let r = c.get("/sessions/s1/sign")?;
+    ensure!(r.status == 403 || r.status == 404, "a technician's sign page: {}", r.summary());
+
+    let trail = w.fw("admin", &["audit", "list", "--json"])?.json_list();
+    let refused = trail
+        .iter()
+        .filter(|r| text(r, "action") == "access.refused" && r.to_string().contains("CSRF token"))
+        .count();
+    ensure!(refused >= 3, "the refused forms are not in the trail ({refused})");
     Ok(())
 }
