@@ -311,17 +311,18 @@ pub fn client_data_challenge(json: &[u8]) -> Result<Vec<u8>, Error> {
     if json.len() > MAX_CLIENT_DATA {
         return Err(Error::TooLong("client data"));
     }
-    let cd: ClientData<'_> =
+    let cd: ClientData =
         serde_json::from_slice(json).map_err(|_| Error::Malformed("client data"))?;
-    URL_SAFE_NO_PAD.decode(cd.challenge).map_err(|_| Error::Malformed("client data challenge"))
+    URL_SAFE_NO_PAD.decode(&cd.challenge).map_err(|_| Error::Malformed("client data challenge"))
 }
 
+/// Owned strings: a browser may escape characters in them (JSON allows `\/`).
 #[derive(Deserialize)]
-struct ClientData<'a> {
+struct ClientData {
     #[serde(rename = "type")]
-    kind: &'a str,
-    challenge: &'a str,
-    origin: &'a str,
+    kind: String,
+    challenge: String,
+    origin: String,
     #[serde(rename = "crossOrigin", default)]
     cross_origin: bool,
 }
@@ -330,7 +331,7 @@ fn check_client_data(json: &[u8], kind: &'static str, expect: &Expect<'_>) -> Re
     if json.len() > MAX_CLIENT_DATA {
         return Err(Error::TooLong("client data"));
     }
-    let cd: ClientData<'_> =
+    let cd: ClientData =
         serde_json::from_slice(json).map_err(|_| Error::Malformed("client data"))?;
     if cd.kind != kind {
         return Err(Error::WrongType { expected: kind });
@@ -694,6 +695,15 @@ pub(crate) mod tests {
             bad.signature[i] ^= 0x01;
             assert!(verify_assertion(&key, &bad, &lax).is_err(), "signature byte {i}");
         }
+    }
+
+    #[test]
+    fn client_data_with_escapes_is_read() {
+        let json =
+            br#"{"type":"webauthn.get","challenge":"Yw","origin":"https:\/\/console.example"}"#;
+        assert_eq!(client_data_challenge(json), Ok(b"c".to_vec()));
+        let e = Expect { rp_id: RP, origin: Some(ORIGIN), challenge: b"c", user_verified: false };
+        assert_eq!(check_client_data(json, "webauthn.get", &e), Ok(()));
     }
 
     #[test]
