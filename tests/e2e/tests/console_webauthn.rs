@@ -142,6 +142,16 @@ fn an_approver_logs_in_and_signs_an_approval_with_a_security_key() -> Result<()>
         .with_context(|| format!("no es256 key in the agent.toml line {line:?}"))?
         .to_owned();
     ensure!(b.virtual_credentials(&authenticator)?.len() == 1, "the authenticator holds no key");
+    // The same key through the API and the CLI, for an approver without the page at hand.
+    let listed = w.fw("ap1", &["key", "security-keys", "--json"])?.json_list();
+    ensure!(
+        listed.len() == 1
+            && text(&listed[0], "public_key") == key
+            && text(&listed[0], "name") == "yubikey-ap1",
+        "key security-keys: {listed:?}"
+    );
+    let plain = w.fw("ap1", &["key", "security-keys"])?;
+    ensure!(plain.stdout.contains(&format!("approvers = [\"{key}\"]")), "{}", plain.stdout);
     b.screenshot(&shots.join("keys-en.png"))?;
     b.goto(&format!("{}/account/keys?lang=de", w.url))?;
     b.find("tr.key", T)?;

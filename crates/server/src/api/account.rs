@@ -8,7 +8,7 @@
 use axum::{extract::State, Json};
 use fernwart_api::{
     CodeRequest, LoginRequest, LoginResponse, LogoutResponse, MfaConfirmResponse,
-    MfaEnrollResponse, PasswdRequest, PasswdResponse, Scope,
+    MfaEnrollResponse, PasswdRequest, PasswdResponse, Scope, SecurityKeyInfo,
 };
 
 use super::{source, ApiError, ApiResult, Authed, Body, ConnInfo};
@@ -297,4 +297,25 @@ pub async fn passwd(
         return Err(ApiError::conflict("the password changed meanwhile: try again"));
     }
     Ok(Json(PasswdResponse { changed: true }))
+}
+
+/// `GET /v1/account/keys`: the caller's security keys, registered in the web console (a
+/// browser is needed for that); their public keys are what an operator pins in `agent.toml`.
+pub async fn security_keys(
+    State(app): State<App>,
+    a: Authed,
+) -> ApiResult<Json<Vec<SecurityKeyInfo>>> {
+    let keys = crate::security_keys::list(&app, &a).await?;
+    Ok(Json(
+        keys.iter()
+            .map(|k| SecurityKeyInfo {
+                id: k.id,
+                name: k.name.clone(),
+                fingerprint: crate::security_keys::fingerprint(k),
+                public_key: k.public_key.clone(),
+                created: util::rfc3339(k.created_at),
+                last_used: k.last_used.map(util::rfc3339),
+            })
+            .collect(),
+    ))
 }
