@@ -239,11 +239,18 @@ fn an_approver_logs_in_and_signs_an_approval_with_a_security_key() -> Result<()>
     drop(conn);
 
     let trail = w.fw("admin", &["audit", "list", "--json"])?.json_list();
-    let replayed = trail.iter().any(|r| {
-        text(r, "action") == "auth.login_failed"
-            && r.to_string().contains("wrong or replayed security key assertion")
-    });
-    ensure!(replayed, "the replayed assertion is not in the server's trail");
+    let replayed = trail
+        .iter()
+        .find(|r| {
+            text(r, "action") == "auth.login_failed"
+                && r.to_string().contains("wrong or replayed security key assertion")
+        })
+        .context("the replayed assertion is not in the server's trail")?;
+    // Counted like a wrong password or code: toward the same lockout.
+    ensure!(
+        replayed["details"]["failures"].as_i64().is_some_and(|n| n >= 1),
+        "not counted: {replayed}"
+    );
     for action in ["webauthn.add", "auth.login", "session.approve"] {
         ensure!(
             trail.iter().any(|r| text(r, "action") == action && r.to_string().contains("ap1")),
