@@ -207,6 +207,11 @@ messages! {
     SignTitle => "Approve with security key:", "Mit Sicherheitsschlüssel freigeben:";
     SignIntro => "Your security key signs exactly this grant; the machine checks the signature itself.", "Ihr Sicherheitsschlüssel signiert genau diese Freigabe; die Maschine prüft die Signatur selbst.";
     SignButton => "Sign and approve", "Signieren und freigeben";
+    SignRecording => "Recorded at the machine", "Aufzeichnung an der Maschine";
+    SignTechKeys => "End-to-end keys of connected technicians", "Ende-zu-Ende-Schlüssel verbundener Techniker";
+    SignReload => "A technician who connects after this page was shown changes the grant: reload the page, then sign.", "Verbindet sich ein Techniker, nachdem diese Seite angezeigt wurde, ändert sich die Freigabe: Seite neu laden, dann signieren.";
+    Yes => "yes", "ja";
+    No => "no", "nein";
 }
 
 #[cfg(test)]

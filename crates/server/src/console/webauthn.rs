@@ -284,7 +284,10 @@ async fn sign_page(State(app): State<App>, v: Viewer, Path(name): Path<String>) 
             dt { (t(Msg::ColTechnicians)) } dd { (s.user_names().join(", ")) }
             dt { (t(Msg::ColWindow)) } dd { (crate::util::rfc3339(s.from)) " " (t(Msg::WindowTo)) " " (crate::util::rfc3339(s.until)) }
             dt { (t(Msg::ColReason)) } dd { (s.reason) }
+            dt { (t(Msg::SignRecording)) } dd { (t(if s.record { Msg::Yes } else { Msg::No })) }
+            dt { (t(Msg::SignTechKeys)) } dd { (s.tech_keys.len()) }
         }
+        p.note { (t(Msg::SignReload)) }
         @if keys.is_empty() {
             p.error { (t(Msg::NoKeys)) " " a href="/account/keys" { (t(Msg::KeysTitle)) } }
         } @else {
