@@ -116,3 +116,40 @@ where
         other => panic!("re-encoded frame does not decode: {other:?} for {msg:?}"),
     }
 }
+
+/// Arbitrary bytes through the WebAuthn checks of `fernwart_proto::webauthn` (what a browser,
+/// or a server in the agent's case, hands us): a registration, an assertion in its parts and
+/// in its compact form, a key as written. None may panic; none may pass with a made-up key.
+pub fn check_webauthn(data: &[u8]) {
+    use fernwart_proto::webauthn::{
+        client_data_challenge, verify_assertion, verify_registration, Assertion, Es256Key, Expect,
+    };
+    let mut point = [0x11u8; 65];
+    point[0] = 0x04;
+    let Ok(key) = Es256Key::new("console.example", point) else { return };
+    let expect = Expect {
+        rp_id: "console.example",
+        origin: Some("https://console.example"),
+        challenge: b"challenge",
+        user_verified: false,
+    };
+    let cut = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
+    let (a, b) = data.split_at(cut);
+    let _ = verify_registration(data, a, &expect);
+    let _ = verify_registration(b, a, &expect);
+    let _ = client_data_challenge(data);
+    let asr = Assertion {
+        authenticator_data: b.to_vec(),
+        client_data_json: a.to_vec(),
+        signature: data.iter().take(72).copied().collect(),
+        credential_id: vec![],
+    };
+    assert!(
+        verify_assertion(&key, &asr, &expect).is_err(),
+        "an assertion passed with a made-up key"
+    );
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = Assertion::from_compact(s);
+        let _ = Es256Key::parse(s);
+    }
+}

@@ -33,7 +33,9 @@ struct Raw {
     trust: RawTrust,
 }
 
-/// `[trust]`: the operator's approvers, whose signatures the agent requires on grants.
+/// `[trust]`: the operator's approvers, whose signatures the agent requires on grants: Ed25519
+/// keys (`fernwart key show`) and security keys registered in the web console
+/// (`es256:RP-ID:POINT`, shown on the console's key page).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTrust {
@@ -348,6 +350,29 @@ mod tests {
             "[trust]\noperator = []\n",
         ] {
             assert!(AgentConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn trust_pins_security_keys_too() {
+        let point = format!("BA{}=", "A".repeat(85));
+        let key = format!("es256:console.example:{point}");
+        let ed = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+        let c =
+            AgentConfig::parse(&format!("[trust]\napprovers = [\"{key}\", \"{ed}\"]\n")).unwrap();
+        assert!(c.trust.required);
+        assert_eq!(c.trust.approvers.len(), 2);
+        let t = c.announced_trust().unwrap();
+        assert!(t.approvers.contains(&key), "{:?}", t.approvers);
+        for bad in [
+            // No relying party, an upper-case one, a point too short, not uncompressed.
+            format!("es256:{point}"),
+            format!("es256:Console.example:{point}"),
+            "es256:console.example:BAAA".to_owned(),
+            format!("es256:console.example:BQ{}=", "A".repeat(85)),
+        ] {
+            let toml = format!("[trust]\napprovers = [\"{bad}\"]\n");
+            assert!(AgentConfig::parse(&toml).is_err(), "{bad}");
         }
     }
 

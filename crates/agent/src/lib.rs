@@ -206,7 +206,7 @@ impl Agent {
             (fresh, dropped)
         };
         for (grant, verdict) in fresh {
-            self.audit_grant(grant, *verdict);
+            self.audit_grant(grant, verdict);
         }
         dropped.sort();
         let mut ended = Vec::new();
@@ -242,7 +242,7 @@ impl Agent {
     pub fn add_grant(&self, grant: Grant) -> Result<(), String> {
         match self.admit(&grant) {
             Ok(verdict) => {
-                self.audit_grant(&grant, verdict);
+                self.audit_grant(&grant, &verdict);
                 lock(&self.grants).insert(grant);
                 Ok(())
             }
@@ -326,7 +326,7 @@ impl Agent {
         lock(&self.grants).refused(grant.session.clone(), why.to_string());
     }
 
-    fn audit_grant(&self, grant: &Grant, verdict: Verdict) {
+    fn audit_grant(&self, grant: &Grant, verdict: &Verdict) {
         let mut details = serde_json::json!({"session": grant.session, "targets": grant.targets, "from": grant.from, "until": grant.until, "users": grant.users, "record": grant.record});
         if let Verdict::Signed(key) = verdict {
             details["approved_by"] = serde_json::Value::String(key.fingerprint());

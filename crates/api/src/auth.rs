@@ -193,3 +193,17 @@ impl fmt::Debug for PasswdRequest {
 pub struct PasswdResponse {
     pub changed: bool,
 }
+
+/// `GET /v1/account/keys`: one of the caller's security keys (WebAuthn), registered in the web
+/// console; `public_key` is the line for an agent's `[trust] approvers` (`es256:RP:POINT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityKeyInfo {
+    pub id: i64,
+    pub name: String,
+    pub fingerprint: String,
+    pub public_key: String,
+    /// RFC 3339.
+    pub created: String,
+    #[serde(default)]
+    pub last_used: Option<String>,
+}

@@ -23,7 +23,7 @@ pub use audit::{
 };
 pub use auth::{
     CodeRequest, LoginRequest, LoginResponse, LogoutResponse, MfaConfirmResponse,
-    MfaEnrollResponse, PasswdRequest, PasswdResponse, Scope,
+    MfaEnrollResponse, PasswdRequest, PasswdResponse, Scope, SecurityKeyInfo,
 };
 pub use fernwart_proto::{TargetInfo, TargetProtocol};
 pub use machine::{

@@ -298,6 +298,10 @@ enum KeyCmd {
     },
     /// Print the public key and its fingerprint.
     Show,
+    /// List your security keys registered in the web console, with the lines for an agent's
+    /// agent.toml (they sign approvals in the browser).
+    #[command(name = "security-keys")]
+    SecurityKeys,
 }
 
 #[derive(Subcommand)]
@@ -440,6 +444,7 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Key { cmd: KeyCmd::Init { force } } => commands::key::init(&ctx, force),
         Cmd::Key { cmd: KeyCmd::Show } => commands::key::show(&ctx),
+        Cmd::Key { cmd: KeyCmd::SecurityKeys } => commands::key::security_keys(&ctx).await,
         Cmd::Org { cmd: OrgCmd::Set { name, require_signed, allow_no_approval, max_session } } => {
             let req =
                 fernwart_api::OrgSetRequest { allow_no_approval, max_session, require_signed };

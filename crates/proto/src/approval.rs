@@ -26,7 +26,10 @@ use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::Grant;
+use crate::{
+    webauthn::{self, Es256Key},
+    Grant,
+};
 
 const DOMAIN: &[u8] = b"fernwart-grant-approval";
 /// The version of the signed encoding.
@@ -126,7 +129,7 @@ fn put_list(out: &mut Vec<u8>, items: &[String]) {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("{0:?} is not an approver key: expected ed25519: and 32 bytes in base64")]
+    #[error("{0:?} is not an approver key: expected ed25519: and 32 bytes in base64, or es256:RP-ID: and a security key's 65-byte point in base64")]
     Malformed(String),
     #[error("the private key is not an Ed25519 key in PKCS#8")]
     Private,
@@ -134,20 +137,47 @@ pub enum KeyError {
     Random,
 }
 
-/// An approver's public key.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ApproverKey([u8; 32]);
+/// An approver's public key: an Ed25519 key (`fernwart key`), or the ES256 key of a security
+/// key registered in the web console, whose approvals are WebAuthn assertions over the grant's
+/// hash ([`webauthn`]).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ApproverKey {
+    Ed25519([u8; 32]),
+    WebAuthn(Es256Key),
+}
 
 impl ApproverKey {
-    /// OpenSSH style: `SHA256:` and the SHA-256 of the 32 key bytes in base64 without padding.
+    /// OpenSSH style: `SHA256:` and the SHA-256 of the key bytes in base64 without padding.
     pub fn fingerprint(&self) -> String {
-        format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(self.0)))
+        match self {
+            Self::Ed25519(k) => format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(k))),
+            Self::WebAuthn(k) => k.fingerprint(),
+        }
     }
 
-    /// Whether `signature` (base64) is this key's over `message`.
+    /// Whether `signature` is this key's over `message`: for Ed25519 the signature in base64;
+    /// for a security key an assertion ([`webauthn::Assertion::to_compact`]) whose challenge is
+    /// the SHA-256 of `message`, made for the key's relying party with the user present.
     pub fn verifies(&self, message: &[u8], signature: &str) -> bool {
-        let Ok(sig) = STANDARD.decode(signature.trim()) else { return false };
-        signature::UnparsedPublicKey::new(&signature::ED25519, self.0).verify(message, &sig).is_ok()
+        match self {
+            Self::Ed25519(k) => {
+                let Ok(sig) = STANDARD.decode(signature.trim()) else { return false };
+                signature::UnparsedPublicKey::new(&signature::ED25519, k)
+                    .verify(message, &sig)
+                    .is_ok()
+            }
+            Self::WebAuthn(k) => {
+                let Ok(a) = webauthn::Assertion::from_compact(signature) else { return false };
+                let challenge = webauthn::grant_challenge(message);
+                let expect = webauthn::Expect {
+                    rp_id: k.rp_id(),
+                    origin: None,
+                    challenge: &challenge,
+                    user_verified: false,
+                };
+                webauthn::verify_assertion(k, &a, &expect).is_ok()
+            }
+        }
     }
 }
 
@@ -155,16 +185,22 @@ impl FromStr for ApproverKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
         let bad = || KeyError::Malformed(s.chars().take(80).collect());
+        if s.trim().starts_with(webauthn::KEY_PREFIX) {
+            return Es256Key::parse(s).map(Self::WebAuthn).map_err(|_| bad());
+        }
         let b64 = s.trim().strip_prefix(KEY_PREFIX).ok_or_else(bad)?;
         let bytes =
             STANDARD.decode(b64).or_else(|_| STANDARD_NO_PAD.decode(b64)).map_err(|_| bad())?;
-        <[u8; 32]>::try_from(bytes.as_slice()).map(Self).map_err(|_| bad())
+        <[u8; 32]>::try_from(bytes.as_slice()).map(Self::Ed25519).map_err(|_| bad())
     }
 }
 
 impl fmt::Display for ApproverKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{KEY_PREFIX}{}", STANDARD.encode(self.0))
+        match self {
+            Self::Ed25519(k) => write!(f, "{KEY_PREFIX}{}", STANDARD.encode(k)),
+            Self::WebAuthn(k) => k.fmt(f),
+        }
     }
 }
 
@@ -198,7 +234,7 @@ impl SigningKey {
     pub fn public(&self) -> ApproverKey {
         let mut key = [0u8; 32];
         key.copy_from_slice(self.0.public_key().as_ref());
-        ApproverKey(key)
+        ApproverKey::Ed25519(key)
     }
 
     /// The approval of `fields` by this key.
@@ -271,7 +307,7 @@ pub enum Refusal {
 }
 
 /// How a grant was found good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// An approver's valid signature over exactly this grant.
     Signed(ApproverKey),
@@ -436,6 +472,50 @@ mod tests {
         let g = signed(&k, &grant(), "n1");
         let v = verify(&g, "m1", &trust(&[&k]), ALLOWED, &Nonces::default(), NOW);
         assert_eq!(v, Ok(Verdict::Signed(k.public())));
+    }
+
+    #[test]
+    fn a_grant_approved_with_a_security_key_is_held_and_tampering_refused() {
+        use crate::webauthn::tests::{Token, RP};
+        let token = Token::new();
+        let key = ApproverKey::WebAuthn(token.key(RP));
+        let t = Trust { approvers: vec![key.clone()], required: true };
+        let g = grant();
+        let fields = GrantFields::of(&g, "m1", "n1");
+        let challenge = crate::webauthn::grant_challenge(&fields.to_bytes());
+        let a = token.assert(RP, &challenge, 1, 0x01);
+        let approval =
+            Approval { key: key.to_string(), signature: a.to_compact(), nonce: "n1".into() };
+        let signed = Grant { approval: Some(approval.clone()), ..g.clone() };
+        assert_eq!(
+            verify(&signed, "m1", &t, ALLOWED, &Nonces::default(), NOW),
+            Ok(Verdict::Signed(key.clone()))
+        );
+        // A widened grant, or the assertion of another grant, is refused.
+        let mut wider = signed.clone();
+        wider.targets.push("ssh".into());
+        assert!(matches!(
+            verify(&wider, "m1", &t, ALLOWED, &Nonces::default(), NOW),
+            Err(Refusal::BadSignature { .. })
+        ));
+        let other = token.assert(RP, &crate::webauthn::grant_challenge(b"another grant"), 2, 0x01);
+        let forged = Grant {
+            approval: Some(Approval { signature: other.to_compact(), ..approval.clone() }),
+            ..g.clone()
+        };
+        assert!(matches!(
+            verify(&forged, "m1", &t, ALLOWED, &Nonces::default(), NOW),
+            Err(Refusal::BadSignature { .. })
+        ));
+        // A key of the same device pinned for another relying party does not count.
+        let elsewhere = ApproverKey::WebAuthn(token.key("other.example"));
+        let t2 = Trust { approvers: vec![elsewhere], required: true };
+        assert!(matches!(
+            verify(&signed, "m1", &t2, ALLOWED, &Nonces::default(), NOW),
+            Err(Refusal::UntrustedKey { .. })
+        ));
+        // The key's written form round-trips.
+        assert_eq!(key.to_string().parse::<ApproverKey>(), Ok(key));
     }
 
     #[test]

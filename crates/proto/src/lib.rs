@@ -16,6 +16,7 @@ pub mod codec;
 pub mod e2e;
 pub mod msg;
 pub mod version;
+pub mod webauthn;
 
 pub use codec::{decode, encode, DecodeError, EncodeError, HEADER_LEN, MAX_FRAME_LEN};
 pub use msg::*;

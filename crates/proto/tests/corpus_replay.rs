@@ -40,3 +40,24 @@ fn replay_decode_frame_corpus() {
     }
     eprintln!("replayed {} corpus inputs from {}", files.len(), dir.display());
 }
+
+/// The `webauthn` target's checks on a few hand-made inputs (CBOR heads of every kind, a
+/// compact assertion, a key as written, the decode corpus): its corpus starts empty.
+#[test]
+fn webauthn_checks_run_on_stable() {
+    let mut inputs: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xa3, 0x63, b'f', b'm', b't'],
+        vec![0x9f, 0xff],
+        vec![0xbb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        b"AAAA.e30.MEUCIQ.AQ".to_vec(),
+        b"es256:console.example:BAAA".to_vec(),
+        b"{\"type\":\"webauthn.get\",\"challenge\":\"Y2hhbGxlbmdl\",\"origin\":\"x\"}".to_vec(),
+    ];
+    if let Ok(entries) = std::fs::read_dir(corpus_dir()) {
+        inputs.extend(entries.flatten().filter_map(|e| std::fs::read(e.path()).ok()));
+    }
+    for data in &inputs {
+        decode_check::check_webauthn(data);
+    }
+}

@@ -1315,7 +1315,7 @@ impl<'k> Model<'k> {
         self.nonces.retain(|_, n| n.until > now);
         match self.judge(&g) {
             Ok(v) => {
-                if let (Verdict::Signed(_), Some(a)) = (v, &g.approval) {
+                if let (Verdict::Signed(_), Some(a)) = (&v, &g.approval) {
                     // Remembered as long as any approval held with it is inside its window.
                     let before = self.nonces.get(&a.nonce);
                     let ended = before.is_some_and(|n| n.ended);

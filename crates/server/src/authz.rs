@@ -14,6 +14,10 @@ pub enum Action {
     MfaConfirm,
     /// Change one's own password.
     PasswordChange,
+    /// Register, list and remove one's own security keys (WebAuthn).
+    SecurityKeyAdd,
+    SecurityKeyList,
+    SecurityKeyRemove,
     UserAdd,
     UserList,
     UserDisable,
@@ -58,10 +62,13 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 34] = [
+    pub const ALL: [Action; 37] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
         Action::PasswordChange,
+        Action::SecurityKeyAdd,
+        Action::SecurityKeyList,
+        Action::SecurityKeyRemove,
         Action::UserAdd,
         Action::UserList,
         Action::UserDisable,
@@ -101,6 +108,9 @@ impl Action {
             Action::MfaEnroll => "mfa.enroll",
             Action::MfaConfirm => "mfa.confirm",
             Action::PasswordChange => "user.passwd",
+            Action::SecurityKeyAdd => "webauthn.add",
+            Action::SecurityKeyList => "webauthn.list",
+            Action::SecurityKeyRemove => "webauthn.remove",
             Action::UserAdd => "user.add",
             Action::UserList => "user.list",
             Action::UserDisable => "user.disable",
@@ -140,9 +150,12 @@ impl Action {
     pub fn roles(self) -> &'static [Role] {
         use Role::*;
         match self {
-            Action::MfaEnroll | Action::MfaConfirm | Action::PasswordChange => {
-                &[Admin, SessionAdmin, Technician, Approver, Auditor]
-            }
+            Action::MfaEnroll
+            | Action::MfaConfirm
+            | Action::PasswordChange
+            | Action::SecurityKeyAdd
+            | Action::SecurityKeyList
+            | Action::SecurityKeyRemove => &[Admin, SessionAdmin, Technician, Approver, Auditor],
             Action::UserAdd | Action::UserDisable => &[Admin],
             Action::UserList => &[Admin, Auditor],
             Action::MachineAdd | Action::MachineRevoke => &[Admin],
@@ -184,6 +197,9 @@ impl Action {
             Action::MfaEnroll
                 | Action::MfaConfirm
                 | Action::PasswordChange
+                | Action::SecurityKeyAdd
+                | Action::SecurityKeyList
+                | Action::SecurityKeyRemove
                 | Action::TokenCreate
                 | Action::TokenList
                 | Action::TokenRevoke
@@ -749,6 +765,9 @@ mod tests {
             (MfaEnroll,       [true,  true,   true,  true,   true ]),
             (MfaConfirm,      [true,  true,   true,  true,   true ]),
             (PasswordChange,  [true,  true,   true,  true,   true ]),
+            (SecurityKeyAdd,  [true,  true,   true,  true,   true ]),
+            (SecurityKeyList, [true,  true,   true,  true,   true ]),
+            (SecurityKeyRemove, [true, true,  true,  true,   true ]),
             (UserAdd,         [true,  false,  false, false,  false]),
             (UserList,        [true,  false,  false, false,  true ]),
             (UserDisable,     [true,  false,  false, false,  false]),

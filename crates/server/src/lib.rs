@@ -23,6 +23,7 @@ pub mod console;
 pub mod domain;
 pub mod events;
 pub mod relay;
+pub mod security_keys;
 pub mod sessions;
 pub mod store;
 pub mod tls;

@@ -204,6 +204,37 @@ impl Browser {
         }
         std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
     }
+
+    /// Adds a virtual authenticator (WebAuthn, Chromium's): a CTAP2 USB security key with
+    /// resident keys and user verification that always succeeds. Returns its id.
+    pub fn add_virtual_authenticator(&self) -> Result<String> {
+        let v = self.cmd(
+            "POST",
+            "/webauthn/authenticator",
+            Some(&json!({
+                "protocol": "ctap2",
+                "transport": "usb",
+                "hasResidentKey": true,
+                "hasUserVerification": true,
+                "isUserConsenting": true,
+                "isUserVerified": true,
+            })),
+        )?;
+        v.as_str().map(str::to_owned).ok_or_else(|| anyhow!("virtual authenticator: no id in {v}"))
+    }
+
+    /// Runs `script` in the page as an async function (WebDriver's execute/async: the last
+    /// argument is the callback that returns its value).
+    pub fn execute_async(&self, script: &str, args: &[Value]) -> Result<Value> {
+        self.cmd("POST", "/execute/async", Some(&json!({ "script": script, "args": args })))
+    }
+
+    /// The credentials a virtual authenticator holds (`credentialId`, `signCount`, ...).
+    pub fn virtual_credentials(&self, authenticator: &str) -> Result<Vec<Value>> {
+        let v =
+            self.cmd("GET", &format!("/webauthn/authenticator/{authenticator}/credentials"), None)?;
+        v.as_array().cloned().ok_or_else(|| anyhow!("credentials: not a list: {v}"))
+    }
 }
 
 impl Drop for Browser {

@@ -110,6 +110,9 @@ pub struct Options {
     pub server_env: Vec<(String, String)>,
     /// Server port; default a free one.
     pub port: Option<u16>,
+    /// The host name in the public URL (`https://HOST:PORT`, e.g. `localhost`, which WebAuthn
+    /// takes as a relying party and an IP address is not); default the listening address.
+    pub host: Option<String>,
 }
 
 struct User {
@@ -178,7 +181,10 @@ impl World {
             None => free_port(ip)?,
         };
         let listen = SocketAddr::new(ip, port);
-        let url = format!("https://{listen}");
+        let url = match &opts.host {
+            Some(host) => format!("https://{host}:{port}"),
+            None => format!("https://{listen}"),
+        };
         let srv_dir = root.join("srv");
         Ok(Self {
             ca: srv_dir.join("ca.pem"),

@@ -1,4 +1,4 @@
-//! `key init | show`: the approver's own signing key, and signing a session's grant with it
+//! `key init | show | security-keys`: the approver's own signing key, and signing a session's grant with it
 //! (`session approve`). The private key lives in FERNWART_HOME only (owner-only file); the
 //! server and the agent see the public key and signatures (`fernwart_proto::approval`).
 
@@ -73,6 +73,29 @@ fn show_key(ctx: &Context, key: &SigningKey, path: &Path, what: &str) -> anyhow:
         crate::out!("[trust]");
         crate::out!("approvers = [\"{}\"]", out.public);
     }
+    Ok(())
+}
+
+/// `fernwart key security-keys`: the user's security keys (registered in the web console) and
+/// the `agent.toml` line that pins them.
+pub async fn security_keys(ctx: &Context) -> anyhow::Result<()> {
+    let keys: Vec<fernwart_api::SecurityKeyInfo> = ctx.get("/v1/account/keys").await?;
+    if ctx.json {
+        output::print_json(&keys);
+        return Ok(());
+    }
+    if keys.is_empty() {
+        crate::out!("no security keys: register one on the web console's \"Security keys\" page");
+        return Ok(());
+    }
+    for k in &keys {
+        let used = k.last_used.as_deref().unwrap_or("never");
+        crate::out!("{} {} (registered {}, last used {used})", k.name, k.fingerprint, k.created);
+    }
+    let lines: Vec<String> = keys.iter().map(|k| format!("\"{}\"", k.public_key)).collect();
+    crate::out!("for the agent's agent.toml:");
+    crate::out!("[trust]");
+    crate::out!("approvers = [{}]", lines.join(", "));
     Ok(())
 }
 

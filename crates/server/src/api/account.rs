@@ -8,7 +8,7 @@
 use axum::{extract::State, Json};
 use fernwart_api::{
     CodeRequest, LoginRequest, LoginResponse, LogoutResponse, MfaConfirmResponse,
-    MfaEnrollResponse, PasswdRequest, PasswdResponse, Scope,
+    MfaEnrollResponse, PasswdRequest, PasswdResponse, Scope, SecurityKeyInfo,
 };
 
 use super::{source, ApiError, ApiResult, Authed, Body, ConnInfo};
@@ -40,6 +40,26 @@ pub async fn authenticate(
     app: &App,
     info: Option<&ConnInfo>,
     req: LoginRequest,
+) -> ApiResult<LoginResponse> {
+    authenticate_with(app, info, req, None).await
+}
+
+/// A security key's assertion as the console's login form carries it: the second factor in
+/// place of a TOTP code, checked after the password under the same lockout.
+#[derive(Debug, Clone)]
+pub struct KeyFactor {
+    /// [`fernwart_proto::webauthn::Assertion::to_compact`].
+    pub assertion: String,
+    pub rp_id: String,
+    pub origin: String,
+}
+
+/// [`authenticate`], with a security key as the second factor when `key` is given.
+pub async fn authenticate_with(
+    app: &App,
+    info: Option<&ConnInfo>,
+    req: LoginRequest,
+    key: Option<KeyFactor>,
 ) -> ApiResult<LoginResponse> {
     let app = app.clone();
     let src = source(info);
@@ -85,8 +105,13 @@ pub async fn authenticate(
     };
     let (password, hash) = (req.password.clone(), u.password_hash.clone());
     let pw_ok = app.limits.hash(move || auth::verify_password(&password, &hash)).await?;
+    let mut key_ok = false;
     let failure = if !pw_ok {
         Some(LoginFailure::WrongPassword)
+    } else if let Some(k) = &key {
+        let f = crate::security_keys::login_factor(&app, u.id, k, now).await?;
+        key_ok = f.is_none();
+        f
     } else if u.totp_confirmed {
         match (req.otp.as_deref(), u.totp_secret.as_deref()) {
             (None, _) => Some(LoginFailure::MissingCode),
@@ -115,8 +140,9 @@ pub async fn authenticate(
     }
     app.limits.login_succeeded(&req.user);
     let token = util::random_token();
-    let scope = if u.totp_confirmed { Scope::Full } else { Scope::MfaSetup };
-    let ttl = if u.totp_confirmed { app.cfg.login_ttl.as_secs() as i64 } else { 15 * 60 };
+    let second = u.totp_confirmed || key_ok;
+    let scope = if second { Scope::Full } else { Scope::MfaSetup };
+    let ttl = if second { app.cfg.login_ttl.as_secs() as i64 } else { 15 * 60 };
     let until = now + ttl;
     let entry =
         Entry::new(&u.name, &src, Event::Login { user: u.name.clone(), scope: scope.as_str() });
@@ -271,4 +297,25 @@ pub async fn passwd(
         return Err(ApiError::conflict("the password changed meanwhile: try again"));
     }
     Ok(Json(PasswdResponse { changed: true }))
+}
+
+/// `GET /v1/account/keys`: the caller's security keys, registered in the web console (a
+/// browser is needed for that); their public keys are what an operator pins in `agent.toml`.
+pub async fn security_keys(
+    State(app): State<App>,
+    a: Authed,
+) -> ApiResult<Json<Vec<SecurityKeyInfo>>> {
+    let keys = crate::security_keys::list(&app, &a).await?;
+    Ok(Json(
+        keys.iter()
+            .map(|k| SecurityKeyInfo {
+                id: k.id,
+                name: k.name.clone(),
+                fingerprint: crate::security_keys::fingerprint(k),
+                public_key: k.public_key.clone(),
+                created: util::rfc3339(k.created_at),
+                last_used: k.last_used.map(util::rfc3339),
+            })
+            .collect(),
+    ))
 }

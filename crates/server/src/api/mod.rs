@@ -72,6 +72,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/recordings/{id}", get(recordings::fetch))
         .route("/v1/agent/link", get(links::agent))
         .route("/v1/connect/{name}", get(links::connect))
+        .route("/v1/account/keys", get(account::security_keys))
         .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)

@@ -42,6 +42,10 @@ pub enum LoginFailure {
     WrongPassword,
     WrongOrReusedCode,
     MissingCode,
+    /// A security key's assertion that does not verify, or whose challenge was spent.
+    WrongKey,
+    /// A security key whose signature counter did not grow: a cloned key, or a replay.
+    KeyCounter,
     Locked,
     Disabled,
     Expired,
@@ -54,6 +58,8 @@ impl LoginFailure {
             LoginFailure::WrongPassword => "wrong password",
             LoginFailure::WrongOrReusedCode => "wrong or reused code",
             LoginFailure::MissingCode => "second factor missing",
+            LoginFailure::WrongKey => "wrong or replayed security key assertion",
+            LoginFailure::KeyCounter => "security key counter did not grow (cloned key?)",
             LoginFailure::Locked => "locked",
             LoginFailure::Disabled => "account disabled",
             LoginFailure::Expired => "account expired",
@@ -120,6 +126,17 @@ pub enum Event {
     },
     MfaConfirm {
         user: String,
+    },
+    /// A security key registered (WebAuthn), with its name and key fingerprint.
+    WebauthnAdd {
+        user: String,
+        name: String,
+        fingerprint: String,
+    },
+    WebauthnRemove {
+        user: String,
+        name: String,
+        fingerprint: String,
     },
     UserAdd {
         name: String,
@@ -332,6 +349,8 @@ impl Event {
             Event::PasswordChange { .. } => "user.passwd",
             Event::MfaEnroll { .. } => "mfa.enroll",
             Event::MfaConfirm { .. } => "mfa.confirm",
+            Event::WebauthnAdd { .. } => "webauthn.add",
+            Event::WebauthnRemove { .. } => "webauthn.remove",
             Event::UserAdd { .. } => "user.add",
             Event::UserDisable { .. } => "user.disable",
             Event::MachineAdd { .. } => "machine.add",
@@ -383,7 +402,9 @@ impl Event {
             | Event::ContractAdd { provider: user, .. }
             | Event::PasswordChange { user }
             | Event::MfaEnroll { user }
-            | Event::MfaConfirm { user } => user,
+            | Event::MfaConfirm { user }
+            | Event::WebauthnAdd { user, .. }
+            | Event::WebauthnRemove { user, .. } => user,
             Event::UserAdd { name, .. } | Event::UserDisable { name } => name,
             Event::MachineAdd { name, .. }
             | Event::MachineRevoke { name, .. }
@@ -475,6 +496,10 @@ impl Event {
                 json!({"alert": true, "failures": failures, "locked_for_secs": locked_for_secs})
             }
             Event::MfaEnroll { .. } | Event::MfaConfirm { .. } => json!({"kind": "totp"}),
+            Event::WebauthnAdd { name, fingerprint, .. }
+            | Event::WebauthnRemove { name, fingerprint, .. } => {
+                json!({"kind": "webauthn", "name": name, "fingerprint": fingerprint})
+            }
             Event::Logout { .. } | Event::PasswordChange { .. } => json!({}),
             Event::LoginEnded { reason, .. } => json!({"reason": reason}),
             Event::TokenCreate { role, org, expires, .. } => {

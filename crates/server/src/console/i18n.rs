@@ -168,7 +168,7 @@ messages! {
     ApproveSession => "Approve session", "Sitzung freigeben";
     RejectSession => "Reject session", "Sitzung ablehnen";
     EndSession => "End session", "Sitzung beenden";
-    NeedsSigned => "This machine accepts only approvals signed with an approver's key. Approve on the command line for now:", "Diese Maschine nimmt nur mit dem Schlüssel eines Freigebenden signierte Freigaben an. Geben Sie vorerst auf der Kommandozeile frei:";
+    NeedsSigned => "This machine accepts only approvals signed with an approver's key: with your security key (below), or on the command line:", "Diese Maschine nimmt nur mit dem Schlüssel eines Freigebenden signierte Freigaben an: mit Ihrem Sicherheitsschlüssel (unten) oder auf der Kommandozeile:";
     NoApprovalNeeded => "needs no approval", "braucht keine Freigabe";
 
     StatePrepared => "prepared", "vorbereitet";
@@ -295,6 +295,31 @@ messages! {
     ErrorBadField => "A field of this form holds a value the console does not offer.", "Ein Feld dieses Formulars enthält einen Wert, den die Konsole nicht anbietet.";
     ErrorNotFound => "There is no such page.", "Diese Seite gibt es nicht.";
     Back => "Back to the overview", "Zurück zur Übersicht";
+
+    NavKeys => "Security keys", "Sicherheitsschlüssel";
+    KeyLogin => "Log in with security key", "Mit Sicherheitsschlüssel anmelden";
+    KeyFailed => "The security key did not answer, or its answer was refused.", "Der Sicherheitsschlüssel hat nicht geantwortet, oder seine Antwort wurde abgelehnt.";
+    KeysTitle => "Security keys", "Sicherheitsschlüssel";
+    KeysIntro => "Security keys (FIDO2/WebAuthn) log you in in place of the code from your app, and sign approvals of sessions on machines that accept only signed approvals.", "Sicherheitsschlüssel (FIDO2/WebAuthn) ersetzen bei der Anmeldung den Code aus Ihrer App und signieren Freigaben von Sitzungen auf Maschinen, die nur signierte Freigaben annehmen.";
+    NoKeys => "You have no security key yet.", "Sie haben noch keinen Sicherheitsschlüssel.";
+    KeyAdded => "Security key registered.", "Sicherheitsschlüssel registriert.";
+    KeyRemoved => "Security key removed.", "Sicherheitsschlüssel entfernt.";
+    ColKeyName => "Name of the key", "Name des Schlüssels";
+    ColFingerprint => "Fingerprint", "Fingerabdruck";
+    ColAdded => "Registered", "Registriert";
+    ColLastUsed => "Last used", "Zuletzt benutzt";
+    KeyRemove => "Remove", "Entfernen";
+    KeyAddTitle => "Register a security key", "Sicherheitsschlüssel registrieren";
+    KeyAdd => "Register key", "Schlüssel registrieren";
+    KeysForOperator => "For the machine's operator", "Für den Betreiber der Maschine";
+    KeysForOperatorText => "For a machine to accept approvals signed with your keys, its operator adds this to the agent's agent.toml:", "Damit eine Maschine mit Ihren Schlüsseln signierte Freigaben annimmt, trägt ihr Betreiber dies in die agent.toml des Agenten ein:";
+    SignWithKey => "Approve with security key", "Mit Sicherheitsschlüssel freigeben";
+    SignTitle => "Approve with security key:", "Mit Sicherheitsschlüssel freigeben:";
+    SignIntro => "Your security key signs exactly this grant; the machine checks the signature itself.", "Ihr Sicherheitsschlüssel signiert genau diese Freigabe; die Maschine prüft die Signatur selbst.";
+    SignButton => "Sign and approve", "Signieren und freigeben";
+    SignRecording => "Recorded at the machine", "Aufzeichnung an der Maschine";
+    SignTechKeys => "End-to-end keys of connected technicians", "Ende-zu-Ende-Schlüssel verbundener Techniker";
+    SignReload => "A technician who connects after this page was shown changes the grant: reload the page, then sign.", "Verbindet sich ein Techniker, nachdem diese Seite angezeigt wurde, ändert sich die Freigabe: Seite neu laden, dann signieren.";
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The web console on the server's one TLS port: server-rendered HTML, no script.
+//! The web console on the server's one TLS port: server-rendered HTML; one small script of
+//! our own, for security keys ([`webauthn`]).
 //!
 //! A console login is an API login kept in a cookie (`__Host-fernwart`: Secure, HttpOnly,
 //! SameSite=Strict, Path=/): made by the same [`api::account::authenticate`] (lockout,
@@ -41,6 +42,7 @@ mod pages;
 mod sessions;
 mod trail;
 pub mod view;
+mod webauthn;
 
 use i18n::{Lang, Msg};
 use pages::{Frame, LoginNote};
@@ -56,8 +58,9 @@ pub const LIVE_HEADER: &str = "x-fernwart-live";
 /// The chosen language (not secret).
 pub const LANG_COOKIE: &str = "__Host-fernwart-lang";
 
-/// The Content-Security-Policy of every console answer: our own stylesheet and script (which
-/// fetches pages and listens to `/events` of this origin), nothing else.
+/// The Content-Security-Policy of every console answer: our own stylesheet and scripts (one
+/// fetches pages and listens to `/events` of this origin, one fetches security key challenges),
+/// nothing else.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const CSS: &str = include_str!("console.css");
@@ -89,6 +92,7 @@ pub fn router() -> Router<App> {
         .route("/console.js", get(live::script))
         .route("/events", get(live::events))
         .route("/connections/{id}/cut", post(live::cut))
+        .merge(webauthn::routes())
         .layer(middleware::map_response(security_headers))
 }
 
@@ -448,7 +452,8 @@ async fn login(
         password: form.get("password").unwrap_or_default().to_owned(),
         otp,
     };
-    let res = match api::account::authenticate(&app, info.as_deref(), req).await {
+    let key = webauthn::login_factor(&app, &form);
+    let res = match api::account::authenticate_with(&app, info.as_deref(), req, key).await {
         Ok(r) => r,
         Err(e) => {
             let (status, note) = match e.status() {

@@ -55,6 +55,7 @@ pub(super) fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
                                     a href=(path) aria-current=[(f.path == path).then_some("page")] { (t(label)) }
                                 }
                             }
+                            a href="/account/keys" aria-current=[(f.path == "/account/keys").then_some("page")] { (t(Msg::NavKeys)) }
                         }
                         span.who { (t(Msg::SignedInAs)) " " strong { (name) } " (" (t(Msg::RoleLabel)) " " (t(role_msg(role))) ")" }
                         form.inline method="post" action="/logout" {
@@ -112,6 +113,7 @@ pub fn login(lang: Lang, csrf: &str, user: &str, note: LoginNote) -> Markup {
             label for="otp" { (t(Msg::LoginCode)) }
             input #otp name="otp" type="text" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6";
             button type="submit" { (t(Msg::LoginButton)) }
+            (super::webauthn::login_button(lang))
         }
     };
     layout(&Frame { lang, path: "/login", user: None }, Msg::LoginTitle, body)
@@ -330,6 +332,7 @@ pub(super) fn actions(lang: Lang, r: &SessionRow, csrf: &str, back: &str) -> Mar
         @if approve { (button("approve", Msg::Approve, Msg::ApproveSession, "approve")) }
         @if signed_only {
             p.signed { (t(Msg::NeedsSigned)) " " code { "fernwart session approve " (r.name) } }
+            a.approve href={ "/sessions/" (r.name) "/sign" } { (t(Msg::SignWithKey)) }
         }
         @if reject { (button("reject", Msg::Reject, Msg::RejectSession, "reject")) }
         @if end { (button("end", Msg::EndNow, Msg::EndSession, "end")) }

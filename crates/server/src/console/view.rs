@@ -59,8 +59,8 @@ impl MachineRow {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionActions {
     pub approve: bool,
-    /// The caller may approve, but the machine takes only signed approvals, which the
-    /// console cannot make yet: the page says to use the CLI and offers no button.
+    /// The caller may approve, but the machine takes only signed approvals: the page offers
+    /// signing with a security key (`/sessions/NAME/sign`) or the CLI, no plain button.
     pub signed_only: bool,
     pub reject: bool,
     pub end: bool,

@@ -304,6 +304,10 @@ async fn open(
     Ok((s, agent.switch_token, until, session, machine))
 }
 
+/// An allowed tunnel: the agent to ask, the tunnel's end, the session's name, the machine and
+/// its organization.
+type Decided = (super::AgentView, i64, String, (String, Option<String>));
+
 /// The server's decision on a tunnel, from the store's fresh reading of the login and the
 /// session and the hub's view of the agent: the agent to ask, the tunnel's end, the session.
 fn decide(
@@ -311,7 +315,7 @@ fn decide(
     req: &OpenRequest,
     agent: Option<&super::AgentView>,
     checked: Result<(Option<Session>, Option<Caller>), crate::store::StoreError>,
-) -> Result<(super::AgentView, i64, String, (String, Option<String>)), String> {
+) -> Result<Decided, String> {
     let target = req.target.as_str();
     let (session, caller) = checked.map_err(|e| format!("server error: {e}"))?;
     let session = session.ok_or("session is gone")?;

@@ -191,6 +191,26 @@ const MIGRATIONS: &[&str] = &[
     // hello; the keys of the technicians' CLIs that connected to a session (JSON list)
     "ALTER TABLE machines ADD COLUMN e2e_key TEXT;
     ALTER TABLE sessions ADD COLUMN tech_keys TEXT NOT NULL DEFAULT '[]';",
+    // 15: WebAuthn security keys of console users (the public key as an approver key,
+    // `es256:RP:POINT`; the signature counter, compare-and-set) and the challenges the console
+    // handed out, each taken once before it expires
+    "CREATE TABLE webauthn_credentials (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        credential_id TEXT NOT NULL UNIQUE,
+        public_key TEXT NOT NULL,
+        sign_count BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        last_used BIGINT
+    );
+    CREATE INDEX webauthn_credentials_user ON webauthn_credentials(user_id);
+    CREATE TABLE webauthn_challenges (
+        challenge TEXT PRIMARY KEY,
+        purpose TEXT NOT NULL,
+        user_id INTEGER,
+        expires_at BIGINT NOT NULL
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

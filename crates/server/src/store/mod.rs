@@ -104,6 +104,46 @@ pub struct LoginSubject {
     pub expires_at: Option<UnixSecs>,
 }
 
+/// A user's WebAuthn security key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub id: i64,
+    pub user_id: i64,
+    /// The name its owner gave it.
+    pub name: String,
+    /// The authenticator's credential id, base64url without padding.
+    pub credential_id: String,
+    /// Its public key as an approver key: `es256:RP:POINT`.
+    pub public_key: String,
+    pub sign_count: u32,
+    pub created_at: UnixSecs,
+    pub last_used: Option<UnixSecs>,
+}
+
+/// What a WebAuthn challenge was handed out for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengePurpose {
+    /// Registering a key (bound to the user).
+    Register,
+    /// A console login's second factor (bound to no user: asked before the password).
+    Login,
+}
+
+impl ChallengePurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::Login => "login",
+        }
+    }
+}
+
+/// The most security keys of one user.
+pub const MAX_CREDENTIALS: i64 = 16;
+/// The most challenges pending at once for one purpose (a flood of login pages cannot fill
+/// the database).
+pub const MAX_CHALLENGES: i64 = 10_000;
+
 /// A user as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
@@ -385,6 +425,55 @@ pub trait Backend: Send + Sync + 'static {
     fn login_failed(&self, entries: &[Entry]) -> Result<(), StoreError>;
     /// Marks a TOTP step used, once: false when it was used before.
     fn use_totp_step(&self, user: i64, step: u64) -> Result<bool, StoreError>;
+
+    // ------------------------------------------------------------ WebAuthn
+    /// Stores a challenge until `expires` (expired ones are dropped); false when
+    /// [`MAX_CHALLENGES`] are pending for its purpose.
+    fn webauthn_challenge_new(
+        &self,
+        challenge: &str,
+        purpose: ChallengePurpose,
+        user: Option<i64>,
+        now: UnixSecs,
+        expires: UnixSecs,
+    ) -> Result<bool, StoreError>;
+    /// Takes a challenge, once: true only if it was pending for this purpose and user and has
+    /// not expired; it is gone afterwards either way.
+    fn webauthn_challenge_take(
+        &self,
+        challenge: &str,
+        purpose: ChallengePurpose,
+        user: Option<i64>,
+        now: UnixSecs,
+    ) -> Result<bool, StoreError>;
+    /// Adds a user's key with its audit entry; false when the credential id is registered
+    /// already or the user has [`MAX_CREDENTIALS`].
+    #[allow(clippy::too_many_arguments)]
+    fn webauthn_add(
+        &self,
+        user: i64,
+        name: &str,
+        credential_id: &str,
+        public_key: &str,
+        sign_count: u32,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<bool, StoreError>;
+    /// A user's keys, oldest first.
+    fn webauthn_list(&self, user: i64) -> Result<Vec<Credential>, StoreError>;
+    /// The key with this credential id.
+    fn webauthn_credential(&self, credential_id: &str) -> Result<Option<Credential>, StoreError>;
+    /// Removes a user's key (`id`) with its audit entry; false when it is not theirs or gone.
+    fn webauthn_remove(&self, user: i64, id: i64, entry: &Entry) -> Result<bool, StoreError>;
+    /// Moves a key's signature counter from `old` to `new`, compare-and-set: false when it is
+    /// no longer `old` (an assertion raced or was replayed).
+    fn webauthn_counter(
+        &self,
+        id: i64,
+        old: u32,
+        new: u32,
+        now: UnixSecs,
+    ) -> Result<bool, StoreError>;
     /// A login succeeded: its failure count resets and its token is stored (by hash).
     #[allow(clippy::too_many_arguments)]
     fn login_succeeded(

@@ -12,9 +12,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
     migrations, AgentBatch, AgentRecord, AgentTrust, ApiTokenRecord, Applied, Attempt, AuditFilter,
-    Backend, Checkpoint, E2eKeySeen, EnrolToken, IssuedCert, LoginSubject, MachineOwner,
-    MachineRecord, NewSession, NewUser, NewWindow, OrgRecord, PrepareRule, StoreError, TechKey,
-    UserRecord, MAX_TECH_KEYS,
+    Backend, ChallengePurpose, Checkpoint, Credential, E2eKeySeen, EnrolToken, IssuedCert,
+    LoginSubject, MachineOwner, MachineRecord, NewSession, NewUser, NewWindow, OrgRecord,
+    PrepareRule, StoreError, TechKey, UserRecord, MAX_TECH_KEYS,
 };
 use crate::{
     audit::{Entry, Event},
@@ -122,6 +122,21 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
 
 /// Appends `entry` to the audit chain, in the caller's transaction: its place is the last
 /// record's plus one, its `prev` the last record's hash (the write lock serializes appends).
+fn credential_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Credential> {
+    let count: i64 = r.get(5)?;
+    Ok(Credential {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        name: r.get(2)?,
+        credential_id: r.get(3)?,
+        public_key: r.get(4)?,
+        // Stored from a u32; anything else was not written by us.
+        sign_count: u32::try_from(count).unwrap_or(u32::MAX),
+        created_at: r.get(6)?,
+        last_used: r.get(7)?,
+    })
+}
+
 fn audit(c: &Connection, entry: &Entry) -> Result<(), StoreError> {
     let last = last_link(c)?;
     let body = chain::Body {
@@ -932,6 +947,141 @@ impl Backend for Sqlite {
             let n = tx.execute(
                 "INSERT INTO totp_steps (user_id, step) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 params![user, step],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn webauthn_challenge_new(
+        &self,
+        challenge: &str,
+        purpose: ChallengePurpose,
+        user: Option<i64>,
+        now: UnixSecs,
+        expires: UnixSecs,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM webauthn_challenges WHERE expires_at <= ?1", [now])?;
+            // Counted per purpose: a flood of login challenges (asked before any login) does
+            // not stop a logged-in user from registering a key.
+            let pending: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM webauthn_challenges WHERE purpose = ?1",
+                [purpose.as_str()],
+                |r| r.get(0),
+            )?;
+            if pending >= super::MAX_CHALLENGES {
+                return Ok(false);
+            }
+            let n = tx.execute(
+                "INSERT INTO webauthn_challenges (challenge, purpose, user_id, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![challenge, purpose.as_str(), user, expires],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn webauthn_challenge_take(
+        &self,
+        challenge: &str,
+        purpose: ChallengePurpose,
+        user: Option<i64>,
+        now: UnixSecs,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let found: Option<(String, Option<i64>, i64)> = tx
+                .query_row(
+                    "SELECT purpose, user_id, expires_at FROM webauthn_challenges WHERE challenge = ?1",
+                    [challenge],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((p, u, expires)) = found else { return Ok(false) };
+            // Gone whatever it was: a challenge shown to a wrong ceremony is spent too.
+            let n = tx.execute("DELETE FROM webauthn_challenges WHERE challenge = ?1", [challenge])?;
+            Ok(n == 1 && p == purpose.as_str() && u == user && expires > now)
+        })
+    }
+
+    fn webauthn_add(
+        &self,
+        user: i64,
+        name: &str,
+        credential_id: &str,
+        public_key: &str,
+        sign_count: u32,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM webauthn_credentials WHERE user_id = ?1",
+                [user],
+                |r| r.get(0),
+            )?;
+            if count >= super::MAX_CREDENTIALS {
+                return Ok(false);
+            }
+            let n = tx.execute(
+                "INSERT INTO webauthn_credentials (user_id, name, credential_id, public_key, sign_count, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                params![user, name, credential_id, public_key, i64::from(sign_count), now],
+            )?;
+            if n == 1 {
+                audit(tx, entry)?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    fn webauthn_list(&self, user: i64) -> Result<Vec<Credential>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT id, user_id, name, credential_id, public_key, sign_count, created_at, last_used \
+                 FROM webauthn_credentials WHERE user_id = ?1 ORDER BY id",
+            )?;
+            let rows = st.query_map([user], credential_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn webauthn_credential(&self, credential_id: &str) -> Result<Option<Credential>, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT id, user_id, name, credential_id, public_key, sign_count, created_at, last_used \
+                 FROM webauthn_credentials WHERE credential_id = ?1",
+                [credential_id],
+                credential_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn webauthn_remove(&self, user: i64, id: i64, entry: &Entry) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "DELETE FROM webauthn_credentials WHERE id = ?1 AND user_id = ?2",
+                params![id, user],
+            )?;
+            if n == 1 {
+                audit(tx, entry)?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    fn webauthn_counter(
+        &self,
+        id: i64,
+        old: u32,
+        new: u32,
+        now: UnixSecs,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE webauthn_credentials SET sign_count = ?3, last_used = ?4 \
+                 WHERE id = ?1 AND sign_count = ?2",
+                params![id, i64::from(old), i64::from(new), now],
             )?;
             Ok(n == 1)
         })

@@ -27,6 +27,8 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     login_attempts_are_counted_before_they_are_checked(fresh().as_ref());
     concurrent_attempts_never_pass_the_threshold(fresh());
     a_totp_step_is_used_once(fresh());
+    a_webauthn_challenge_is_taken_once(fresh());
+    security_keys_are_added_listed_counted_and_removed(fresh().as_ref());
     session_transitions_are_compare_and_set(fresh().as_ref());
     revocation_is_final(fresh().as_ref());
     passwords_change_by_compare_and_set(fresh().as_ref());
@@ -467,6 +469,65 @@ fn a_totp_step_is_used_once(b: Arc<dyn Backend>) {
     let used = threads.into_iter().map(|t| t.join().unwrap()).filter(|ok| *ok).count();
     assert_eq!(used, 1);
     assert!(b.use_totp_step(id, 60_000_001).unwrap());
+}
+
+fn a_webauthn_challenge_is_taken_once(b: Arc<dyn Backend>) {
+    use super::ChallengePurpose::{Login, Register};
+    let id = add_user(b.as_ref(), "op1", Role::Approver);
+    assert!(b.webauthn_challenge_new("c1", Login, None, NOW, NOW + 60).unwrap());
+    // The same challenge twice is not handed out.
+    assert!(!b.webauthn_challenge_new("c1", Login, None, NOW, NOW + 60).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let b = b.clone();
+            std::thread::spawn(move || b.webauthn_challenge_take("c1", Login, None, NOW).unwrap())
+        })
+        .collect();
+    let taken = threads.into_iter().map(|t| t.join().unwrap()).filter(|ok| *ok).count();
+    assert_eq!(taken, 1, "a challenge is taken once");
+    // For another purpose or user, or too late: refused, and spent.
+    b.webauthn_challenge_new("c2", Register, Some(id), NOW, NOW + 60).unwrap();
+    assert!(!b.webauthn_challenge_take("c2", Login, None, NOW).unwrap());
+    assert!(!b.webauthn_challenge_take("c2", Register, Some(id), NOW).unwrap());
+    b.webauthn_challenge_new("c3", Register, Some(id), NOW, NOW + 60).unwrap();
+    assert!(!b.webauthn_challenge_take("c3", Register, Some(id + 1), NOW).unwrap());
+    b.webauthn_challenge_new("c4", Register, Some(id), NOW, NOW + 60).unwrap();
+    assert!(!b.webauthn_challenge_take("c4", Register, Some(id), NOW + 60).unwrap());
+    b.webauthn_challenge_new("c5", Register, Some(id), NOW, NOW + 60).unwrap();
+    assert!(b.webauthn_challenge_take("c5", Register, Some(id), NOW + 59).unwrap());
+}
+
+fn security_keys_are_added_listed_counted_and_removed(b: &dyn Backend) {
+    let id = add_user(b, "op1", Role::Approver);
+    let other = add_user(b, "op2", Role::Approver);
+    let e = |name: &str| {
+        entry(Event::WebauthnAdd { user: "op1".into(), name: name.into(), fingerprint: "f".into() })
+    };
+    assert!(b.webauthn_add(id, "yubi", "cred1", "es256:rp:K1", 3, NOW, &e("yubi")).unwrap());
+    // A credential id is registered once, whoever asks.
+    assert!(!b.webauthn_add(other, "again", "cred1", "es256:rp:K1", 0, NOW, &e("again")).unwrap());
+    let listed = b.webauthn_list(id).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].name.as_str(), listed[0].sign_count), ("yubi", 3));
+    assert!(b.webauthn_list(other).unwrap().is_empty());
+    let c = b.webauthn_credential("cred1").unwrap().unwrap();
+    assert_eq!((c.user_id, c.public_key.as_str()), (id, "es256:rp:K1"));
+    // The counter moves by compare-and-set: a second use of the old value loses.
+    assert!(b.webauthn_counter(c.id, 3, 4, NOW).unwrap());
+    assert!(!b.webauthn_counter(c.id, 3, 5, NOW).unwrap());
+    assert_eq!(b.webauthn_credential("cred1").unwrap().unwrap().sign_count, 4);
+    // Only its owner removes it; the removal is recorded.
+    let r = entry(Event::WebauthnRemove {
+        user: "op1".into(),
+        name: "yubi".into(),
+        fingerprint: "f".into(),
+    });
+    assert!(!b.webauthn_remove(other, c.id, &r).unwrap());
+    assert!(b.webauthn_remove(id, c.id, &r).unwrap());
+    assert!(b.webauthn_credential("cred1").unwrap().is_none());
+    let acts = actions(b);
+    assert_eq!(acts.iter().filter(|a| *a == "webauthn.add").count(), 1);
+    assert_eq!(acts.iter().filter(|a| *a == "webauthn.remove").count(), 1);
 }
 
 fn machine_with_session(b: &dyn Backend) -> (i64, i64) {
