@@ -527,6 +527,133 @@ fn administration_pages_in_the_browser() -> Result<()> {
     Ok(())
 }
 
+/// Issue 12: the settings an admin changes in the browser are in force at once (here: the
+/// lockout threshold, 10 by default, set to 3, locks after three failures), on record with
+/// old and new value; out of bounds is refused; an auditor sees them without a form, and the
+/// server refuses the POST of anyone but an admin.
+#[test]
+fn settings_changed_in_the_browser_take_effect() -> Result<()> {
+    let Some((chromium, chromedriver)) = webdriver::available() else {
+        eprintln!("\n!!! SKIPPED: the browser test needs chromium and chromium-driver\n");
+        return Ok(());
+    };
+    let mut w = World::standard()?;
+    let shots = screenshots();
+    let log = w.log_path("chromedriver");
+    let driver = webdriver::Driver::start(&chromium, &chromedriver, &log)?;
+    let b = driver.session(&w.root.join("browser-settings"), "en-US")?;
+    let admin = w.admin.clone();
+    b.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code(&admin)?;
+    login(&b, &admin, &w.password(&admin), &code)?;
+    b.find("main h1", T)?;
+    b.goto(&format!("{}/settings", w.url))?;
+    let field = b.find("form#settings-set #set-auth-lockout_threshold", T)?;
+    ensure!(b.attribute(&field, "value")?.as_deref() == Some("10"), "threshold not 10");
+    b.clear(&field)?;
+    b.type_into(&field, "3")?;
+    let dur = b.find("form#settings-set #set-auth-lockout_duration", T)?;
+    b.clear(&dur)?;
+    b.type_into(&dur, "1h")?;
+    b.click(&b.find("form#settings-set button[type=submit]", T)?)?;
+    b.find("p.note", T).context("no note after saving")?;
+    let field = b.find("form#settings-set #set-auth-lockout_threshold", T)?;
+    ensure!(b.attribute(&field, "value")?.as_deref() == Some("3"), "threshold not shown as 3");
+    ensure!(
+        b.text(&b.find(r#"tr.setting[data-setting="auth.lockout_threshold"]"#, T)?)?
+            .contains("changed in the console"),
+        "the changed setting is not marked"
+    );
+    b.screenshot(&shots.join("settings-edit-en.png"))?;
+    b.goto(&format!("{}/settings?lang=de", w.url))?;
+    b.find("form#settings-set", T)?;
+    ensure!(b.source()?.contains("Einstellungen speichern"), "settings in German");
+    b.screenshot(&shots.join("settings-edit-de.png"))?;
+
+    // Out of bounds: refused with the reason, nothing changes.
+    let field = b.find("form#settings-set #set-auth-lockout_threshold", T)?;
+    b.clear(&field)?;
+    b.type_into(&field, "2")?;
+    b.click(&b.find("form#settings-set button[type=submit]", T)?)?;
+    poll("the refusal", T, Duration::from_millis(100), || {
+        Ok(b.source()?.contains("auth.lockout_threshold = 2: must be 3 to 20").then_some(()))
+    })?;
+    b.goto(&format!("{}/settings?lang=en", w.url))?;
+    let field = b.find("form#settings-set #set-auth-lockout_threshold", T)?;
+    ensure!(b.attribute(&field, "value")?.as_deref() == Some("3"), "a refused value changed it");
+
+    // In force at once: three failures lock op1 (the server started with 10).
+    let mut c = Client::new(&w)?;
+    for i in 0..3 {
+        let r = c.login("op1", "Wrong-Passw0rd!x", "123456")?;
+        ensure!(r.status == 401, "failure {i}: {}", r.summary());
+    }
+    let code = w.next_code("op1")?;
+    let r = c.login("op1", &default_password("op1"), &code)?;
+    ensure!(r.status == 401, "op1 logged in after three failures: {}", r.summary());
+    let events = w.audit("aud1")?;
+    ensure!(has_event(&events, "auth.lockout", &["op1"]), "no lockout after three failures");
+    ensure!(
+        has_event(
+            &events,
+            "settings.set",
+            &["auth.lockout_threshold", "10", "auth.lockout_duration", "15m", "1h"]
+        ),
+        "the change is not on record with old and new values: {}",
+        fernwart_e2e::audit_actions(&events)
+    );
+    let lock = events.iter().rev().find(|e| e["action"] == "auth.lockout").map(|e| e.to_string());
+    ensure!(lock.is_some_and(|l| l.contains("3600")), "the lock is not the new hour");
+
+    // An auditor reads the settings, without a form; its POST is refused anyway.
+    let mut a = Client::new(&w)?;
+    let code = w.next_code("aud1")?;
+    ensure!(a.login("aud1", &default_password("aud1"), &code)?.status == 303, "aud1 login");
+    let page = a.get("/settings")?;
+    ensure!(
+        page.status == 200 && page.body.contains("auth.lockout_threshold"),
+        "{}",
+        page.summary()
+    );
+    ensure!(
+        !page.body.contains("settings-set")
+            && !page.body.contains(r#"name="auth.lockout_threshold""#),
+        "an auditor is offered the settings form"
+    );
+    let token = hidden_csrf(&page.body)?;
+    let r = a.post("/settings", &[("csrf", &token), ("auth.lockout_threshold", "20")], &[])?;
+    ensure!(r.status == 403, "an auditor changed a setting: {}", r.summary());
+    // A technician: not even the page.
+    let mut t = Client::new(&w)?;
+    let code = w.next_code("tech1")?;
+    ensure!(t.login("tech1", &default_password("tech1"), &code)?.status == 303, "tech1 login");
+    ensure!(t.get("/settings")?.status == 403, "tech1 sees the settings");
+    let token = hidden_csrf(&t.get("/")?.body)?;
+    let r = t.post("/settings", &[("csrf", &token), ("auth.lockout_threshold", "20")], &[])?;
+    ensure!(r.status == 403, "a technician changed a setting: {}", r.summary());
+    // The admin's own form: without its token, or from another site, refused.
+    let mut c = Client::new(&w)?;
+    let code = w.next_code(&admin)?;
+    ensure!(c.login(&admin, &w.password(&admin), &code)?.status == 303, "admin login");
+    let token = hidden_csrf(&c.get("/settings")?.body)?;
+    let r = c.post("/settings", &[("auth.lockout_threshold", "20")], &[])?;
+    ensure!(r.status == 403, "a change without the form token: {}", r.summary());
+    let r = c.post(
+        "/settings",
+        &[("csrf", &token), ("auth.lockout_threshold", "20")],
+        &[("Sec-Fetch-Site", "cross-site")],
+    )?;
+    ensure!(r.status == 403, "a change from another site: {}", r.summary());
+    let page = c.get("/settings")?;
+    ensure!(
+        page.body.contains(
+            r#"name="auth.lockout_threshold" type="text" required maxlength="32" value="3""#
+        ),
+        "a refused POST changed the threshold"
+    );
+    Ok(())
+}
+
 /// Whether one record of `action` mentions all of `words`.
 fn has_event(events: &[serde_json::Value], action: &str, words: &[&str]) -> bool {
     events.iter().any(|e| {

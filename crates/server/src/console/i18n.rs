@@ -247,7 +247,16 @@ messages! {
     DoneOrgAdd => "Organization added:", "Organisation hinzugefügt:";
     DoneContractAdd => "Service contract added:", "Servicevertrag hinzugefügt:";
     SettingsTitle => "Settings", "Einstellungen";
-    SettingsReadOnly => "Read-only here: the server reads these at start from", "Hier nur lesbar: Der Server liest sie beim Start aus";
+    SettingsReadOnly => "Fixed here: the server reads these at start from", "Hier fest: Der Server liest sie beim Start aus";
+    SettingsLive => "A change here takes effect at once and takes precedence over", "Eine Änderung hier gilt sofort und hat Vorrang vor";
+    SettingsColSetting => "Setting", "Einstellung";
+    SettingsColValue => "Value in force", "Geltender Wert";
+    SettingsColAllowed => "Allowed", "Erlaubt";
+    SettingsColSource => "Source", "Herkunft";
+    SettingsChanged => "changed in the console", "in der Konsole geändert";
+    SettingsSave => "Save settings", "Einstellungen speichern";
+    SettingsSaved => "Settings saved; they are in force now.", "Einstellungen gespeichert; sie gelten ab sofort.";
+    SettingsUnchanged => "Nothing changed: every value was the current one.", "Nichts geändert: Jeder Wert war der geltende.";
     SetMinLength => "Password: minimum length", "Passwort: Mindestlänge";
     SetMinClasses => "Password: character classes required (of 4)", "Passwort: nötige Zeichenklassen (von 4)";
     SetHistory => "Password: earlier passwords refused", "Passwort: abgelehnte frühere Passwörter";

@@ -84,7 +84,7 @@ pub fn router() -> Router<App> {
         .route("/orgs", get(admin::orgs_page))
         .route("/orgs/new", post(admin::org_add))
         .route("/contracts/new", post(admin::contract_add))
-        .route("/settings", get(admin::settings_page))
+        .route("/settings", get(admin::settings_page).post(admin::settings_set))
         .route("/audit", get(trail::audit_page))
         .route("/audit/export.csv", get(trail::export_csv))
         .route("/audit/export.jsonl", get(trail::export_jsonl))
