@@ -654,6 +654,82 @@ fn settings_changed_in_the_browser_take_effect() -> Result<()> {
     Ok(())
 }
 
+/// Issue 12: an admin changes an operator's rules on the organizations page, through the
+/// same `org set` path as the CLI; a contradiction is refused; an auditor sees the rules
+/// without a form and the server refuses their POST.
+#[test]
+fn organization_rules_change_in_the_browser() -> Result<()> {
+    let Some((chromium, chromedriver)) = webdriver::available() else {
+        eprintln!("\n!!! SKIPPED: the browser test needs chromium and chromium-driver\n");
+        return Ok(());
+    };
+    let mut w = World::standard()?;
+    let admin = w.admin.clone();
+    w.fw(&admin, &["org", "add", "plant", "--kind", "operator"])?;
+    w.fw(&admin, &["org", "add", "builder", "--kind", "provider"])?;
+    let shots = screenshots();
+    let log = w.log_path("chromedriver");
+    let driver = webdriver::Driver::start(&chromium, &chromedriver, &log)?;
+    let b = driver.session(&w.root.join("browser-orgs"), "en-US")?;
+    b.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code(&admin)?;
+    login(&b, &admin, &w.password(&admin), &code)?;
+    b.find("main h1", T)?;
+    b.goto(&format!("{}/orgs", w.url))?;
+    b.find(r#"form.org-set[data-org="plant"]"#, T)?;
+    ensure!(
+        b.find_all(r#"form.org-set[data-org="builder"]"#)?.is_empty(),
+        "a provider is offered rules it cannot have"
+    );
+    b.type_into(&b.find("#max-plant", T)?, "4h")?;
+    b.click(&b.find("#signed-plant", T)?)?;
+    b.click(&b.find(r#"form.org-set[data-org="plant"] button[type=submit]"#, T)?)?;
+    b.find("p.note", T).context("no note after the rules")?;
+    let orgs = w.fw_json("aud1", &["org", "list"])?;
+    let plant = orgs
+        .as_array()
+        .and_then(|l| l.iter().find(|o| o["name"] == "plant").cloned())
+        .context("plant not listed")?;
+    ensure!(
+        plant["require_signed"] == true
+            && plant["allow_no_approval"] == false
+            && plant["max_session_secs"] == 14400,
+        "plant's rules: {plant}"
+    );
+    ensure!(b.find("#signed-plant:checked", T).is_ok(), "the form does not show the new rule");
+    b.screenshot(&shots.join("orgs-rules-en.png"))?;
+    b.goto(&format!("{}/orgs?lang=de", w.url))?;
+    ensure!(b.source()?.contains("Regeln speichern"), "the rules form in German");
+    b.screenshot(&shots.join("orgs-rules-de.png"))?;
+
+    // Sessions without approval while approvals must be signed: refused, nothing changes.
+    b.click(&b.find("#free-plant", T)?)?;
+    b.click(&b.find(r#"form.org-set[data-org="plant"] button[type=submit]"#, T)?)?;
+    poll("the refusal", T, Duration::from_millis(100), || {
+        Ok(b.source()?.contains("contradict").then_some(()))
+    })?;
+    let events = w.audit("aud1")?;
+    ensure!(has_event(&events, "org.set", &["plant", "14400"]), "the change is not on record");
+    ensure!(
+        !w.fw_json("aud1", &["org", "list"])?.to_string().contains(r#""allow_no_approval":true"#),
+        "a refused change changed the rules"
+    );
+
+    // An auditor: the rules, no form; a POST refused anyway.
+    let mut a = Client::new(&w)?;
+    let code = w.next_code("aud1")?;
+    ensure!(a.login("aud1", &default_password("aud1"), &code)?.status == 303, "aud1 login");
+    let page = a.get("/orgs")?;
+    ensure!(page.status == 200 && page.body.contains(r#"data-org="plant""#), "{}", page.summary());
+    ensure!(!page.body.contains("/orgs/plant/rules"), "an auditor is offered to change rules");
+    let token = hidden_csrf(&page.body)?;
+    let r = a.post("/orgs/plant/rules", &[("csrf", &token), ("max_session", "1m")], &[])?;
+    ensure!(r.status == 403, "an auditor changed the rules: {}", r.summary());
+    let r = a.post("/orgs/plant/rules", &[("max_session", "1m")], &[])?;
+    ensure!(r.status == 403, "rules without the form token: {}", r.summary());
+    Ok(())
+}
+
 /// Whether one record of `action` mentions all of `words`.
 fn has_event(events: &[serde_json::Value], action: &str, words: &[&str]) -> bool {
     events.iter().any(|e| {

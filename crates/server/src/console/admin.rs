@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use fernwart_api::{
     ContractAddRequest, MachineAddRequest, MachineAdded, MachineInfo, OrgAddRequest, OrgInfo,
-    OrgKind, SettingInfo, SettingsSetRequest, SwitchState, UserAddRequest, UserInfo,
+    OrgKind, OrgSetRequest, SettingInfo, SettingsSetRequest, SwitchState, UserAddRequest, UserInfo,
 };
 use maud::{html, Markup};
 
@@ -50,6 +50,7 @@ fn done(v: &Viewer) -> Option<Done> {
         "user-add" => Msg::DoneUserAdd,
         "user-disable" => Msg::DoneUserDisable,
         "org-add" => Msg::DoneOrgAdd,
+        "org-set" => Msg::DoneOrgSet,
         "contract-add" => Msg::DoneContractAdd,
         _ => return None,
     };
@@ -375,18 +376,41 @@ pub async fn orgs_page(State(app): State<App>, v: Viewer) -> Response {
     };
     let may_add = may(&v, Action::OrgAdd, Object::None);
     let may_contract = may(&v, Action::ContractAdd, Object::None);
-    let body = orgs_body(v.ui.lang, done(&v).as_ref(), &list, may_add, may_contract, &v.csrf);
+    // Only an operator has rules (a provider's are refused by `OrgPolicy::check`).
+    let settable: Vec<bool> = list
+        .iter()
+        .map(|o| o.kind == OrgKind::Operator && may(&v, Action::OrgSet, Object::Named(&o.name)))
+        .collect();
+    let mays = OrgMays { add: may_add, contract: may_contract, set: &settable };
+    let body = orgs_body(v.ui.lang, done(&v).as_ref(), &list, mays, &v.csrf);
     v.page(StatusCode::OK, pages::layout(&v.frame(), Msg::OrgsTitle, body))
+}
+
+/// What the viewer may do on the organizations page: add, add a contract, change the rules
+/// of each listed organization.
+struct OrgMays<'a> {
+    add: bool,
+    contract: bool,
+    set: &'a [bool],
+}
+
+/// A session limit as the form shows it: `8h`, empty for none.
+fn limit_text(secs: Option<i64>) -> String {
+    secs.map(|s| {
+        humantime::format_duration(std::time::Duration::from_secs(u64::try_from(s).unwrap_or(0)))
+            .to_string()
+    })
+    .unwrap_or_default()
 }
 
 fn orgs_body(
     lang: Lang,
     done: Option<&Done>,
     list: &[OrgInfo],
-    may_add: bool,
-    may_contract: bool,
+    mays: OrgMays<'_>,
     csrf: &str,
 ) -> Markup {
+    let (may_add, may_contract) = (mays.add, mays.contract);
     let t = |m: Msg| m.text(lang);
     let kind =
         |k: OrgKind| t(if k == OrgKind::Operator { Msg::KindOperator } else { Msg::KindProvider });
@@ -420,6 +444,26 @@ fn orgs_body(
                     }
                 }
             } }
+        }
+        @for (o, _) in list.iter().zip(mays.set).filter(|(_, set)| **set) {
+            section.org-rules aria-labelledby={ "rules-" (o.name) } {
+                h2 id={ "rules-" (o.name) } { (t(Msg::OrgRules)) " " (o.name) }
+                form.stack.org-set data-org=(o.name) method="post" action={ "/orgs/" (o.name) "/rules" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label for={ "max-" (o.name) } { (t(Msg::FieldMaxSession)) }
+                    p.hint { (t(Msg::OrgRulesHint)) }
+                    input id={ "max-" (o.name) } name="max_session" type="text" maxlength="32" value=(limit_text(o.max_session_secs));
+                    div.check {
+                        input id={ "free-" (o.name) } name="allow_no_approval" type="checkbox" value="yes" checked[o.allow_no_approval];
+                        label for={ "free-" (o.name) } { (t(Msg::FieldNoApproval)) }
+                    }
+                    div.check {
+                        input id={ "signed-" (o.name) } name="require_signed" type="checkbox" value="yes" checked[o.require_signed];
+                        label for={ "signed-" (o.name) } { (t(Msg::FieldRequireSigned)) }
+                    }
+                    button type="submit" aria-label={ (t(Msg::SaveRules)) " " (o.name) } { (t(Msg::SaveRules)) }
+                }
+            }
         }
         @if may_add {
             section aria-labelledby="add-org" {
@@ -487,6 +531,29 @@ pub async fn org_add(State(app): State<App>, v: Viewer, body: Bytes) -> Response
     };
     match api::orgs::add(State(app.clone()), authed(&v), Body(req)).await {
         Ok(_) => back_to(&v, "/orgs", "org-add", &name),
+        Err(e) => v.api_error(&e),
+    }
+}
+
+/// An operator's rules, all three as the form shows them, through `PATCH /v1/orgs/{name}`'s
+/// own handler (authz `org.set`, `OrgChange::apply`, audit `org.set`).
+pub async fn org_set(
+    State(app): State<App>,
+    v: Viewer,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let form = Form::parse(&body);
+    if let Err(res) = v.check_form(&app, &form, Action::OrgSet.as_str(), &name).await {
+        return res;
+    }
+    let req = OrgSetRequest {
+        allow_no_approval: Some(form.get("allow_no_approval") == Some("yes")),
+        max_session: Some(optional(&form, "max_session").unwrap_or_else(|| "none".to_owned())),
+        require_signed: Some(form.get("require_signed") == Some("yes")),
+    };
+    match api::orgs::set(State(app.clone()), authed(&v), Path(name.clone()), Body(req)).await {
+        Ok(Json(o)) => back_to(&v, "/orgs", "org-set", &o.name),
         Err(e) => v.api_error(&e),
     }
 }

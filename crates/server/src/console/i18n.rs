@@ -243,6 +243,10 @@ messages! {
     FieldMaxSession => "Longest session (e.g. 8h)", "Längste Sitzung (z. B. 8h)";
     FieldRequireSigned => "Approvals must be signed", "Freigaben müssen signiert sein";
     AddOrg => "Add an organization", "Organisation hinzufügen";
+    OrgRules => "Rules of the operator", "Regeln des Betreibers";
+    OrgRulesHint => "Empty longest session: the server's limit.", "Längste Sitzung leer: Grenze des Servers.";
+    SaveRules => "Save rules", "Regeln speichern";
+    DoneOrgSet => "Rules changed:", "Regeln geändert:";
     AddContract => "Add a service contract", "Servicevertrag hinzufügen";
     DoneOrgAdd => "Organization added:", "Organisation hinzugefügt:";
     DoneContractAdd => "Service contract added:", "Servicevertrag hinzugefügt:";

@@ -83,6 +83,7 @@ pub fn router() -> Router<App> {
         .route("/users/{name}/disable", post(admin::user_disable))
         .route("/orgs", get(admin::orgs_page))
         .route("/orgs/new", post(admin::org_add))
+        .route("/orgs/{name}/rules", post(admin::org_set))
         .route("/contracts/new", post(admin::contract_add))
         .route("/settings", get(admin::settings_page).post(admin::settings_set))
         .route("/audit", get(trail::audit_page))
