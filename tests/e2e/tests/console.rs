@@ -758,7 +758,9 @@ fn a_second_factor_is_set_up_in_the_browser() -> Result<()> {
     ensure!(b.find_all("nav a")?.is_empty(), "a setup-only login is shown the navigation");
     b.screenshot(&shots.join("mfa-setup-en.png"))?;
     b.goto(&format!("{}/account/mfa?lang=de", w.url))?;
-    ensure!(b.source()?.contains("Authenticator-App"), "the page in German");
+    b.find(r#"html[lang="de"] #mfa-secret"#, T)?;
+    let de = b.source()?;
+    ensure!(de.contains("Geheimnis (Base32)"), "the page in German: {de}");
     b.screenshot(&shots.join("mfa-setup-de.png"))?;
     b.goto(&format!("{}/account/mfa?lang=en", w.url))?;
 

@@ -110,9 +110,9 @@ fn mfa_body(
             MfaState::Pending { secret, uri } => {
                 p { (t(Msg::MfaAddSecret)) }
                 label for="mfa-secret" { (t(Msg::MfaSecret)) }
-                input #mfa-secret.command type="text" readonly value=(secret) spellcheck="false";
+                div.copyline { input #mfa-secret type="text" readonly value=(secret) spellcheck="false"; }
                 label for="mfa-uri" { (t(Msg::MfaUri)) }
-                input #mfa-uri.command type="text" readonly value=(uri) spellcheck="false";
+                div.copyline { input #mfa-uri type="text" readonly value=(uri) spellcheck="false"; }
                 p { a #mfa-link href=(uri) { (t(Msg::MfaUri)) } }
                 form.stack #mfa-confirm method="post" action="/account/mfa/confirm" {
                     input type="hidden" name="csrf" value=(csrf);
