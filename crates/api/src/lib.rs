@@ -13,6 +13,7 @@ mod org;
 mod recording;
 mod role;
 mod session;
+mod settings;
 mod token;
 mod user;
 mod window;
@@ -37,6 +38,7 @@ pub use session::{
     ApproveRequest, SessionCreateRequest, SessionGrant, SessionInfo, SessionState,
     UnknownSessionState,
 };
+pub use settings::{SettingInfo, SettingsSetRequest};
 pub use token::{TokenCreateRequest, TokenCreated, TokenInfo, TokenRevoked};
 pub use user::{UserAddRequest, UserAdded, UserDisabled, UserInfo};
 pub use window::{WindowAddRequest, WindowInfo, WindowRemoved};

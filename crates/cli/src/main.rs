@@ -92,6 +92,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: OrgCmd,
     },
+    /// The server's run-time settings: password policy, lockout, login and session limits
+    /// (admins change them, auditors read them).
+    Settings {
+        #[command(subcommand)]
+        cmd: SettingsCmd,
+    },
     /// Service contracts between organizations (admin).
     Contract {
         #[command(subcommand)]
@@ -125,6 +131,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RecordingCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum SettingsCmd {
+    /// Every setting that can change at run time: the value in force, where it comes from,
+    /// what is allowed.
+    Show,
+    /// Change one, e.g. `auth.lockout_threshold 5` or `auth.lockout_duration 30m`; in force at
+    /// once, over server.toml.
+    Set { key: String, value: String },
 }
 
 #[derive(Subcommand)]
@@ -451,6 +467,10 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             commands::org::set(&ctx, &name, req).await
         }
         Cmd::Org { cmd: OrgCmd::List } => commands::org::list(&ctx).await,
+        Cmd::Settings { cmd: SettingsCmd::Show } => commands::settings::show(&ctx).await,
+        Cmd::Settings { cmd: SettingsCmd::Set { key, value } } => {
+            commands::settings::set(&ctx, &key, &value).await
+        }
         Cmd::Contract { cmd: ContractCmd::Add { provider, operator } } => {
             commands::org::contract_add(&ctx, &provider, &operator).await
         }

@@ -59,10 +59,12 @@ pub enum Action {
     WindowRemove,
     /// Read the server's settings (password policy, lockout, session limits).
     SettingsRead,
+    /// Change them at run time (over `server.toml`).
+    SettingsSet,
 }
 
 impl Action {
-    pub const ALL: [Action; 37] = [
+    pub const ALL: [Action; 38] = [
         Action::MfaEnroll,
         Action::MfaConfirm,
         Action::PasswordChange,
@@ -100,6 +102,7 @@ impl Action {
         Action::WindowList,
         Action::WindowRemove,
         Action::SettingsRead,
+        Action::SettingsSet,
     ];
 
     /// The action's name in the audit trail.
@@ -142,6 +145,7 @@ impl Action {
             Action::WindowList => "window.list",
             Action::WindowRemove => "window.remove",
             Action::SettingsRead => "settings.read",
+            Action::SettingsSet => "settings.set",
         }
     }
 
@@ -183,6 +187,8 @@ impl Action {
             Action::WindowList => &[Admin, SessionAdmin, Approver, Auditor],
             // The rules logins and sessions live by: for who sets them and who checks them.
             Action::SettingsRead => &[Admin, Auditor],
+            // Weakening the lockout or the password policy is the admin's call alone.
+            Action::SettingsSet => &[Admin],
         }
     }
 
@@ -209,6 +215,7 @@ impl Action {
                 | Action::WindowRemove
                 | Action::SessionConnect
                 | Action::TunnelOpen
+                | Action::SettingsSet
         )
     }
 }
@@ -799,6 +806,7 @@ mod tests {
             (WindowList,      [true,  true,   false, true,   true ]),
             (WindowRemove,    [false, false,  false, true,   false]),
             (SettingsRead,    [true,  false,  false, false,  true ]),
+            (SettingsSet,     [true,  false,  false, false,  false]),
         ];
         assert_eq!(table.len(), Action::ALL.len());
         let s = session();
@@ -915,9 +923,13 @@ mod tests {
         t.api_token = Some(1);
         assert!(decide(&t, Action::UserAdd, Object::Named("x"), NOW).is_ok());
         assert!(decide(&t, Action::SessionEnd, Object::Session(&s), NOW).is_ok());
-        for action in
-            [Action::TokenCreate, Action::TokenRevoke, Action::PasswordChange, Action::MfaEnroll]
-        {
+        for action in [
+            Action::TokenCreate,
+            Action::TokenRevoke,
+            Action::PasswordChange,
+            Action::MfaEnroll,
+            Action::SettingsSet,
+        ] {
             assert!(decide(&t, action, Object::None, NOW).is_err(), "{action:?}");
         }
         let mut approver = caller(Role::Approver, 0, "token-2");

@@ -25,6 +25,7 @@ pub mod events;
 pub mod relay;
 pub mod security_keys;
 pub mod sessions;
+pub mod settings;
 pub mod store;
 pub mod tls;
 pub mod util;
@@ -42,6 +43,8 @@ pub struct AppInner {
     /// Live links; subscribes to the changes the API publishes on `relay.events`.
     pub relay: relay::Relay,
     pub limits: api::Limits,
+    /// The settings in force (`server.toml` and the changes made at run time).
+    pub settings: Arc<settings::Live>,
     pub dummy_hash: String,
     /// Signs checkpoints of the audit chain.
     pub audit_key: Arc<audit::signing::SigningKey>,
@@ -171,7 +174,8 @@ impl App {
         let ca = ca::Ca::load(data)?;
         let audit_key = Arc::new(audit::signing::SigningKey::load_or_create(data)?);
         let audit = store::AuditQueue::start(store.clone());
-        let relay = relay::Relay::new(store.clone(), audit, shutdown.clone(), cfg.tunnel_idle);
+        let settings = Arc::new(settings::Live::load(&cfg, &store)?);
+        let relay = relay::Relay::new(store.clone(), audit, shutdown.clone(), settings.clone());
         let limits = api::Limits::new(&cfg);
         let siem = audit::siem::Exporter::start(&store, &cfg);
         let app = App(Arc::new(AppInner {
@@ -180,6 +184,7 @@ impl App {
             ca,
             relay,
             limits,
+            settings,
             dummy_hash: auth::dummy_hash(),
             audit_key,
             siem,

@@ -150,6 +150,11 @@ impl Browser {
             .map(|_| ())
     }
 
+    /// Empties an input field.
+    pub fn clear(&self, e: &Element) -> Result<()> {
+        self.cmd("POST", &format!("/element/{}/clear", e.0), Some(&json!({}))).map(|_| ())
+    }
+
     pub fn click(&self, e: &Element) -> Result<()> {
         self.cmd("POST", &format!("/element/{}/click", e.0), Some(&json!({}))).map(|_| ())
     }

@@ -527,6 +527,276 @@ fn administration_pages_in_the_browser() -> Result<()> {
     Ok(())
 }
 
+/// Issue 12: the settings an admin changes in the browser are in force at once (here: the
+/// lockout threshold, 10 by default, set to 3, locks after three failures), on record with
+/// old and new value; out of bounds is refused; an auditor sees them without a form, and the
+/// server refuses the POST of anyone but an admin.
+#[test]
+fn settings_changed_in_the_browser_take_effect() -> Result<()> {
+    let Some((chromium, chromedriver)) = webdriver::available() else {
+        eprintln!("\n!!! SKIPPED: the browser test needs chromium and chromium-driver\n");
+        return Ok(());
+    };
+    let mut w = World::standard()?;
+    let shots = screenshots();
+    let log = w.log_path("chromedriver");
+    let driver = webdriver::Driver::start(&chromium, &chromedriver, &log)?;
+    let b = driver.session(&w.root.join("browser-settings"), "en-US")?;
+    let admin = w.admin.clone();
+    b.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code(&admin)?;
+    login(&b, &admin, &w.password(&admin), &code)?;
+    b.find("main h1", T)?;
+    b.goto(&format!("{}/settings", w.url))?;
+    let field = b.find("form#settings-set #set-auth-lockout_threshold", T)?;
+    ensure!(b.attribute(&field, "value")?.as_deref() == Some("10"), "threshold not 10");
+    b.clear(&field)?;
+    b.type_into(&field, "3")?;
+    let dur = b.find("form#settings-set #set-auth-lockout_duration", T)?;
+    b.clear(&dur)?;
+    b.type_into(&dur, "1h")?;
+    b.click(&b.find("form#settings-set button[type=submit]", T)?)?;
+    b.find("p.note", T).context("no note after saving")?;
+    let field = b.find("form#settings-set #set-auth-lockout_threshold", T)?;
+    ensure!(b.attribute(&field, "value")?.as_deref() == Some("3"), "threshold not shown as 3");
+    ensure!(
+        b.text(&b.find(r#"tr.setting[data-setting="auth.lockout_threshold"]"#, T)?)?
+            .contains("changed in the console"),
+        "the changed setting is not marked"
+    );
+    b.screenshot(&shots.join("settings-edit-en.png"))?;
+    b.goto(&format!("{}/settings?lang=de", w.url))?;
+    b.find("form#settings-set", T)?;
+    ensure!(b.source()?.contains("Einstellungen speichern"), "settings in German");
+    b.screenshot(&shots.join("settings-edit-de.png"))?;
+
+    // Out of bounds: refused with the reason, nothing changes.
+    let field = b.find("form#settings-set #set-auth-lockout_threshold", T)?;
+    b.clear(&field)?;
+    b.type_into(&field, "2")?;
+    b.click(&b.find("form#settings-set button[type=submit]", T)?)?;
+    poll("the refusal", T, Duration::from_millis(100), || {
+        Ok(b.source()?.contains("auth.lockout_threshold = 2: must be 3 to 20").then_some(()))
+    })?;
+    b.goto(&format!("{}/settings?lang=en", w.url))?;
+    let field = b.find("form#settings-set #set-auth-lockout_threshold", T)?;
+    ensure!(b.attribute(&field, "value")?.as_deref() == Some("3"), "a refused value changed it");
+
+    // In force at once: three failures lock op1 (the server started with 10).
+    let mut c = Client::new(&w)?;
+    for i in 0..3 {
+        let r = c.login("op1", "Wrong-Passw0rd!x", "123456")?;
+        ensure!(r.status == 401, "failure {i}: {}", r.summary());
+    }
+    let code = w.next_code("op1")?;
+    let r = c.login("op1", &default_password("op1"), &code)?;
+    ensure!(r.status == 401, "op1 logged in after three failures: {}", r.summary());
+    let events = w.audit("aud1")?;
+    ensure!(has_event(&events, "auth.lockout", &["op1"]), "no lockout after three failures");
+    ensure!(
+        has_event(
+            &events,
+            "settings.set",
+            &["auth.lockout_threshold", "10", "auth.lockout_duration", "15m", "1h"]
+        ),
+        "the change is not on record with old and new values: {}",
+        fernwart_e2e::audit_actions(&events)
+    );
+    let lock = events.iter().rev().find(|e| e["action"] == "auth.lockout").map(|e| e.to_string());
+    ensure!(lock.is_some_and(|l| l.contains("3600")), "the lock is not the new hour");
+
+    // An auditor reads the settings, without a form; its POST is refused anyway.
+    let mut a = Client::new(&w)?;
+    let code = w.next_code("aud1")?;
+    ensure!(a.login("aud1", &default_password("aud1"), &code)?.status == 303, "aud1 login");
+    let page = a.get("/settings")?;
+    ensure!(
+        page.status == 200 && page.body.contains("auth.lockout_threshold"),
+        "{}",
+        page.summary()
+    );
+    ensure!(
+        !page.body.contains("settings-set")
+            && !page.body.contains(r#"name="auth.lockout_threshold""#),
+        "an auditor is offered the settings form"
+    );
+    let token = hidden_csrf(&page.body)?;
+    let r = a.post("/settings", &[("csrf", &token), ("auth.lockout_threshold", "20")], &[])?;
+    ensure!(r.status == 403, "an auditor changed a setting: {}", r.summary());
+    // A technician: not even the page.
+    let mut t = Client::new(&w)?;
+    let code = w.next_code("tech1")?;
+    ensure!(t.login("tech1", &default_password("tech1"), &code)?.status == 303, "tech1 login");
+    ensure!(t.get("/settings")?.status == 403, "tech1 sees the settings");
+    let token = hidden_csrf(&t.get("/")?.body)?;
+    let r = t.post("/settings", &[("csrf", &token), ("auth.lockout_threshold", "20")], &[])?;
+    ensure!(r.status == 403, "a technician changed a setting: {}", r.summary());
+    // The admin's own form: without its token, or from another site, refused.
+    let mut c = Client::new(&w)?;
+    let code = w.next_code(&admin)?;
+    ensure!(c.login(&admin, &w.password(&admin), &code)?.status == 303, "admin login");
+    let token = hidden_csrf(&c.get("/settings")?.body)?;
+    let r = c.post("/settings", &[("auth.lockout_threshold", "20")], &[])?;
+    ensure!(r.status == 403, "a change without the form token: {}", r.summary());
+    let r = c.post(
+        "/settings",
+        &[("csrf", &token), ("auth.lockout_threshold", "20")],
+        &[("Sec-Fetch-Site", "cross-site")],
+    )?;
+    ensure!(r.status == 403, "a change from another site: {}", r.summary());
+    let page = c.get("/settings")?;
+    ensure!(
+        page.body.contains(
+            r#"name="auth.lockout_threshold" type="text" required maxlength="32" value="3""#
+        ),
+        "a refused POST changed the threshold"
+    );
+    Ok(())
+}
+
+/// Issue 12: an admin changes an operator's rules on the organizations page, through the
+/// same `org set` path as the CLI; a contradiction is refused; an auditor sees the rules
+/// without a form and the server refuses their POST.
+#[test]
+fn organization_rules_change_in_the_browser() -> Result<()> {
+    let Some((chromium, chromedriver)) = webdriver::available() else {
+        eprintln!("\n!!! SKIPPED: the browser test needs chromium and chromium-driver\n");
+        return Ok(());
+    };
+    let mut w = World::standard()?;
+    let admin = w.admin.clone();
+    w.fw(&admin, &["org", "add", "plant", "--kind", "operator"])?;
+    w.fw(&admin, &["org", "add", "builder", "--kind", "provider"])?;
+    let shots = screenshots();
+    let log = w.log_path("chromedriver");
+    let driver = webdriver::Driver::start(&chromium, &chromedriver, &log)?;
+    let b = driver.session(&w.root.join("browser-orgs"), "en-US")?;
+    b.goto(&format!("{}/login", w.url))?;
+    let code = w.next_code(&admin)?;
+    login(&b, &admin, &w.password(&admin), &code)?;
+    b.find("main h1", T)?;
+    b.goto(&format!("{}/orgs", w.url))?;
+    b.find(r#"form.org-set[data-org="plant"]"#, T)?;
+    ensure!(
+        b.find_all(r#"form.org-set[data-org="builder"]"#)?.is_empty(),
+        "a provider is offered rules it cannot have"
+    );
+    b.type_into(&b.find("#max-plant", T)?, "4h")?;
+    b.click(&b.find("#signed-plant", T)?)?;
+    b.click(&b.find(r#"form.org-set[data-org="plant"] button[type=submit]"#, T)?)?;
+    b.find("p.note", T).context("no note after the rules")?;
+    let orgs = w.fw_json("aud1", &["org", "list"])?;
+    let plant = orgs
+        .as_array()
+        .and_then(|l| l.iter().find(|o| o["name"] == "plant").cloned())
+        .context("plant not listed")?;
+    ensure!(
+        plant["require_signed"] == true
+            && plant["allow_no_approval"] == false
+            && plant["max_session_secs"] == 14400,
+        "plant's rules: {plant}"
+    );
+    ensure!(b.find("#signed-plant:checked", T).is_ok(), "the form does not show the new rule");
+    b.screenshot(&shots.join("orgs-rules-en.png"))?;
+    b.goto(&format!("{}/orgs?lang=de", w.url))?;
+    ensure!(b.source()?.contains("Regeln speichern"), "the rules form in German");
+    b.screenshot(&shots.join("orgs-rules-de.png"))?;
+
+    // Sessions without approval while approvals must be signed: refused, nothing changes.
+    b.click(&b.find("#free-plant", T)?)?;
+    b.click(&b.find(r#"form.org-set[data-org="plant"] button[type=submit]"#, T)?)?;
+    poll("the refusal", T, Duration::from_millis(100), || {
+        Ok(b.source()?.contains("contradict").then_some(()))
+    })?;
+    let events = w.audit("aud1")?;
+    ensure!(has_event(&events, "org.set", &["plant", "14400"]), "the change is not on record");
+    ensure!(
+        !w.fw_json("aud1", &["org", "list"])?.to_string().contains(r#""allow_no_approval":true"#),
+        "a refused change changed the rules"
+    );
+
+    // An auditor: the rules, no form; a POST refused anyway.
+    let mut a = Client::new(&w)?;
+    let code = w.next_code("aud1")?;
+    ensure!(a.login("aud1", &default_password("aud1"), &code)?.status == 303, "aud1 login");
+    let page = a.get("/orgs")?;
+    ensure!(page.status == 200 && page.body.contains(r#"data-org="plant""#), "{}", page.summary());
+    ensure!(!page.body.contains("/orgs/plant/rules"), "an auditor is offered to change rules");
+    let token = hidden_csrf(&page.body)?;
+    let r = a.post("/orgs/plant/rules", &[("csrf", &token), ("max_session", "1m")], &[])?;
+    ensure!(r.status == 403, "an auditor changed the rules: {}", r.summary());
+    let r = a.post("/orgs/plant/rules", &[("max_session", "1m")], &[])?;
+    ensure!(r.status == 403, "rules without the form token: {}", r.summary());
+    Ok(())
+}
+
+/// Issue 12: a user without a second factor sets up an authenticator app in the browser
+/// (the secret and its otpauth link as text, confirmed with a code), through the same code as
+/// `fernwart mfa enroll` / `confirm`; a wrong code is refused; then logs in with a code.
+#[test]
+fn a_second_factor_is_set_up_in_the_browser() -> Result<()> {
+    let Some((chromium, chromedriver)) = webdriver::available() else {
+        eprintln!("\n!!! SKIPPED: the browser test needs chromium and chromium-driver\n");
+        return Ok(());
+    };
+    let mut w = World::boot()?;
+    w.add_user("newbie", "approver")?;
+    let pw = default_password("newbie");
+    let shots = screenshots();
+    let log = w.log_path("chromedriver");
+    let driver = webdriver::Driver::start(&chromium, &chromedriver, &log)?;
+    let b = driver.session(&w.root.join("browser-mfa"), "en-US")?;
+    b.goto(&format!("{}/login", w.url))?;
+    b.type_into(&b.find("#user", T)?, "newbie")?;
+    b.type_into(&b.find("#password", T)?, &pw)?;
+    b.click(&b.find("form.login button[type=submit]", T)?)?;
+    b.click(&b.find("form#mfa-enroll button[type=submit]", T)?)?;
+    let secret = b.attribute(&b.find("#mfa-secret", T)?, "value")?.unwrap_or_default();
+    let uri = b.attribute(&b.find("#mfa-uri", T)?, "value")?.unwrap_or_default();
+    ensure!(!secret.is_empty() && uri.starts_with("otpauth://totp/"), "{secret:?} {uri:?}");
+    ensure!(uri.contains(&format!("secret={secret}")), "the link is not the secret's: {uri}");
+    ensure!(b.find_all("nav a")?.is_empty(), "a setup-only login is shown the navigation");
+    b.screenshot(&shots.join("mfa-setup-en.png"))?;
+    b.goto(&format!("{}/account/mfa?lang=de", w.url))?;
+    b.find(r#"html[lang="de"] #mfa-secret"#, T)?;
+    let de = b.source()?;
+    ensure!(de.contains("Geheimnis (Base32)"), "the page in German: {de}");
+    b.screenshot(&shots.join("mfa-setup-de.png"))?;
+    b.goto(&format!("{}/account/mfa?lang=en", w.url))?;
+
+    // A wrong code: refused, still pending.
+    let step = fernwart_e2e::totp::step_of(fernwart_e2e::totp::unix_now());
+    let wrong = fernwart_e2e::totp::code(&secret, step + 20)?;
+    b.type_into(&b.find("#code", T)?, &wrong)?;
+    b.click(&b.find("form#mfa-confirm button[type=submit]", T)?)?;
+    b.find("p.error", T).context("no error for a wrong code")?;
+    ensure!(
+        b.attribute(&b.find("#mfa-secret", T)?, "value")?.as_deref() == Some(secret.as_str()),
+        "the secret changed after a wrong code"
+    );
+
+    // The right code: set up; that login ends, the next one needs a code.
+    let code = fernwart_e2e::totp::code(&secret, step)?;
+    b.type_into(&b.find("#code", T)?, &code)?;
+    b.click(&b.find("form#mfa-confirm button[type=submit]", T)?)?;
+    b.find("form.login", T)?;
+    ensure!(b.url()?.ends_with("/login?mfa=1"), "not back at the login: {}", b.url()?);
+    ensure!(b.source()?.contains("Second factor set up"), "no note after the setup");
+    let mut c = Client::new(&w)?;
+    let r = c.login("newbie", &pw, "")?;
+    ensure!(r.status == 401, "a password alone still logs in: {}", r.summary());
+    let next = fernwart_e2e::totp::code(&secret, fernwart_e2e::totp::next_usable_step(Some(step)))?;
+    login(&b, "newbie", &pw, &next)?;
+    b.find(r#"nav a[href="/account/mfa"]"#, T)?;
+    b.goto(&format!("{}/account/mfa", w.url))?;
+    b.find("p.mfa-confirmed", T)?;
+    ensure!(b.find_all("main form")?.is_empty(), "a set-up factor is offered a button");
+    let events = w.audit(&w.admin.clone())?;
+    ensure!(has_event(&events, "mfa.enroll", &["newbie"]), "no mfa.enroll on record");
+    ensure!(has_event(&events, "mfa.confirm", &["newbie"]), "no mfa.confirm on record");
+    Ok(())
+}
+
 /// Whether one record of `action` mentions all of `words`.
 fn has_event(events: &[serde_json::Value], action: &str, words: &[&str]) -> bool {
     events.iter().any(|e| {
@@ -1034,14 +1304,23 @@ fn console_logins_count_toward_the_same_lockout() -> Result<()> {
         "the locked attempt is not on record"
     );
 
-    // An account without a second factor gets no console login: it is told to set one up.
+    // An account without a second factor gets a login that may only set one up.
     w.add_user("newbie", "approver")?;
     let mut n = Client::new(&w)?;
     let r = n.login("newbie", &default_password("newbie"), "")?;
-    ensure!(r.status == 403, "a login without a second factor: {}", r.summary());
-    ensure!(r.body.contains("fernwart mfa enroll"), "not told how to set up a second factor");
-    ensure!(!n.jar.contains_key("__Host-fernwart"), "a login without a second factor got a cookie");
-    let events = w.audit("admin")?;
-    ensure!(has_event(&events, "auth.logout", &["newbie"]), "its partial login was not ended");
+    ensure!(
+        r.status == 303 && location(&r) == "/account/mfa",
+        "a login without a second factor: {}",
+        r.summary()
+    );
+    let page = n.get("/account/mfa")?;
+    ensure!(page.status == 200 && page.body.contains("/account/mfa/enroll"), "{}", page.summary());
+    ensure!(!page.body.contains(r#"href="/sessions""#), "a setup-only login is shown the pages");
+    let r = n.get("/sessions")?;
+    ensure!(
+        r.status == 303 && location(&r) == "/login?ended=1",
+        "setup-only on /sessions: {}",
+        r.summary()
+    );
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod key;
 pub mod org;
 pub mod recording;
 pub mod session;
+pub mod settings;
 pub mod token;
 pub mod url;
 pub mod window;

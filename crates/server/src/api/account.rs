@@ -92,8 +92,10 @@ pub async fn authenticate_with(
         app.relay.audit.record_now(failed(LoginFailure::UnknownUser, None)).await;
         return Err(refuse(&app, &req.user).await);
     };
-    let threshold = i64::from(app.cfg.settings.auth.lockout_threshold);
-    let lock_secs = app.cfg.lockout_duration.as_secs() as i64;
+    // The settings in force now: a change made in the console counts from the next attempt.
+    let live = app.settings.get();
+    let threshold = i64::from(live.lockout_threshold);
+    let lock_secs = live.lockout_duration.as_secs() as i64;
     let attempt = app
         .store
         .run(move |b| b.claim_login_attempt(u.id, now, threshold, now + lock_secs))
@@ -142,7 +144,7 @@ pub async fn authenticate_with(
     let token = util::random_token();
     let second = u.totp_confirmed || key_ok;
     let scope = if second { Scope::Full } else { Scope::MfaSetup };
-    let ttl = if second { app.cfg.login_ttl.as_secs() as i64 } else { 15 * 60 };
+    let ttl = if second { live.login_ttl.as_secs() as i64 } else { 15 * 60 };
     let until = now + ttl;
     let entry =
         Entry::new(&u.name, &src, Event::Login { user: u.name.clone(), scope: scope.as_str() });
@@ -242,16 +244,17 @@ pub async fn passwd(
         return Err(ApiError::bad("current password too long"));
     }
     let c = &a.caller;
-    let policy = &app.cfg.settings.password;
-    auth::check_policy(&req.new, policy, &c.name).map_err(ApiError::bad)?;
+    let policy = app.settings.password();
+    auth::check_policy(&req.new, &policy, &c.name).map_err(ApiError::bad)?;
     let (id, earlier) = (c.user_id, policy.history);
     let hashes = app.store.run(move |b| b.password_hashes(id, earlier)).await?;
     let Some(current_hash) = hashes.first().cloned() else {
         return Err(ApiError::not_found("no such user"));
     };
     let now = util::now();
-    let threshold = i64::from(app.cfg.settings.auth.lockout_threshold);
-    let lock_secs = app.cfg.lockout_duration.as_secs() as i64;
+    let live = app.settings.get();
+    let threshold = i64::from(live.lockout_threshold);
+    let lock_secs = live.lockout_duration.as_secs() as i64;
     let attempt =
         app.store.run(move |b| b.claim_login_attempt(id, now, threshold, now + lock_secs)).await?;
     let Attempt::Counted(n) = attempt else {

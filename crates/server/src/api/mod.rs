@@ -31,6 +31,7 @@ pub(crate) mod orgs;
 mod recordings;
 mod serve;
 pub(crate) mod sessions;
+pub(crate) mod settings;
 mod tokens;
 pub(crate) mod users;
 mod windows;
@@ -73,6 +74,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/agent/link", get(links::agent))
         .route("/v1/connect/{name}", get(links::connect))
         .route("/v1/account/keys", get(account::security_keys))
+        .route("/v1/settings", get(settings::list).patch(settings::set))
         .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
@@ -257,7 +259,7 @@ impl Authed {
         let now = util::now();
         authz::authenticated(&caller, now)?;
         if let Some(last) = caller.last_used {
-            let idle = i64::try_from(app.cfg.login_idle.as_secs()).unwrap_or(i64::MAX);
+            let idle = i64::try_from(app.settings.get().idle_timeout.as_secs()).unwrap_or(i64::MAX);
             if now - last >= idle {
                 let entry = crate::audit::Entry::new(
                     &caller.name,

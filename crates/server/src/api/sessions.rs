@@ -91,7 +91,7 @@ pub async fn prepare(app: &App, a: &Authed, req: SessionCreateRequest) -> ApiRes
         (Some(u), None) => util::parse_rfc3339(u)
             .ok_or_else(|| ApiError::bad(format!("--until {u:?} is not RFC 3339")))?,
         (None, Some(d)) => from.saturating_add(i64::try_from(d).unwrap_or(i64::MAX)),
-        (None, None) => from + app.cfg.default_session.as_secs() as i64,
+        (None, None) => from + app.settings.get().default_duration.as_secs() as i64,
     };
     if until <= from || until <= now {
         return Err(ApiError::bad("the time window must end after it starts and in the future"));

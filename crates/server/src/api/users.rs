@@ -36,7 +36,7 @@ pub async fn add(
         ),
         None => None,
     };
-    auth::check_policy(&req.password, &app.cfg.settings.password, &req.name)
+    auth::check_policy(&req.password, &app.settings.password(), &req.name)
         .map_err(ApiError::bad)?;
     let pw = req.password.clone();
     let hash = app.limits.hash(move || auth::hash_password(&pw)).await?.map_err(ApiError::bad)?;

@@ -108,6 +108,10 @@ pub enum Event {
         provider: String,
         operator: String,
     },
+    /// An admin changed settings at run time: each with its value before and after.
+    SettingsSet {
+        changes: Vec<crate::domain::settings::Change>,
+    },
     /// The server ended a login (its technician link dropped: resuming needs a fresh login).
     LoginEnded {
         user: String,
@@ -345,6 +349,7 @@ impl Event {
             Event::TokenRevoke { .. } => "token.revoke",
             Event::OrgAdd { .. } => "org.add",
             Event::OrgSet { .. } => "org.set",
+            Event::SettingsSet { .. } => "settings.set",
             Event::ContractAdd { .. } => "contract.add",
             Event::PasswordChange { .. } => "user.passwd",
             Event::MfaEnroll { .. } => "mfa.enroll",
@@ -390,6 +395,7 @@ impl Event {
     pub fn target(&self) -> &str {
         match self {
             Event::ServerInit { .. } => "",
+            Event::SettingsSet { .. } => "settings",
             Event::Login { user, .. }
             | Event::LoginFailed { user, .. }
             | Event::Lockout { user, .. }
@@ -508,6 +514,13 @@ impl Event {
             Event::TokenRevoke { .. } => json!({}),
             Event::OrgAdd { kind, require_signed, .. } => {
                 json!({"kind": kind, "require_signed": require_signed})
+            }
+            Event::SettingsSet { changes } => {
+                let list: Vec<Value> = changes
+                    .iter()
+                    .map(|c| json!({"key": c.key.as_str(), "old": c.old, "new": c.new}))
+                    .collect();
+                json!({"changes": list})
             }
             Event::OrgSet { policy, .. } => json!({
                 "allow_no_approval": policy.allow_no_approval,

@@ -1,6 +1,7 @@
 //! The console's administration pages: machines (add with a one-time enrolment token, the
 //! targets their agents report, revoke), users (add, disable), organizations and service
-//! contracts, and the server's settings (read-only: they live in `server.toml`).
+//! contracts, and the server's settings (those that can change at run time, and the rest of
+//! `server.toml`).
 //!
 //! Every change goes through the JSON API's own handler (authorization, checks, audit), called
 //! with the viewer's login; every button is shown only where [`authz::decide`] allows it.
@@ -12,9 +13,11 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
     Json,
 };
+use std::collections::BTreeMap;
+
 use fernwart_api::{
     ContractAddRequest, MachineAddRequest, MachineAdded, MachineInfo, OrgAddRequest, OrgInfo,
-    OrgKind, SwitchState, UserAddRequest, UserInfo,
+    OrgKind, OrgSetRequest, SettingInfo, SettingsSetRequest, SwitchState, UserAddRequest, UserInfo,
 };
 use maud::{html, Markup};
 
@@ -27,7 +30,7 @@ use super::{
 use crate::{
     api::{self, Authed, Body},
     authz::{self, Action, Object},
-    domain::{names, Role},
+    domain::{names, settings::Key, Role},
     util, App,
 };
 
@@ -47,6 +50,7 @@ fn done(v: &Viewer) -> Option<Done> {
         "user-add" => Msg::DoneUserAdd,
         "user-disable" => Msg::DoneUserDisable,
         "org-add" => Msg::DoneOrgAdd,
+        "org-set" => Msg::DoneOrgSet,
         "contract-add" => Msg::DoneContractAdd,
         _ => return None,
     };
@@ -372,18 +376,41 @@ pub async fn orgs_page(State(app): State<App>, v: Viewer) -> Response {
     };
     let may_add = may(&v, Action::OrgAdd, Object::None);
     let may_contract = may(&v, Action::ContractAdd, Object::None);
-    let body = orgs_body(v.ui.lang, done(&v).as_ref(), &list, may_add, may_contract, &v.csrf);
+    // Only an operator has rules (a provider's are refused by `OrgPolicy::check`).
+    let settable: Vec<bool> = list
+        .iter()
+        .map(|o| o.kind == OrgKind::Operator && may(&v, Action::OrgSet, Object::Named(&o.name)))
+        .collect();
+    let mays = OrgMays { add: may_add, contract: may_contract, set: &settable };
+    let body = orgs_body(v.ui.lang, done(&v).as_ref(), &list, mays, &v.csrf);
     v.page(StatusCode::OK, pages::layout(&v.frame(), Msg::OrgsTitle, body))
+}
+
+/// What the viewer may do on the organizations page: add, add a contract, change the rules
+/// of each listed organization.
+struct OrgMays<'a> {
+    add: bool,
+    contract: bool,
+    set: &'a [bool],
+}
+
+/// A session limit as the form shows it: `8h`, empty for none.
+fn limit_text(secs: Option<i64>) -> String {
+    secs.map(|s| {
+        humantime::format_duration(std::time::Duration::from_secs(u64::try_from(s).unwrap_or(0)))
+            .to_string()
+    })
+    .unwrap_or_default()
 }
 
 fn orgs_body(
     lang: Lang,
     done: Option<&Done>,
     list: &[OrgInfo],
-    may_add: bool,
-    may_contract: bool,
+    mays: OrgMays<'_>,
     csrf: &str,
 ) -> Markup {
+    let (may_add, may_contract) = (mays.add, mays.contract);
     let t = |m: Msg| m.text(lang);
     let kind =
         |k: OrgKind| t(if k == OrgKind::Operator { Msg::KindOperator } else { Msg::KindProvider });
@@ -417,6 +444,26 @@ fn orgs_body(
                     }
                 }
             } }
+        }
+        @for (o, _) in list.iter().zip(mays.set).filter(|(_, set)| **set) {
+            section.org-rules aria-labelledby={ "rules-" (o.name) } {
+                h2 id={ "rules-" (o.name) } { (t(Msg::OrgRules)) " " (o.name) }
+                form.stack.org-set data-org=(o.name) method="post" action={ "/orgs/" (o.name) "/rules" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label for={ "max-" (o.name) } { (t(Msg::FieldMaxSession)) }
+                    p.hint { (t(Msg::OrgRulesHint)) }
+                    input id={ "max-" (o.name) } name="max_session" type="text" maxlength="32" value=(limit_text(o.max_session_secs));
+                    div.check {
+                        input id={ "free-" (o.name) } name="allow_no_approval" type="checkbox" value="yes" checked[o.allow_no_approval];
+                        label for={ "free-" (o.name) } { (t(Msg::FieldNoApproval)) }
+                    }
+                    div.check {
+                        input id={ "signed-" (o.name) } name="require_signed" type="checkbox" value="yes" checked[o.require_signed];
+                        label for={ "signed-" (o.name) } { (t(Msg::FieldRequireSigned)) }
+                    }
+                    button type="submit" aria-label={ (t(Msg::SaveRules)) " " (o.name) } { (t(Msg::SaveRules)) }
+                }
+            }
         }
         @if may_add {
             section aria-labelledby="add-org" {
@@ -488,6 +535,29 @@ pub async fn org_add(State(app): State<App>, v: Viewer, body: Bytes) -> Response
     }
 }
 
+/// An operator's rules, all three as the form shows them, through `PATCH /v1/orgs/{name}`'s
+/// own handler (authz `org.set`, `OrgChange::apply`, audit `org.set`).
+pub async fn org_set(
+    State(app): State<App>,
+    v: Viewer,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let form = Form::parse(&body);
+    if let Err(res) = v.check_form(&app, &form, Action::OrgSet.as_str(), &name).await {
+        return res;
+    }
+    let req = OrgSetRequest {
+        allow_no_approval: Some(form.get("allow_no_approval") == Some("yes")),
+        max_session: Some(optional(&form, "max_session").unwrap_or_else(|| "none".to_owned())),
+        require_signed: Some(form.get("require_signed") == Some("yes")),
+    };
+    match api::orgs::set(State(app.clone()), authed(&v), Path(name.clone()), Body(req)).await {
+        Ok(Json(o)) => back_to(&v, "/orgs", "org-set", &o.name),
+        Err(e) => v.api_error(&e),
+    }
+}
+
 pub async fn contract_add(State(app): State<App>, v: Viewer, body: Bytes) -> Response {
     let form = Form::parse(&body);
     let (provider, operator) = (field(&form, "provider"), field(&form, "operator"));
@@ -505,38 +575,140 @@ pub async fn contract_add(State(app): State<App>, v: Viewer, body: Bytes) -> Res
 // ---------------------------------------------------------------- settings
 
 pub async fn settings_page(State(app): State<App>, v: Viewer) -> Response {
-    if let Err(e) = v.a.allow(&app, Action::SettingsRead, Object::None) {
-        return v.api_error(&e);
-    }
+    let list = match api::settings::list(State(app.clone()), authed(&v)).await {
+        Ok(Json(list)) => list,
+        Err(e) => return v.api_error(&e),
+    };
+    let note = match v.query.get("done").map(String::as_str) {
+        Some("settings-set") => Some(Msg::SettingsSaved),
+        Some("settings-unchanged") => Some(Msg::SettingsUnchanged),
+        _ => None,
+    };
+    let may_set = may(&v, Action::SettingsSet, Object::Named("settings"));
     let s = &app.cfg.settings;
     let t = |m: Msg| m.text(v.ui.lang);
     let yes_no = |b: bool| t(if b { Msg::Yes } else { Msg::No });
-    let rows: Vec<(Msg, String)> = vec![
-        (Msg::SetMinLength, s.password.min_length.to_string()),
-        (Msg::SetMinClasses, s.password.min_classes.to_string()),
-        (Msg::SetHistory, s.password.history.to_string()),
+    let fixed: Vec<(Msg, String)> = vec![
         (Msg::SetRefuseCommon, yes_no(s.password.refuse_common).to_owned()),
-        (Msg::SetLockoutThreshold, s.auth.lockout_threshold.to_string()),
-        (Msg::SetLockoutDuration, s.auth.lockout_duration.clone()),
-        (Msg::SetLoginTtl, s.auth.token_ttl.clone()),
-        (Msg::SetIdle, s.auth.idle_timeout.clone()),
-        (Msg::SetDefaultDuration, s.sessions.default_duration.clone()),
         (Msg::SetNoApproval, yes_no(s.sessions.allow_no_approval).to_owned()),
-        (Msg::SetTunnelIdle, s.sessions.tunnel_idle_timeout.clone()),
         (Msg::SetLinksPerUser, crate::relay::MAX_LINKS_PER_USER.to_string()),
         (Msg::SetEnrolTtl, s.enrolment.token_ttl.clone()),
         (Msg::SetCertTtl, s.enrolment.cert_ttl.clone()),
     ];
-    let body = html! {
+    let body = settings_body(v.ui.lang, note, &list, &fixed, may_set, &v.csrf);
+    v.page(StatusCode::OK, pages::layout(&v.frame(), Msg::SettingsTitle, body))
+}
+
+/// The label of a setting that can be changed at run time.
+fn setting_msg(k: Key) -> Msg {
+    match k {
+        Key::MinLength => Msg::SetMinLength,
+        Key::MinClasses => Msg::SetMinClasses,
+        Key::History => Msg::SetHistory,
+        Key::LockoutThreshold => Msg::SetLockoutThreshold,
+        Key::LockoutDuration => Msg::SetLockoutDuration,
+        Key::LoginTtl => Msg::SetLoginTtl,
+        Key::IdleTimeout => Msg::SetIdle,
+        Key::DefaultDuration => Msg::SetDefaultDuration,
+        Key::TunnelIdle => Msg::SetTunnelIdle,
+    }
+}
+
+/// A form field's id for a setting (`auth.lockout_threshold` -> `set-auth-lockout_threshold`).
+fn setting_id(key: &str) -> String {
+    format!("set-{}", key.replace('.', "-"))
+}
+
+fn settings_body(
+    lang: Lang,
+    note: Option<Msg>,
+    list: &[SettingInfo],
+    fixed: &[(Msg, String)],
+    may_set: bool,
+    csrf: &str,
+) -> Markup {
+    let t = |m: Msg| m.text(lang);
+    let rows = list.iter().filter_map(|s| Key::parse(&s.key).map(|k| (k, s)));
+    let table = html! {
+        div.scroll { table.settings {
+            thead { tr {
+                th scope="col" { (t(Msg::SettingsColSetting)) }
+                th scope="col" { (t(Msg::SettingsColValue)) }
+                th scope="col" { (t(Msg::SettingsColAllowed)) }
+                th scope="col" { (t(Msg::SettingsColSource)) }
+            } }
+            tbody {
+                @for (k, s) in rows {
+                    tr.setting data-setting=(s.key) {
+                        th scope="row" {
+                            @if may_set { label for=(setting_id(&s.key)) { (t(setting_msg(k))) } }
+                            @else { (t(setting_msg(k))) }
+                            br; code.key { (s.key) }
+                        }
+                        td {
+                            @if may_set {
+                                input id=(setting_id(&s.key)) name=(s.key) type="text" required maxlength="32" value=(s.value) autocapitalize="none" spellcheck="false";
+                            } @else {
+                                span.value { (s.value) }
+                            }
+                        }
+                        td { (s.range) }
+                        td {
+                            @if s.changed { (t(Msg::SettingsChanged)) " (server.toml: " (s.file_value) ")" }
+                            @else { code { "server.toml" } }
+                        }
+                    }
+                }
+            }
+        } }
+    };
+    html! {
         h1 { (t(Msg::SettingsTitle)) }
-        p.note { (t(Msg::SettingsReadOnly)) " " code { "server.toml" } }
+        @if let Some(n) = note { p.note role="status" { (t(n)) } }
+        p { (t(Msg::SettingsLive)) " " code { "server.toml" } "." }
+        @if may_set {
+            form #settings-set method="post" action="/settings" {
+                input type="hidden" name="csrf" value=(csrf);
+                (table)
+                button type="submit" { (t(Msg::SettingsSave)) }
+            }
+        } @else {
+            (table)
+        }
+        h2 { (t(Msg::SettingsReadOnly)) " " code { "server.toml" } }
         dl.facts.settings {
-            @for (label, value) in &rows {
+            @for (label, value) in fixed {
                 dt { (t(*label)) } dd { (value) }
             }
         }
-    };
-    v.page(StatusCode::OK, pages::layout(&v.frame(), Msg::SettingsTitle, body))
+    }
+}
+
+/// The settings form: the values that differ from those in force, through the API's own
+/// `PATCH /v1/settings` (checks, compare-and-set, audit).
+pub async fn settings_set(State(app): State<App>, v: Viewer, body: Bytes) -> Response {
+    let form = Form::parse(&body);
+    if let Err(res) = v.check_form(&app, &form, Action::SettingsSet.as_str(), "settings").await {
+        return res;
+    }
+    let live = app.settings.get();
+    let mut values = BTreeMap::new();
+    for k in Key::ALL {
+        let Some(raw) = form.get(k.as_str()).map(str::trim) else { continue };
+        // The same value written differently (`900s` for `15m`) is no change either.
+        let same = live.with(k, raw).is_ok_and(|p| p.get(k) == live.get(k));
+        if !same {
+            values.insert(k.as_str().to_owned(), raw.to_owned());
+        }
+    }
+    if values.is_empty() {
+        return v.ui.remember(Redirect::to("/settings?done=settings-unchanged").into_response());
+    }
+    let req = SettingsSetRequest { values };
+    match api::settings::set(State(app.clone()), authed(&v), Body(req)).await {
+        Ok(_) => v.ui.remember(Redirect::to("/settings?done=settings-set").into_response()),
+        Err(e) => v.api_error(&e),
+    }
 }
 
 #[cfg(test)]

@@ -122,7 +122,7 @@ messages! {
     LoginButton => "Log in", "Anmelden";
     LoginInvalid => "Invalid user name, password or code.", "Benutzername, Passwort oder Code ungültig.";
     LoginTooFast => "Too many attempts: wait a moment, then try again.", "Zu viele Versuche: Bitte kurz warten und erneut versuchen.";
-    LoginNeedsMfa => "This account has no second factor yet. Set it up with the command line first:", "Dieses Konto hat noch keinen zweiten Faktor. Richten Sie ihn zuerst mit der Kommandozeile ein:";
+    LoginMfaSetUp => "Second factor set up. Log in again, with a code from your authenticator app.", "Zweiter Faktor eingerichtet. Melden Sie sich erneut an, mit einem Code aus Ihrer Authenticator-App.";
     LoginEnded => "Your login has ended (expired, or unused for too long). Please log in again.", "Ihre Anmeldung ist abgelaufen (Zeit überschritten oder zu lange unbenutzt). Bitte melden Sie sich erneut an.";
     LoggedOut => "You are logged out.", "Sie sind abgemeldet.";
 
@@ -243,11 +243,24 @@ messages! {
     FieldMaxSession => "Longest session (e.g. 8h)", "Längste Sitzung (z. B. 8h)";
     FieldRequireSigned => "Approvals must be signed", "Freigaben müssen signiert sein";
     AddOrg => "Add an organization", "Organisation hinzufügen";
+    OrgRules => "Rules of the operator", "Regeln des Betreibers";
+    OrgRulesHint => "Empty longest session: the server's limit.", "Längste Sitzung leer: Grenze des Servers.";
+    SaveRules => "Save rules", "Regeln speichern";
+    DoneOrgSet => "Rules changed:", "Regeln geändert:";
     AddContract => "Add a service contract", "Servicevertrag hinzufügen";
     DoneOrgAdd => "Organization added:", "Organisation hinzugefügt:";
     DoneContractAdd => "Service contract added:", "Servicevertrag hinzugefügt:";
     SettingsTitle => "Settings", "Einstellungen";
-    SettingsReadOnly => "Read-only here: the server reads these at start from", "Hier nur lesbar: Der Server liest sie beim Start aus";
+    SettingsReadOnly => "Fixed here: the server reads these at start from", "Hier fest: Der Server liest sie beim Start aus";
+    SettingsLive => "A change here takes effect at once and takes precedence over", "Eine Änderung hier gilt sofort und hat Vorrang vor";
+    SettingsColSetting => "Setting", "Einstellung";
+    SettingsColValue => "Value in force", "Geltender Wert";
+    SettingsColAllowed => "Allowed", "Erlaubt";
+    SettingsColSource => "Source", "Herkunft";
+    SettingsChanged => "changed in the console", "in der Konsole geändert";
+    SettingsSave => "Save settings", "Einstellungen speichern";
+    SettingsSaved => "Settings saved; they are in force now.", "Einstellungen gespeichert; sie gelten ab sofort.";
+    SettingsUnchanged => "Nothing changed: every value was the current one.", "Nichts geändert: Jeder Wert war der geltende.";
     SetMinLength => "Password: minimum length", "Passwort: Mindestlänge";
     SetMinClasses => "Password: character classes required (of 4)", "Passwort: nötige Zeichenklassen (von 4)";
     SetHistory => "Password: earlier passwords refused", "Passwort: abgelehnte frühere Passwörter";
@@ -297,6 +310,20 @@ messages! {
     Back => "Back to the overview", "Zurück zur Übersicht";
 
     NavKeys => "Security keys", "Sicherheitsschlüssel";
+    NavMfa => "Authenticator app", "Authenticator-App";
+    MfaTitle => "Second factor: authenticator app", "Zweiter Faktor: Authenticator-App";
+    MfaSetupOnly => "This account has no second factor yet. Set one up now; until then this login can do nothing else.", "Dieses Konto hat noch keinen zweiten Faktor. Richten Sie jetzt einen ein; bis dahin kann diese Anmeldung nichts anderes.";
+    MfaIsSetUp => "An authenticator app is set up for this account. To replace it, an admin must reset it.", "Für dieses Konto ist eine Authenticator-App eingerichtet. Ersetzen kann sie nur ein Administrator nach einem Zurücksetzen.";
+    MfaNone => "No authenticator app is set up for this account yet. It gives you a six-digit code at every login (TOTP, RFC 6238).", "Für dieses Konto ist noch keine Authenticator-App eingerichtet. Sie liefert bei jeder Anmeldung einen sechsstelligen Code (TOTP, RFC 6238).";
+    MfaStart => "Set up an authenticator app", "Authenticator-App einrichten";
+    MfaRestart => "Start again with a new secret", "Mit neuem Geheimnis neu beginnen";
+    MfaAddSecret => "Add this account to your authenticator app: enter the secret, or open the link on the device that holds the app.", "Fügen Sie dieses Konto Ihrer Authenticator-App hinzu: Geben Sie das Geheimnis ein oder öffnen Sie den Link auf dem Gerät mit der App.";
+    MfaSecret => "Secret (base32)", "Geheimnis (Base32)";
+    MfaUri => "otpauth link", "otpauth-Link";
+    MfaCode => "Code the app shows now", "Aktueller Code aus der App";
+    MfaConfirm => "Confirm", "Bestätigen";
+    MfaWrongCode => "That code does not match. Check the app's clock and enter the current code.", "Der Code passt nicht. Prüfen Sie die Uhr des Geräts und geben Sie den aktuellen Code ein.";
+    MfaDone => "Authenticator app set up: it is asked for at your next login.", "Authenticator-App eingerichtet: Sie wird bei der nächsten Anmeldung abgefragt.";
     KeyLogin => "Log in with security key", "Mit Sicherheitsschlüssel anmelden";
     KeyFailed => "The security key did not answer, or its answer was refused.", "Der Sicherheitsschlüssel hat nicht geantwortet, oder seine Antwort wurde abgelehnt.";
     KeysTitle => "Security keys", "Sicherheitsschlüssel";

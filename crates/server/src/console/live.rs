@@ -100,7 +100,8 @@ impl Listener {
         if authz::authenticated(&c, now).is_err() {
             return false;
         }
-        let idle = i64::try_from(self.app.cfg.login_idle.as_secs()).unwrap_or(i64::MAX);
+        let idle =
+            i64::try_from(self.app.settings.get().idle_timeout.as_secs()).unwrap_or(i64::MAX);
         c.last_used.is_none_or(|last| now - last < idle)
     }
 

@@ -35,6 +35,7 @@ use crate::{
     util, App,
 };
 
+mod account;
 mod admin;
 pub mod i18n;
 mod live;
@@ -83,8 +84,12 @@ pub fn router() -> Router<App> {
         .route("/users/{name}/disable", post(admin::user_disable))
         .route("/orgs", get(admin::orgs_page))
         .route("/orgs/new", post(admin::org_add))
+        .route("/orgs/{name}/rules", post(admin::org_set))
         .route("/contracts/new", post(admin::contract_add))
-        .route("/settings", get(admin::settings_page))
+        .route(account::MFA_PAGE, get(account::mfa_page))
+        .route("/account/mfa/enroll", post(account::mfa_enroll))
+        .route("/account/mfa/confirm", post(account::mfa_confirm))
+        .route("/settings", get(admin::settings_page).post(admin::settings_set))
         .route("/audit", get(trail::audit_page))
         .route("/audit/export.csv", get(trail::export_csv))
         .route("/audit/export.jsonl", get(trail::export_jsonl))
@@ -250,6 +255,26 @@ impl FromRequestParts<App> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        Viewer::extract(parts, app, false).await
+    }
+}
+
+/// A viewer whose login may lack its second factor yet (a password-only login of an account
+/// without one): it may only set one up ([`account`]) and log out; [`authz`] refuses it all
+/// else anyway.
+pub struct SetupViewer(pub Viewer);
+
+impl FromRequestParts<App> for SetupViewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        Viewer::extract(parts, app, true).await.map(SetupViewer)
+    }
+}
+
+impl Viewer {
+    /// The viewer of a request; `setup_too`: a login without a second factor is taken too.
+    async fn extract(parts: &mut Parts, app: &App, setup_too: bool) -> Result<Self, Response> {
         let ui = Ui::of(parts);
         let Some(token) = cookie(&parts.headers, LOGIN_COOKIE).and_then(api::token_shape) else {
             return Err(ui.remember(Redirect::to("/login").into_response()));
@@ -259,7 +284,7 @@ impl FromRequestParts<App> for Viewer {
         let in_use = !parts.headers.contains_key(LIVE_HEADER);
         let info = parts.extensions.get::<ConnInfo>();
         let a = match Authed::from_token_as(app, &token, info, in_use).await {
-            Ok(a) if a.caller.scope == Scope::Full => a,
+            Ok(a) if a.caller.scope == Scope::Full || setup_too => a,
             Ok(_) => return Err(login_again(ui)),
             Err(e) if e.status() == StatusCode::UNAUTHORIZED => return Err(login_again(ui)),
             Err(e) => {
@@ -403,6 +428,8 @@ async fn login_page(ui: Ui, RawQuery(q): RawQuery) -> Response {
         LoginNote::Ended
     } else if q.contains_key("bye") {
         LoginNote::LoggedOut
+    } else if q.contains_key("mfa") {
+        LoginNote::MfaSetUp
     } else {
         LoginNote::None
     };
@@ -466,26 +493,15 @@ async fn login(
             return login_form(ui, status, shown_user, note);
         }
     };
-    if res.scope != Scope::Full {
-        // A login without a second factor may only set one up; the console cannot do that
-        // yet, so the login ends here.
-        if let Ok(a) = Authed::from_token(&app, &res.token, info.as_deref()).await {
-            if let Err(e) = api::account::end_login(&app, &a).await {
-                tracing::warn!(
-                    error = e.message(),
-                    "ending a console login without a second factor"
-                );
-            }
-        }
-        return login_form(ui, StatusCode::FORBIDDEN, shown_user, LoginNote::NeedsMfa);
-    }
-    let mut r = Redirect::to("/").into_response();
+    // A login without a second factor may only set one up: to that page.
+    let to = if res.scope == Scope::Full { "/" } else { account::MFA_PAGE };
+    let mut r = Redirect::to(to).into_response();
     append_cookie(&mut r, &secret_cookie(LOGIN_COOKIE, &res.token));
     append_cookie(&mut r, &clear_cookie(PRE_COOKIE));
     ui.remember(r)
 }
 
-async fn logout(State(app): State<App>, v: Viewer, body: Bytes) -> Response {
+async fn logout(State(app): State<App>, SetupViewer(v): SetupViewer, body: Bytes) -> Response {
     let form = Form::parse(&body);
     if let Err(res) = v.check_form(&app, &form, "logout", &v.a.caller.name).await {
         return res;

@@ -56,6 +56,7 @@ pub(super) fn layout(f: &Frame<'_>, title: Msg, body: Markup) -> Markup {
                                 }
                             }
                             a href="/account/keys" aria-current=[(f.path == "/account/keys").then_some("page")] { (t(Msg::NavKeys)) }
+                            a href="/account/mfa" aria-current=[(f.path == "/account/mfa").then_some("page")] { (t(Msg::NavMfa)) }
                         }
                         span.who { (t(Msg::SignedInAs)) " " strong { (name) } " (" (t(Msg::RoleLabel)) " " (t(role_msg(role))) ")" }
                         form.inline method="post" action="/logout" {
@@ -85,7 +86,8 @@ pub enum LoginNote {
     None,
     Invalid,
     TooFast,
-    NeedsMfa,
+    /// A second factor was just set up: log in with it.
+    MfaSetUp,
     Ended,
     LoggedOut,
 }
@@ -98,9 +100,7 @@ pub fn login(lang: Lang, csrf: &str, user: &str, note: LoginNote) -> Markup {
             LoginNote::None => {},
             LoginNote::Invalid => p.error role="alert" { (t(Msg::LoginInvalid)) },
             LoginNote::TooFast => p.error role="alert" { (t(Msg::LoginTooFast)) },
-            LoginNote::NeedsMfa => p.error role="alert" {
-                (t(Msg::LoginNeedsMfa)) " " code { "fernwart mfa enroll" } ", " code { "fernwart mfa confirm CODE" }
-            },
+            LoginNote::MfaSetUp => p.note role="status" { (t(Msg::LoginMfaSetUp)) },
             LoginNote::Ended => p.note role="status" { (t(Msg::LoginEnded)) },
             LoginNote::LoggedOut => p.note role="status" { (t(Msg::LoggedOut)) },
         }

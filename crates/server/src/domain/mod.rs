@@ -4,6 +4,7 @@ pub mod caller;
 pub mod names;
 pub mod org;
 pub mod session;
+pub mod settings;
 pub mod window;
 
 pub use caller::{Caller, Scope};

@@ -216,7 +216,13 @@ mod tests {
             store.clone(),
             AuditQueue::start(store.clone()),
             shutdown.clone(),
-            Duration::ZERO,
+            std::sync::Arc::new(crate::settings::Live::from_config(
+                &crate::config::Config::parse(
+                    "[server]\nlisten = \"127.0.0.1:1\"\npublic_url = \"https://fw.test\"\n",
+                    [],
+                )
+                .unwrap(),
+            )),
         );
         let (server_io, agent_io) = tokio::io::duplex(256 * 1024);
         let (server_mux, _) = Mux::start(server_io, Mode::Client).await.unwrap();

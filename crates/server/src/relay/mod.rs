@@ -41,8 +41,9 @@ pub struct RelayInner {
     pub events: Events,
     pub audit: AuditQueue,
     pub shutdown: CancellationToken,
-    /// A tunnel that carried nothing for this long is closed (zero: never).
-    pub tunnel_idle: std::time::Duration,
+    /// The settings in force; among them how long a tunnel may carry nothing before it is
+    /// closed (`sessions.tunnel_idle_timeout`, zero: never).
+    pub settings: Arc<crate::settings::Live>,
 }
 
 impl std::ops::Deref for Relay {
@@ -58,11 +59,11 @@ impl Relay {
         store: Store,
         audit: AuditQueue,
         shutdown: CancellationToken,
-        tunnel_idle: std::time::Duration,
+        settings: Arc<crate::settings::Live>,
     ) -> Self {
         let hub = Arc::new(Hub::default());
         let events = Events::new(vec![hub.clone() as Arc<dyn Subscriber>]);
-        Self(Arc::new(RelayInner { hub, store, events, audit, shutdown, tunnel_idle }))
+        Self(Arc::new(RelayInner { hub, store, events, audit, shutdown, settings }))
     }
 }
 

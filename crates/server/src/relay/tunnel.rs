@@ -123,6 +123,8 @@ pub async fn serve(
             .await
             .map_err(Halt::Io)
     };
+    // The setting in force when the tunnel opens holds for it.
+    let idle = app.settings.get().tunnel_idle;
     let outcome = tokio::select! {
         r = pipe::both(up, down) => match r {
             Ok((up, down)) => format!("closed ({up} bytes up, {down} down)"),
@@ -138,8 +140,8 @@ pub async fn serve(
         _ = guards.link.cancelled() => "technician link closed".to_owned(),
         _ = switch.cancelled() => "key switch off or agent gone".to_owned(),
         _ = tokio::time::sleep(left) => "time window closed or login expired".to_owned(),
-        _ = activity.idle(app.tunnel_idle) => {
-            format!("idle for {} (sessions.tunnel_idle_timeout)", humantime::format_duration(app.tunnel_idle))
+        _ = activity.idle(idle) => {
+            format!("idle for {} (sessions.tunnel_idle_timeout)", humantime::format_duration(idle))
         }
     };
     drop(listed);

@@ -211,6 +211,13 @@ const MIGRATIONS: &[&str] = &[
         user_id INTEGER,
         expires_at BIGINT NOT NULL
     );",
+    // settings an admin changed at run time (over server.toml), by their server.toml name
+    "CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        changed_by TEXT NOT NULL,
+        changed_at BIGINT NOT NULL
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -354,6 +354,14 @@ pub enum Attempt {
 }
 
 /// A database: typed, blocking methods, each one transaction.
+/// One setting to write: its name, the value stored before (compare-and-set), the new value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingWrite {
+    pub key: String,
+    pub expected: Option<String>,
+    pub value: String,
+}
+
 pub trait Backend: Send + Sync + 'static {
     // ------------------------------------------------------------ audit
     /// Appends records on their own (events of links and tunnels, refusals).
@@ -577,6 +585,20 @@ pub trait Backend: Send + Sync + 'static {
         now: UnixSecs,
         entry: &Entry,
     ) -> Result<(), StoreError>;
+
+    // ------------------------------------------------------------ settings
+    /// The settings changed at run time: (name, value), by name.
+    fn settings(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Writes changed settings in one transaction, each by compare-and-set against the value
+    /// stored when the change was computed (`expected`; `None`: none was stored), with the
+    /// record `entry`. False (nothing written) if any of them changed meanwhile.
+    fn settings_set(
+        &self,
+        writes: &[SettingWrite],
+        by: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<bool, StoreError>;
 
     // ------------------------------------------------------------ maintenance windows
     /// A machine's id and organization, and the providers under contract with that

@@ -14,7 +14,7 @@ use super::{
     migrations, AgentBatch, AgentRecord, AgentTrust, ApiTokenRecord, Applied, Attempt, AuditFilter,
     Backend, ChallengePurpose, Checkpoint, Credential, E2eKeySeen, EnrolToken, IssuedCert,
     LoginSubject, MachineOwner, MachineRecord, NewSession, NewUser, NewWindow, OrgRecord,
-    PrepareRule, StoreError, TechKey, UserRecord, MAX_TECH_KEYS,
+    PrepareRule, SettingWrite, StoreError, TechKey, UserRecord, MAX_TECH_KEYS,
 };
 use crate::{
     audit::{Entry, Event},
@@ -1427,6 +1427,43 @@ impl Backend for Sqlite {
             )?;
             audit(tx, &entry(next))?;
             Ok(next)
+        })
+    }
+
+    fn settings(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT key, value FROM settings ORDER BY key")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn settings_set(
+        &self,
+        writes: &[SettingWrite],
+        by: &str,
+        now: UnixSecs,
+        entry: &Entry,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            for w in writes {
+                let stored: Option<String> = tx
+                    .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+                    .query_row([&w.key], |r| r.get(0))
+                    .optional()?;
+                if stored != w.expected {
+                    return Ok(false);
+                }
+            }
+            for w in writes {
+                tx.execute(
+                    "INSERT INTO settings (key, value, changed_by, changed_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (key) DO UPDATE SET value = ?2, changed_by = ?3, changed_at = ?4",
+                    params![w.key, w.value, by, now],
+                )?;
+            }
+            audit(tx, entry)?;
+            Ok(true)
         })
     }
 

@@ -40,6 +40,47 @@ pub fn all(fresh: &dyn Fn() -> Arc<dyn Backend>) {
     a_sessions_technician_keys_are_kept_unless_a_signature_covers_them(fresh().as_ref());
     an_orgs_rules_change_whole_or_not_at_all(fresh().as_ref());
     a_trust_anchor_is_recorded_when_it_changes(fresh().as_ref());
+    settings_change_by_compare_and_set(fresh().as_ref());
+}
+
+fn settings_change_by_compare_and_set(b: &dyn Backend) {
+    use super::SettingWrite;
+    use crate::domain::settings::{Change, Key};
+    let set = || {
+        entry(Event::SettingsSet {
+            changes: vec![Change { key: Key::LockoutThreshold, old: "10".into(), new: "3".into() }],
+        })
+    };
+    let w = |key: &str, expected: Option<&str>, value: &str| SettingWrite {
+        key: key.into(),
+        expected: expected.map(str::to_owned),
+        value: value.into(),
+    };
+    assert!(b.settings().unwrap().is_empty());
+    let before = actions(b).len();
+    // The first change of a key expects none stored.
+    assert!(b
+        .settings_set(&[w("auth.lockout_threshold", None, "3")], "admin", NOW, &set())
+        .unwrap());
+    assert_eq!(b.settings().unwrap(), vec![("auth.lockout_threshold".into(), "3".into())]);
+    assert_eq!(actions(b).last().map(String::as_str), Some("settings.set"));
+    assert_eq!(actions(b).len(), before + 1);
+    // A change computed from a stale value writes nothing, not even its other keys.
+    let stale = [w("auth.lockout_duration", None, "1h"), w("auth.lockout_threshold", None, "5")];
+    assert!(!b.settings_set(&stale, "admin", NOW, &set()).unwrap());
+    assert_eq!(b.settings().unwrap().len(), 1);
+    assert_eq!(actions(b).len(), before + 1);
+    // Computed from the stored value: written.
+    let fresh =
+        [w("auth.lockout_duration", None, "1h"), w("auth.lockout_threshold", Some("3"), "5")];
+    assert!(b.settings_set(&fresh, "admin", NOW, &set()).unwrap());
+    assert_eq!(
+        b.settings().unwrap(),
+        vec![
+            ("auth.lockout_duration".into(), "1h".into()),
+            ("auth.lockout_threshold".into(), "5".into())
+        ]
+    );
 }
 
 fn a_trust_anchor_is_recorded_when_it_changes(b: &dyn Backend) {
