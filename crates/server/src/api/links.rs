@@ -93,7 +93,7 @@ pub async fn agent(State(app): State<App>, mut req: Request) -> ApiResult<Respon
         slots.proven();
     }
     let relay = app.relay.clone();
-    tokio::spawn(async move {
+    app.relay.tasks.spawn(async move {
         // The link holds the connection's place under the total cap while it runs.
         let _slots = slots;
         // The server opens the streams of an agent link: it is the HTTP/2 client there.
@@ -150,7 +150,7 @@ pub async fn connect(
     let sid = s.id;
     let relay = app.relay.clone();
     let slots = req.extensions().get::<ConnInfo>().map(|i| i.slots.clone());
-    tokio::spawn(async move {
+    app.relay.tasks.spawn(async move {
         // The link holds the connection's place under the caps while it runs.
         let _slots = slots;
         let _link = link_slot;

@@ -43,6 +43,9 @@ pub struct RelayInner {
     pub shutdown: CancellationToken,
     /// A tunnel that carried nothing for this long is closed (zero: never).
     pub tunnel_idle: std::time::Duration,
+    /// The links and tunnels running: a stop waits for them to write their last records
+    /// (`tunnel.close`, the link's end) before it flushes the audit queue.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::ops::Deref for Relay {
@@ -62,7 +65,8 @@ impl Relay {
     ) -> Self {
         let hub = Arc::new(Hub::default());
         let events = Events::new(vec![hub.clone() as Arc<dyn Subscriber>]);
-        Self(Arc::new(RelayInner { hub, store, events, audit, shutdown, tunnel_idle }))
+        let tasks = tokio_util::task::TaskTracker::new();
+        Self(Arc::new(RelayInner { hub, store, events, audit, shutdown, tunnel_idle, tasks }))
     }
 }
 
