@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use fernwart_e2e::{open_tunnel, roundtrip, Echo, World};
+use fernwart_e2e::{open_tunnel, roundtrip, world::path_str, Echo, World};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -50,6 +50,34 @@ fn a_server_stop_keeps_the_records_of_the_tunnels_it_ends() -> Result<()> {
         closes == opens,
         "{opens} tunnels opened but only {closes} tunnel.close in the trail after a clean stop: {:?}",
         &actions[actions.len().saturating_sub(12)..]
+    );
+    Ok(())
+}
+
+/// The agent's side of the same: a stop of the agent ends its tunnels, and its own trail (the
+/// operator's record) has a `tunnel.close` for each `tunnel.open`.
+#[test]
+fn an_agent_stop_keeps_the_records_of_the_tunnels_it_ends() -> Result<()> {
+    let echo = Echo::start()?;
+    let mut w = world(&echo)?;
+    w.create_session("s1", "m1", &["echo"], &["tech1"])?;
+    let conn = w.connect_approved("s1", "tech1", "op1")?;
+    let fwd = conn.forward("echo")?;
+    roundtrip(fwd, b"one tunnel that closes before the stop", T)?;
+    let open: Vec<_> = (0..3).map(|_| open_tunnel(fwd)).collect::<Result<_>>()?;
+    std::thread::sleep(Duration::from_millis(200));
+
+    w.stop_agent("m1");
+    drop(open);
+    let dir = w.agent_dir("m1");
+    let out = w.agent_raw(&["audit", "list", "--json", "--data", path_str(&dir)?])?;
+    let records = out.check()?.json_list();
+    let count = |what: &str| records.iter().filter(|r| r["action"] == what).count();
+    let (opens, closes) = (count("tunnel.open"), count("tunnel.close"));
+    ensure!(opens == 4, "{opens} tunnel.open in the agent's trail (4 expected)");
+    ensure!(
+        closes == opens,
+        "{opens} tunnels opened but only {closes} tunnel.close in the agent's trail after a clean stop"
     );
     Ok(())
 }
