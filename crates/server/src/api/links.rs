@@ -65,7 +65,7 @@ pub async fn agent(State(app): State<App>, mut req: Request) -> ApiResult<Respon
     })?;
     let f = fp.clone();
     let m = app.store.run(move |b| b.machine_by_cert(&f)).await?;
-    let Some((id, name, revoked)) = m else {
+    let Some((id, name, revoked, org)) = m else {
         let reason = "unknown certificate".to_owned();
         let entry = Entry::new(
             "unknown",
@@ -98,7 +98,7 @@ pub async fn agent(State(app): State<App>, mut req: Request) -> ApiResult<Respon
         let _slots = slots;
         // The server opens the streams of an agent link: it is the HTTP/2 client there.
         if let Some((mux, _)) = start_mux(on_upgrade, Mode::Client).await {
-            agent_link::serve(relay, mux, id, name, src).await;
+            agent_link::serve(relay, mux, id, (name, org), src).await;
         }
     });
     Ok(resp)

@@ -193,6 +193,8 @@ struct AgentEntry {
     software: String,
     /// The agent link version agreed on.
     link_version: u16,
+    /// The machine's organization: who hears of its changes.
+    org: Option<String>,
     acks: HashMap<String, Vec<oneshot::Sender<GrantAnswer>>>,
 }
 
@@ -225,7 +227,7 @@ impl Hub {
     /// Registers an agent link; an older link of the same machine is closed.
     pub fn agent_connected(
         &self,
-        machine: i64,
+        (machine, org): (i64, Option<String>),
         mux: Mux,
         control: mpsc::Sender<ServerToAgent>,
         switch_on: bool,
@@ -244,6 +246,7 @@ impl Hub {
             targets,
             software,
             link_version,
+            org: org.clone(),
             acks: HashMap::new(),
         };
         if let Some(old) = inner.agents.insert(machine, entry) {
@@ -251,7 +254,7 @@ impl Hub {
             old.mux.close();
         }
         drop(inner);
-        self.pulse(live::Pulse::Machines);
+        self.pulse(live::Pulse::Machines { org });
         conn_id
     }
 
@@ -260,9 +263,9 @@ impl Hub {
         if inner.agents.get(&machine).is_some_and(|a| a.conn_id == conn_id) {
             if let Some(old) = inner.agents.remove(&machine) {
                 old.switch_token.cancel();
+                drop(inner);
+                self.pulse(live::Pulse::Machines { org: old.org });
             }
-            drop(inner);
-            self.pulse(live::Pulse::Machines);
         }
     }
 
@@ -303,25 +306,29 @@ impl Hub {
     /// The key switch changed: off cancels every tunnel of the machine at once.
     pub fn set_switch(&self, machine: i64, on: bool) {
         let mut inner = self.lock();
-        if let Some(a) = inner.agents.get_mut(&machine) {
-            if !on {
-                a.switch_token.cancel();
-            } else if a.switch_token.is_cancelled() {
-                a.switch_token = CancellationToken::new();
-            }
-            a.switch_on = on;
+        let Some(a) = inner.agents.get_mut(&machine) else { return };
+        if !on {
+            a.switch_token.cancel();
+        } else if a.switch_token.is_cancelled() {
+            a.switch_token = CancellationToken::new();
         }
+        a.switch_on = on;
+        let org = a.org.clone();
         drop(inner);
-        self.pulse(live::Pulse::Machines);
+        self.pulse(live::Pulse::Machines { org });
     }
 
     /// Closes the machine's link (revocation).
     fn disconnect_agent(&self, machine: i64) {
-        if let Some(a) = self.lock().agents.remove(&machine) {
+        let removed = self.lock().agents.remove(&machine);
+        // A machine not linked: its revocation is still news to the machines pages, of no
+        // organization in particular.
+        let org = removed.and_then(|a| {
             a.switch_token.cancel();
             a.mux.close();
-        }
-        self.pulse(live::Pulse::Machines);
+            a.org
+        });
+        self.pulse(live::Pulse::Machines { org });
     }
 
     /// Sends a grant to the machine's agent and waits for its acknowledgement: the one place
