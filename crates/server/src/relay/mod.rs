@@ -118,6 +118,11 @@ impl Subscriber for Hub {
 
 /// The most technician links (`fernwart connect`) one user may hold open at once.
 pub const MAX_LINKS_PER_USER: usize = 8;
+/// The most tunnels one user may have opening at once (from its open request to the agent's
+/// answer), across its links; more wait their turn. Each holds a stream of the machine's link
+/// (at most [`fernwart_transport::mux::MAX_STREAMS`]) for up to a handshake timeout: a
+/// technician who stalls or trickles its handshakes must not take them all from the others.
+pub const MAX_OPENING_PER_USER: usize = 16;
 
 /// How long the server waits for an agent to acknowledge a grant.
 const GRANT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -159,6 +164,8 @@ struct Inner {
     users: HashMap<i64, CancellationToken>,
     /// Open technician links per user.
     links: HashMap<i64, usize>,
+    /// Tunnels opening per user (while it has links): [`MAX_OPENING_PER_USER`] permits.
+    opening: HashMap<i64, Arc<tokio::sync::Semaphore>>,
     /// How many of its own records each machine may still hand in.
     audit_budgets: HashMap<i64, crate::audit::agent::Budget>,
     next_conn: u64,
@@ -177,6 +184,7 @@ impl Drop for LinkSlot {
             *n -= 1;
             if *n == 0 {
                 inner.links.remove(&self.user);
+                inner.opening.remove(&self.user);
             }
         }
     }
@@ -414,6 +422,13 @@ impl Hub {
         }
         *n += 1;
         Some(LinkSlot { hub: self.clone(), user })
+    }
+
+    /// The permits for `user`'s tunnels opening (see [`MAX_OPENING_PER_USER`]).
+    pub fn opening(&self, user: i64) -> Arc<tokio::sync::Semaphore> {
+        let mut inner = self.lock();
+        let s = inner.opening.entry(user);
+        s.or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_OPENING_PER_USER))).clone()
     }
 
     pub fn user_token(&self, user: i64) -> CancellationToken {
