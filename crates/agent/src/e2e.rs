@@ -35,18 +35,20 @@ impl E2e {
         self.key.as_ref().ok().map(StaticKey::public)
     }
 
-    /// Reads a tunnel's first Noise message. `Err` says why the tunnel is refused.
+    /// Reads a tunnel's first Noise message, from one of `tech_keys` (the grant's technician
+    /// keys; checked before the handshake is remembered). `Err` says why the tunnel is refused.
     pub fn accept(
         &self,
         session: &str,
         target: &str,
         msg: &[u8],
+        tech_keys: &[String],
     ) -> Result<(Responder, FirstMessage), String> {
         let key =
             self.key.as_ref().map_err(|e| format!("this machine has no end-to-end key: {e}"))?;
         let seed = rand::random::<[u8; 32]>();
         let mut guard = self.guard.lock().unwrap_or_else(|p| p.into_inner());
-        Responder::accept(key, session, target, seed, msg, now_ms(), &mut guard)
+        Responder::accept_granted(key, session, target, seed, msg, now_ms(), &mut guard, tech_keys)
             .map_err(|e| fernwart_transport::error_chain(&e))
     }
 }

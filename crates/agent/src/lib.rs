@@ -59,6 +59,9 @@ pub struct AgentInner {
     trust: RwLock<Arc<approval::Trust>>,
     /// Counts trust anchor changes: the link tells the server.
     pub trust_changes: watch::Sender<u64>,
+    /// The tunnels running: a stop waits for them to record their end (`tunnel.close`, a
+    /// recording's summary) before it flushes the trail.
+    pub tunnels: tokio_util::task::TaskTracker,
 }
 
 impl std::ops::Deref for Agent {
@@ -110,6 +113,7 @@ impl Agent {
             audit_writer: audit::AuditWriter::start(audit_log.clone()),
             audit_log,
             recordings,
+            tunnels: tokio_util::task::TaskTracker::new(),
         }))
     }
 
@@ -387,6 +391,9 @@ impl Agent {
     }
 }
 
+/// How long a stop waits for its tunnels to end and record it.
+const TUNNELS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `fernwart-agent run`: watch the switch, keep the link up, until `shutdown`.
 pub async fn run(agent: Agent, shutdown: CancellationToken) {
     let watcher = tokio::spawn(switch::watch_source(
@@ -413,6 +420,12 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
     });
     let reloader = tokio::spawn(reload::watch(agent.clone(), shutdown.clone()));
     link::run(agent.clone(), shutdown).await;
+    // The link's end ends its tunnels; each records its close a moment later (and finishes its
+    // recording). Flushed before that, those records would be lost with the process.
+    agent.tunnels.close();
+    if tokio::time::timeout(TUNNELS_GRACE, agent.tunnels.wait()).await.is_err() {
+        tracing::warn!(left = agent.tunnels.len(), "tunnels still running at shutdown");
+    }
     reloader.abort();
     watcher.abort();
     reactor.abort();

@@ -221,7 +221,7 @@ async fn connect_once(agent: &Agent, offer: u16) -> Result<String, Failure> {
                 let _ = out_tx.send(AgentToServer::Switch { on }).await;
             }
             s = inbound.recv() => match s {
-                Some(stream) => { tokio::spawn(crate::forward::serve(agent.clone(), stream, link_closed.clone())); }
+                Some(stream) => { agent.tunnels.spawn(crate::forward::serve(agent.clone(), stream, link_closed.clone())); }
                 None => break "link closed".to_owned(),
             },
             _ = mux.closed() => break "link closed".to_owned(),

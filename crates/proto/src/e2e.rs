@@ -66,6 +66,9 @@ pub const MAX_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
 /// How many first messages the agent remembers at most (each for up to twice
 /// [`MAX_CLOCK_SKEW_MS`]); when all are in use, new handshakes are refused until some expire.
 pub const REPLAY_CAPACITY: usize = 16 * 1024;
+/// One technician key may hold at most this share of [`ReplayGuard`]'s memory (a quarter): a
+/// technician who opens tunnels in a loop is refused ([`E2eError::Busy`]) before the others.
+pub const REPLAY_SHARE: usize = 4;
 const TIMESTAMP_LEN: usize = 8;
 /// The first message without its payload: `e`, encrypted `s` and the payload's tag.
 const FIRST_OVERHEAD: usize = KEY_LEN + (KEY_LEN + TAG_LEN) + TAG_LEN;
@@ -90,6 +93,8 @@ pub enum E2eError {
     Replayed,
     #[error("too many tunnel handshakes lately; try again in a few minutes")]
     Busy,
+    #[error("the technician's end-to-end key {0} is not one the session's grant names")]
+    NotGranted(PublicKey),
     #[error("an encrypted record failed authentication (changed, replayed, reordered or dropped)")]
     Decrypt,
     #[error("the encrypted stream ended without its closing record (cut short on the way)")]
@@ -274,6 +279,35 @@ impl Responder {
         now_ms: u64,
         guard: &mut ReplayGuard,
     ) -> Result<(Self, FirstMessage), E2eError> {
+        Self::accept_inner(local, (session, target), seed, msg, now_ms, guard, None)
+    }
+
+    /// [`Responder::accept`] for a grant: a first message from a key that `tech_keys` does
+    /// not name is refused before `guard` remembers it. (Remembered first, anyone with a
+    /// session could fill the memory with made-up keys and lock every technician out.)
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept_granted(
+        local: &StaticKey,
+        session: &str,
+        target: &str,
+        seed: [u8; 32],
+        msg: &[u8],
+        now_ms: u64,
+        guard: &mut ReplayGuard,
+        tech_keys: &[String],
+    ) -> Result<(Self, FirstMessage), E2eError> {
+        Self::accept_inner(local, (session, target), seed, msg, now_ms, guard, Some(tech_keys))
+    }
+
+    fn accept_inner(
+        local: &StaticKey,
+        (session, target): (&str, &str),
+        seed: [u8; 32],
+        msg: &[u8],
+        now_ms: u64,
+        guard: &mut ReplayGuard,
+        tech_keys: Option<&[String]>,
+    ) -> Result<(Self, FirstMessage), E2eError> {
         if msg.len() < FIRST_OVERHEAD + TIMESTAMP_LEN {
             return Err(E2eError::Malformed("the first message is too short"));
         }
@@ -293,7 +327,10 @@ impl Responder {
         let sent_ms = u64::from_be_bytes(stamp.try_into().unwrap_or_default());
         let mut ephemeral = [0u8; KEY_LEN];
         ephemeral.copy_from_slice(&msg[..KEY_LEN]);
-        guard.admit(ephemeral, sent_ms, now_ms)?;
+        if tech_keys.is_some_and(|keys| !grant_names(keys, &initiator)) {
+            return Err(E2eError::NotGranted(initiator));
+        }
+        guard.admit(&initiator, ephemeral, sent_ms, now_ms)?;
         let early = early.to_vec();
         Ok((Self { hs }, FirstMessage { initiator, sent_ms, early }))
     }
@@ -543,8 +580,11 @@ impl Opener {
 /// long as its clock reading would still pass.
 #[derive(Debug)]
 pub struct ReplayGuard {
-    /// Ephemeral key of each accepted first message → when it may be forgotten (agent ms).
-    seen: HashMap<[u8; KEY_LEN], u64>,
+    /// Ephemeral key of each accepted first message → when it may be forgotten (agent ms)
+    /// and the technician key that sent it.
+    seen: HashMap<[u8; KEY_LEN], (u64, PublicKey)>,
+    /// How many of `seen` each technician key holds.
+    held: HashMap<PublicKey, usize>,
     capacity: usize,
 }
 
@@ -556,13 +596,30 @@ impl Default for ReplayGuard {
 
 impl ReplayGuard {
     pub fn new(capacity: usize) -> Self {
-        Self { seen: HashMap::new(), capacity }
+        Self { seen: HashMap::new(), held: HashMap::new(), capacity }
     }
 
-    /// Accepts a first message sent at `sent_ms` (the technician's clock) with ephemeral key
-    /// `ephemeral`, now (`now_ms`, the agent's clock), at most once.
+    /// Forgets what the clock check would refuse anyway.
+    fn prune(&mut self, now_ms: u64) {
+        let held = &mut self.held;
+        self.seen.retain(|_, (forget_at, by)| {
+            let keep = *forget_at > now_ms;
+            if !keep {
+                if let Some(n) = held.get_mut(by) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            keep
+        });
+        held.retain(|_, n| *n > 0);
+    }
+
+    /// Accepts a first message from technician key `by`, sent at `sent_ms` (the technician's
+    /// clock) with ephemeral key `ephemeral`, now (`now_ms`, the agent's clock), at most once;
+    /// one key may hold at most 1/[`REPLAY_SHARE`] of the memory.
     pub fn admit(
         &mut self,
+        by: &PublicKey,
         ephemeral: [u8; KEY_LEN],
         sent_ms: u64,
         now_ms: u64,
@@ -577,15 +634,19 @@ impl ReplayGuard {
         if self.seen.contains_key(&ephemeral) {
             return Err(E2eError::Replayed);
         }
-        if self.seen.len() >= self.capacity {
-            self.seen.retain(|_, forget_at| *forget_at > now_ms);
-            if self.seen.len() >= self.capacity {
+        let share = (self.capacity / REPLAY_SHARE).max(1);
+        let full =
+            |g: &Self| g.seen.len() >= g.capacity || g.held.get(by).copied().unwrap_or(0) >= share;
+        if full(self) {
+            self.prune(now_ms);
+            if full(self) {
                 return Err(E2eError::Busy);
             }
         }
         // A copy passes the clock check until the agent's clock reads sent + skew (and the
         // agent's clock may step back: keep it for the whole width of the window).
-        self.seen.insert(ephemeral, now_ms.max(sent_ms) + 2 * MAX_CLOCK_SKEW_MS);
+        self.seen.insert(ephemeral, (now_ms.max(sent_ms) + 2 * MAX_CLOCK_SKEW_MS, *by));
+        *self.held.entry(*by).or_default() += 1;
         Ok(())
     }
 

@@ -23,8 +23,8 @@
 //!
 //! The agent's shell is a copy of what `crates/agent` does around the proto calls, kept to the
 //! decisions: `Agent::admit`/`add_grant`/`revoke` (`src/lib.rs`), `policy::check`, and
-//! `forward::handshake`, where the technician-key binding lives ([`e2e::grant_names`] on the
-//! held grant's `tech_keys`, after [`Responder::accept`]). Tunnels end, as there, when their
+//! `forward::handshake`, where the technician-key binding lives ([`Responder::accept_granted`]
+//! on the held grant's `tech_keys`, before the replay guard remembers the handshake). Tunnels end, as there, when their
 //! session is revoked, when a new grant of their session is refused, and when their window
 //! closes. One difference: the replay guard is small ([`GUARD_CAPACITY`]) so that it fills up.
 //!
@@ -238,7 +238,7 @@ fn kind(e: &E2eError) -> E2eKind {
         E2eError::Decrypt => E2eKind::Decrypt,
         E2eError::Truncated => E2eKind::Truncated,
         E2eError::AfterClose => E2eKind::AfterClose,
-        E2eError::BadKey(_) | E2eError::NonceExhausted => E2eKind::Other,
+        E2eError::BadKey(_) | E2eError::NonceExhausted | E2eError::NotGranted(_) => E2eKind::Other,
     }
 }
 
@@ -448,7 +448,7 @@ impl Agent {
             return Err(Why::WindowOver);
         }
         self.answers += 1;
-        let (resp, first) = Responder::accept(
+        let (resp, first) = Responder::accept_granted(
             &keys.agent,
             session,
             target,
@@ -456,11 +456,12 @@ impl Agent {
             msg,
             now_ms,
             &mut self.guard,
+            &grant.tech_keys,
         )
-        .map_err(|e| Why::E2e(kind(&e)))?;
-        if !e2e::grant_names(&grant.tech_keys, &first.initiator) {
-            return Err(Why::TechKeyNotGranted);
-        }
+        .map_err(|e| match e {
+            E2eError::NotGranted(_) => Why::TechKeyNotGranted,
+            e => Why::E2e(kind(&e)),
+        })?;
         Ok((resp, first, grant.until))
     }
 }
@@ -1358,6 +1359,10 @@ impl<'k> Model<'k> {
         if !intact || (a.session, a.target) != (s, t) {
             return Err(Why::E2e(E2eKind::Handshake));
         }
+        // Only a technician key the grant names, checked before the guard remembers it.
+        if !named.contains(&a.tech) {
+            return Err(Why::TechKeyNotGranted);
+        }
         let skew = a.sent_ms.abs_diff(self.now_ms);
         if skew > MAX_SKEW {
             return Err(Why::E2e(E2eKind::ClockSkew { skew_s: skew / 1000 }));
@@ -1365,18 +1370,21 @@ impl<'k> Model<'k> {
         if self.guard.contains_key(&attempt) {
             return Err(Why::E2e(E2eKind::Replayed));
         }
-        if self.guard.len() >= GUARD_CAPACITY {
+        // One technician key holds at most its share of the guard.
+        let share = (GUARD_CAPACITY / e2e::REPLAY_SHARE).max(1);
+        let attempts = &self.attempts;
+        let full = |guard: &BTreeMap<usize, u64>| {
+            let by = guard.keys().filter(|k| attempts[**k].tech == a.tech).count();
+            guard.len() >= GUARD_CAPACITY || by >= share
+        };
+        if full(&self.guard) {
             let now = self.now_ms;
             self.guard.retain(|_, forget| *forget > now);
-            if self.guard.len() >= GUARD_CAPACITY {
+            if full(&self.guard) {
                 return Err(Why::E2e(E2eKind::Busy));
             }
         }
         self.guard.insert(attempt, self.now_ms.max(a.sent_ms) + 2 * MAX_SKEW);
-        // Only a technician key the grant names.
-        if !named.contains(&a.tech) {
-            return Err(Why::TechKeyNotGranted);
-        }
         Ok(until)
     }
 

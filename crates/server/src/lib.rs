@@ -248,6 +248,9 @@ async fn expiry_sweeper(app: App) {
     }
 }
 
+/// How long a stop waits for its links and tunnels to end and record it.
+const LINKS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `fernwart-server run`: serve on `listener` until `shutdown` fires.
 pub async fn run(
     data: &Path,
@@ -258,6 +261,14 @@ pub async fn run(
     let tls = tls::server_config(data)?;
     let app = App::open(data, cfg, shutdown.clone())?;
     api::serve(app.clone(), listener, tls).await;
+    // The stop ends the links and their tunnels; each writes its last record (`tunnel.close`,
+    // the link's end) a moment later. Flushed before that, those records would be lost with
+    // the runtime: wait for them first, for a bounded time (a tunnel still opening waits at
+    // most a handshake timeout for its peers).
+    app.relay.tasks.close();
+    if tokio::time::timeout(LINKS_GRACE, app.relay.tasks.wait()).await.is_err() {
+        tracing::warn!(left = app.relay.tasks.len(), "links still running at shutdown");
+    }
     // What the links and tunnels recorded last is written before the chain is signed.
     app.relay.audit.flush().await;
     // The last records of a clean stop are signed and exported too.

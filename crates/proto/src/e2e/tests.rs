@@ -139,15 +139,16 @@ fn a_first_message_is_accepted_once_and_only_near_the_agents_clock() {
 
 #[test]
 fn the_replay_guard_forgets_only_what_its_clock_would_refuse() {
+    let (a, b, c) = (key(1).public(), key(2).public(), key(3).public());
     let mut g = ReplayGuard::new(2);
-    g.admit([1; 32], 0, 0).unwrap();
-    g.admit([2; 32], 0, 0).unwrap();
+    g.admit(&a, [1; 32], 0, 0).unwrap();
+    g.admit(&b, [2; 32], 0, 0).unwrap();
     // Full, and both still within the window: refused, not forgotten.
-    assert!(matches!(g.admit([3; 32], 0, 1), Err(E2eError::Busy)));
-    assert!(matches!(g.admit([1; 32], 0, 1), Err(E2eError::Replayed)));
+    assert!(matches!(g.admit(&c, [3; 32], 0, 1), Err(E2eError::Busy)));
+    assert!(matches!(g.admit(&c, [1; 32], 0, 1), Err(E2eError::Replayed)));
     // Once they are old enough, they make room.
     let later = 2 * MAX_CLOCK_SKEW_MS + 1;
-    g.admit([3; 32], later, later).unwrap();
+    g.admit(&c, [3; 32], later, later).unwrap();
     assert_eq!(g.len(), 1);
 }
 
@@ -387,4 +388,41 @@ fn hex_bytes(s: &str) -> [u8; 32] {
         *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
     }
     out
+}
+
+/// A technician who opens tunnels in a loop uses up its own share of the replay memory, not
+/// everyone's: the others' handshakes still pass (before: all refused as busy for 20 min).
+#[test]
+fn one_technician_cannot_fill_the_replay_memory_for_all() {
+    let (loud, other) = (key(1).public(), key(2).public());
+    let mut g = ReplayGuard::new(8);
+    let share = 8 / REPLAY_SHARE;
+    for n in 0..share {
+        g.admit(&loud, [n as u8; 32], 0, 0).unwrap();
+    }
+    assert!(matches!(g.admit(&loud, [50; 32], 0, 1), Err(E2eError::Busy)));
+    g.admit(&other, [100; 32], 0, 1).expect("one technician's handshakes lock out the others");
+    // Its share comes back as its entries age out.
+    let later = 2 * MAX_CLOCK_SKEW_MS + 1;
+    g.admit(&loud, [51; 32], later, later).unwrap();
+}
+
+/// A first message from a key the grant does not name is refused before it is remembered: a
+/// technician cannot fill the memory with made-up keys (one per handshake).
+#[test]
+fn a_key_the_grant_does_not_name_is_not_remembered() {
+    let (tech, stranger, agent) = (key(7), key(8), key(9));
+    let granted = vec![tech.public().to_string()];
+    let mut g = ReplayGuard::new(8);
+    let mut wire = BytesMut::new();
+    Initiator::start(&stranger, &agent.public(), "s1", "plc", [1; 32], 0, b"", &mut wire).unwrap();
+    let msg1 = take_record(&mut wire).unwrap();
+    let r = Responder::accept_granted(&agent, "s1", "plc", [2; 32], &msg1, 0, &mut g, &granted);
+    assert!(matches!(r, Err(E2eError::NotGranted(k)) if k == stranger.public()));
+    assert!(g.is_empty());
+    let mut wire = BytesMut::new();
+    Initiator::start(&tech, &agent.public(), "s1", "plc", [3; 32], 0, b"", &mut wire).unwrap();
+    let msg1 = take_record(&mut wire).unwrap();
+    Responder::accept_granted(&agent, "s1", "plc", [2; 32], &msg1, 0, &mut g, &granted).unwrap();
+    assert_eq!(g.len(), 1);
 }

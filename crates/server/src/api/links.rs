@@ -65,7 +65,7 @@ pub async fn agent(State(app): State<App>, mut req: Request) -> ApiResult<Respon
     })?;
     let f = fp.clone();
     let m = app.store.run(move |b| b.machine_by_cert(&f)).await?;
-    let Some((id, name, revoked)) = m else {
+    let Some((id, name, revoked, org)) = m else {
         let reason = "unknown certificate".to_owned();
         let entry = Entry::new(
             "unknown",
@@ -93,12 +93,12 @@ pub async fn agent(State(app): State<App>, mut req: Request) -> ApiResult<Respon
         slots.proven();
     }
     let relay = app.relay.clone();
-    tokio::spawn(async move {
+    app.relay.tasks.spawn(async move {
         // The link holds the connection's place under the total cap while it runs.
         let _slots = slots;
         // The server opens the streams of an agent link: it is the HTTP/2 client there.
         if let Some((mux, _)) = start_mux(on_upgrade, Mode::Client).await {
-            agent_link::serve(relay, mux, id, name, src).await;
+            agent_link::serve(relay, mux, id, (name, org), src).await;
         }
     });
     Ok(resp)
@@ -150,7 +150,7 @@ pub async fn connect(
     let sid = s.id;
     let relay = app.relay.clone();
     let slots = req.extensions().get::<ConnInfo>().map(|i| i.slots.clone());
-    tokio::spawn(async move {
+    app.relay.tasks.spawn(async move {
         // The link holds the connection's place under the caps while it runs.
         let _slots = slots;
         let _link = link_slot;

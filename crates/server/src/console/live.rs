@@ -4,7 +4,7 @@
 //!
 //! An event carries only its kind (`sessions`, `machines`, `connections`): what a page then
 //! shows is decided by the same authorization as any page load. A viewer hears only kinds it
-//! may list, and of sessions and tunnels only those on machines its organization may see.
+//! may list, and of sessions, tunnels and machines only those its organization may see.
 //! Without the script, pages read the same; they are just not refreshed.
 
 use std::{collections::HashSet, convert::Infallible, time::Duration};
@@ -55,7 +55,7 @@ pub async fn script() -> Response {
 /// Whether `c` hears of `p`: it may list what changed, on a machine its organization sees.
 fn hears(c: &Caller, p: &Pulse, now: UnixSecs) -> bool {
     let action = match p {
-        Pulse::Machines => Action::MachineList,
+        Pulse::Machines { .. } => Action::MachineList,
         Pulse::Sessions { .. } | Pulse::Connections { .. } => Action::SessionList,
     };
     authz::decide(c, action, Object::None, now).is_ok() && p.org().is_none_or(|o| c.sees_org(o))
@@ -353,10 +353,13 @@ mod tests {
         let sessions = Pulse::Sessions { org: Some("plant".into()) };
         assert!(!hears(&other, &sessions, now));
         assert!(hears(&other, &Pulse::Sessions { org: None }, now));
+        let machines = Pulse::Machines { org: Some("plant".into()) };
+        assert!(hears(&own, &machines, now) && hears(&staff, &machines, now));
+        assert!(!hears(&other, &machines, now), "another operator hears of plant's machines");
         // An expired login hears nothing.
         let mut gone = own.clone();
         gone.login_expires = now - 1;
-        assert!(!hears(&gone, &plant, now) && !hears(&gone, &Pulse::Machines, now));
+        assert!(!hears(&gone, &plant, now) && !hears(&gone, &machines, now));
         // Tunnels: a technician sees only its own.
         let tech = caller(Role::Technician, "pt1", Some("plant"));
         assert!(sees_tunnel(&tech, &tunnel(Some("plant"), "pt1")));

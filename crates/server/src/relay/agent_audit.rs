@@ -230,7 +230,7 @@ mod tests {
             relay,
             server_mux,
             m,
-            "m1".into(),
+            ("m1".into(), None),
             "127.0.0.1".into(),
         ));
         let (agent_mux, mut inbound) = Mux::start(agent_io, Mode::Server).await.unwrap();

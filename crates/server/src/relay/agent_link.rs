@@ -66,7 +66,13 @@ fn check_trust(t: &fernwart_proto::AgentTrust) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, source: String) {
+pub async fn serve(
+    app: Relay,
+    mux: Mux,
+    machine_id: i64,
+    (machine, org): (String, Option<String>),
+    source: String,
+) {
     // The server opens the control stream; the agent's first frame on it is its hello.
     let mut control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, mux.open()).await {
         Ok(Ok(s)) => s,
@@ -154,7 +160,7 @@ pub async fn serve(app: Relay, mux: Mux, machine_id: i64, machine: String, sourc
     // Peer input shown to people: printable, at most 64 characters.
     let software: String = agent.chars().filter(|c| !c.is_control()).take(64).collect();
     let conn_id = app.hub.agent_connected(
-        machine_id,
+        (machine_id, org),
         mux.clone(),
         ctl_tx,
         switch_on,

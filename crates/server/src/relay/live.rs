@@ -28,8 +28,10 @@ pub const PULSE_BACKLOG: usize = 64;
 pub enum Pulse {
     /// A session changed state, on a machine of this organization (none: of none).
     Sessions { org: Option<String> },
-    /// A machine went on- or offline, or its key switch changed.
-    Machines,
+    /// A machine of this organization (none: of none) went on- or offline, or its key switch
+    /// changed. (When and how often another operator's machines go online or have their key
+    /// switch turned is that operator's business.)
+    Machines { org: Option<String> },
     /// A tunnel opened or closed on a machine of this organization (none: of none).
     Connections { org: Option<String> },
 }
@@ -39,7 +41,7 @@ impl Pulse {
     pub fn kind(&self) -> &'static str {
         match self {
             Pulse::Sessions { .. } => "sessions",
-            Pulse::Machines => "machines",
+            Pulse::Machines { .. } => "machines",
             Pulse::Connections { .. } => "connections",
         }
     }
@@ -47,8 +49,9 @@ impl Pulse {
     /// The organization whose machine it concerns, where that matters.
     pub fn org(&self) -> Option<Option<&str>> {
         match self {
-            Pulse::Sessions { org } | Pulse::Connections { org } => Some(org.as_deref()),
-            Pulse::Machines => None,
+            Pulse::Sessions { org } | Pulse::Connections { org } | Pulse::Machines { org } => {
+                Some(org.as_deref())
+            }
         }
     }
 }

@@ -44,6 +44,9 @@ pub struct RelayInner {
     /// The settings in force; among them how long a tunnel may carry nothing before it is
     /// closed (`sessions.tunnel_idle_timeout`, zero: never).
     pub settings: Arc<crate::settings::Live>,
+    /// The links and tunnels running: a stop waits for them to write their last records
+    /// (`tunnel.close`, the link's end) before it flushes the audit queue.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::ops::Deref for Relay {
@@ -63,7 +66,8 @@ impl Relay {
     ) -> Self {
         let hub = Arc::new(Hub::default());
         let events = Events::new(vec![hub.clone() as Arc<dyn Subscriber>]);
-        Self(Arc::new(RelayInner { hub, store, events, audit, shutdown, settings }))
+        let tasks = tokio_util::task::TaskTracker::new();
+        Self(Arc::new(RelayInner { hub, store, events, audit, shutdown, settings, tasks }))
     }
 }
 
@@ -115,6 +119,11 @@ impl Subscriber for Hub {
 
 /// The most technician links (`fernwart connect`) one user may hold open at once.
 pub const MAX_LINKS_PER_USER: usize = 8;
+/// The most tunnels one user may have opening at once (from its open request to the agent's
+/// answer), across its links; more wait their turn. Each holds a stream of the machine's link
+/// (at most [`fernwart_transport::mux::MAX_STREAMS`]) for up to a handshake timeout: a
+/// technician who stalls or trickles its handshakes must not take them all from the others.
+pub const MAX_OPENING_PER_USER: usize = 16;
 
 /// How long the server waits for an agent to acknowledge a grant.
 const GRANT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -156,6 +165,8 @@ struct Inner {
     users: HashMap<i64, CancellationToken>,
     /// Open technician links per user.
     links: HashMap<i64, usize>,
+    /// Tunnels opening per user (while it has links): [`MAX_OPENING_PER_USER`] permits.
+    opening: HashMap<i64, Arc<tokio::sync::Semaphore>>,
     /// How many of its own records each machine may still hand in.
     audit_budgets: HashMap<i64, crate::audit::agent::Budget>,
     next_conn: u64,
@@ -174,6 +185,7 @@ impl Drop for LinkSlot {
             *n -= 1;
             if *n == 0 {
                 inner.links.remove(&self.user);
+                inner.opening.remove(&self.user);
             }
         }
     }
@@ -190,6 +202,8 @@ struct AgentEntry {
     software: String,
     /// The agent link version agreed on.
     link_version: u16,
+    /// The machine's organization: who hears of its changes.
+    org: Option<String>,
     acks: HashMap<String, Vec<oneshot::Sender<GrantAnswer>>>,
 }
 
@@ -222,7 +236,7 @@ impl Hub {
     /// Registers an agent link; an older link of the same machine is closed.
     pub fn agent_connected(
         &self,
-        machine: i64,
+        (machine, org): (i64, Option<String>),
         mux: Mux,
         control: mpsc::Sender<ServerToAgent>,
         switch_on: bool,
@@ -241,6 +255,7 @@ impl Hub {
             targets,
             software,
             link_version,
+            org: org.clone(),
             acks: HashMap::new(),
         };
         if let Some(old) = inner.agents.insert(machine, entry) {
@@ -248,7 +263,7 @@ impl Hub {
             old.mux.close();
         }
         drop(inner);
-        self.pulse(live::Pulse::Machines);
+        self.pulse(live::Pulse::Machines { org });
         conn_id
     }
 
@@ -257,9 +272,9 @@ impl Hub {
         if inner.agents.get(&machine).is_some_and(|a| a.conn_id == conn_id) {
             if let Some(old) = inner.agents.remove(&machine) {
                 old.switch_token.cancel();
+                drop(inner);
+                self.pulse(live::Pulse::Machines { org: old.org });
             }
-            drop(inner);
-            self.pulse(live::Pulse::Machines);
         }
     }
 
@@ -300,25 +315,29 @@ impl Hub {
     /// The key switch changed: off cancels every tunnel of the machine at once.
     pub fn set_switch(&self, machine: i64, on: bool) {
         let mut inner = self.lock();
-        if let Some(a) = inner.agents.get_mut(&machine) {
-            if !on {
-                a.switch_token.cancel();
-            } else if a.switch_token.is_cancelled() {
-                a.switch_token = CancellationToken::new();
-            }
-            a.switch_on = on;
+        let Some(a) = inner.agents.get_mut(&machine) else { return };
+        if !on {
+            a.switch_token.cancel();
+        } else if a.switch_token.is_cancelled() {
+            a.switch_token = CancellationToken::new();
         }
+        a.switch_on = on;
+        let org = a.org.clone();
         drop(inner);
-        self.pulse(live::Pulse::Machines);
+        self.pulse(live::Pulse::Machines { org });
     }
 
     /// Closes the machine's link (revocation).
     fn disconnect_agent(&self, machine: i64) {
-        if let Some(a) = self.lock().agents.remove(&machine) {
+        let removed = self.lock().agents.remove(&machine);
+        // A machine not linked: its revocation is still news to the machines pages, of no
+        // organization in particular.
+        let org = removed.and_then(|a| {
             a.switch_token.cancel();
             a.mux.close();
-        }
-        self.pulse(live::Pulse::Machines);
+            a.org
+        });
+        self.pulse(live::Pulse::Machines { org });
     }
 
     /// Sends a grant to the machine's agent and waits for its acknowledgement: the one place
@@ -404,6 +423,13 @@ impl Hub {
         }
         *n += 1;
         Some(LinkSlot { hub: self.clone(), user })
+    }
+
+    /// The permits for `user`'s tunnels opening (see [`MAX_OPENING_PER_USER`]).
+    pub fn opening(&self, user: i64) -> Arc<tokio::sync::Semaphore> {
+        let mut inner = self.lock();
+        let s = inner.opening.entry(user);
+        s.or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_OPENING_PER_USER))).clone()
     }
 
     pub fn user_token(&self, user: i64) -> CancellationToken {

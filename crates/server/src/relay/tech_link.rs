@@ -321,7 +321,7 @@ pub async fn serve(
             s = inbound.recv(), if ready => match s {
                 Some(stream) => {
                     let guards = Guards { session: session_token.clone(), user: user_token.clone(), link: link.clone() };
-                    tokio::spawn(tunnel::serve(app.clone(), stream, sref.clone(), who.clone(), guards));
+                    app.tasks.spawn(tunnel::serve(app.clone(), stream, sref.clone(), who.clone(), guards));
                 }
                 None => break (Closing::Left, "technician left".into()),
             },

@@ -63,6 +63,19 @@ pub async fn serve(
         }
     };
     let target = req.target.clone();
+    // Only a few of a technician's tunnels open at a time: one who stalls its handshakes
+    // holds at most MAX_OPENING_PER_USER of the machine's link streams, not all of them.
+    let permit = tokio::select! {
+        p = app.hub.opening(who.user_id).acquire_owned() => p.ok(),
+        _ = tokio::time::sleep(HANDSHAKE_TIMEOUT) => None,
+        _ = guards.link.cancelled() => return,
+    };
+    let Some(permit) = permit else {
+        let reason = "too many of your tunnels are opening at once; try again".to_owned();
+        refused(&app, &who, &session_label(&app, session_id).await, &target, &reason);
+        write_last_frame(stream, &OpenReply::refused(reason)).await;
+        return;
+    };
     let activity = Activity::default();
     let (bytes_up, bytes_down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let tap = test_tap::open();
@@ -92,6 +105,8 @@ pub async fn serve(
             Ok(r) => Some(format!("agent refused: {}", r.error.unwrap_or_default())),
             Err(e) => Some(format!("agent did not answer: {e}")),
         };
+        // Opened or refused: the next of this technician's tunnels may open.
+        drop(permit);
         if let Some(reason) = reason {
             // Ended, the stream's later drop is a NO_ERROR reset from us (the HTTP/2 server of
             // technician links), which lets the answer out first.

@@ -644,9 +644,12 @@ pub trait Backend: Send + Sync + 'static {
         now: UnixSecs,
         entry: &Entry,
     ) -> Result<bool, StoreError>;
-    /// The machine that holds a certificate: (id, name, revoked).
-    fn machine_by_cert(&self, fingerprint: &str)
-        -> Result<Option<(i64, String, bool)>, StoreError>;
+    /// The machine that holds a certificate: (id, name, revoked, organization).
+    #[allow(clippy::type_complexity)]
+    fn machine_by_cert(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<(i64, String, bool, Option<String>)>, StoreError>;
     /// An agent came online: its targets, switch and trust anchor are recorded; returns the
     /// sessions its agent should hold grants for.
     #[allow(clippy::too_many_arguments)]

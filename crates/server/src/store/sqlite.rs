@@ -1711,12 +1711,14 @@ impl Backend for Sqlite {
     fn machine_by_cert(
         &self,
         fingerprint: &str,
-    ) -> Result<Option<(i64, String, bool)>, StoreError> {
+    ) -> Result<Option<(i64, String, bool, Option<String>)>, StoreError> {
         self.read(|c| {
             Ok(c.prepare_cached(
-                "SELECT id, name, revoked FROM machines WHERE cert_fingerprint = ?1",
+                "SELECT id, name, revoked, org FROM machines WHERE cert_fingerprint = ?1",
             )?
-            .query_row([fingerprint], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)))
+            .query_row([fingerprint], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0, r.get(3)?))
+            })
             .optional()?)
         })
     }
