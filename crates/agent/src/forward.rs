@@ -55,7 +55,7 @@ pub async fn serve(
             return;
         }
     };
-    let (until, record, users, tech_keys) = match check(&agent, &req) {
+    let (mut until, mut record, mut users, tech_keys) = match check(&agent, &req) {
         Ok(u) => u,
         Err(reason) => {
             refuse(&agent, stream, &req, reason).await;
@@ -96,9 +96,24 @@ pub async fn serve(
                 return;
             }
         }
-        if let Err(reason) = check(&agent, &req) {
-            refuse(&agent, stream, &req, reason).await;
-            return;
+        // The grant as it is now decides (it may have been replaced meanwhile): its end, its
+        // recording, its technicians, and it must still name the handshake's key.
+        match check(&agent, &req) {
+            Ok((u, r, us, keys)) if e2e::grant_names(&keys, &first.initiator) => {
+                (until, record, users) = (u, r, us);
+            }
+            Ok(_) => {
+                let why = format!(
+                    "the technician's end-to-end key {} is not one the session's grant names",
+                    first.initiator
+                );
+                refuse(&agent, stream, &req, why).await;
+                return;
+            }
+            Err(reason) => {
+                refuse(&agent, stream, &req, reason).await;
+                return;
+            }
         }
         (transport, connect(&target).await)
     } else {

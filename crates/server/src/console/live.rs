@@ -73,6 +73,10 @@ struct Listener {
     pulses: broadcast::Receiver<Pulse>,
     bytes: tokio::time::Interval,
     login: tokio::time::Interval,
+    /// The stream ends when the login or the account does, or at once when the user is
+    /// disabled (between the login checks).
+    ends: tokio::time::Instant,
+    disabled: tokio_util::sync::CancellationToken,
     /// The bytes of the visible tunnels at the last look.
     seen_bytes: u64,
 }
@@ -124,6 +128,8 @@ impl Listener {
                     }
                 }
                 _ = self.login.tick() => if !self.still_valid().await { return None },
+                _ = tokio::time::sleep_until(self.ends) => return None,
+                _ = self.disabled.cancelled() => return None,
             }
         }
     }
@@ -133,7 +139,10 @@ impl Listener {
 pub async fn events(State(app): State<App>, v: Viewer) -> Response {
     let mut login = tokio::time::interval(LOGIN_EVERY);
     login.reset();
+    let left = u64::try_from(v.a.caller.valid_until() - util::now()).unwrap_or(0);
     let mut listener = Listener {
+        ends: tokio::time::Instant::now() + Duration::from_secs(left),
+        disabled: app.relay.hub.user_token(v.a.caller.user_id),
         pulses: app.relay.hub.pulses(),
         app,
         caller: v.a.caller.clone(),
@@ -284,8 +293,13 @@ pub async fn cut(
         Ok(None) => return gone(),
         Err(e) => return v.api_error(&e.into()),
     };
+    // A tunnel the viewer may not even see is "gone" to them (ids are counted across
+    // organizations: a 403 would tell that it exists); the attempt is recorded all the same.
+    let visible = sees_tunnel(&v.a.caller, &t)
+        && authz::decide(&v.a.caller, Action::SessionShow, Object::Session(&s), util::now())
+            .is_ok();
     if let Err(e) = v.a.allow(&app, Action::TunnelCut, Object::Session(&s)) {
-        return v.api_error(&e);
+        return if visible { v.api_error(&e) } else { gone() };
     }
     let c = &v.a.caller;
     if !app.relay.hub.cut_tunnel(id, &c.name) {

@@ -258,7 +258,11 @@ async fn open(
     let check = app.store.run(move |b| b.tunnel_check(session_id, &token));
     let early = async {
         let Some(a) = &agent else { return Ok::<_, String>(None) };
-        let mut s = a.mux.open().await.map_err(|e| format!("cannot reach the agent: {e}"))?;
+        // A link whose streams are all taken gets no new one until one ends: not forever.
+        let mut s = tokio::time::timeout(HANDSHAKE_TIMEOUT, a.mux.open())
+            .await
+            .map_err(|_| "the machine's link is busy: try again".to_owned())?
+            .map_err(|e| format!("cannot reach the agent: {e}"))?;
         if held {
             let req = OpenRequest {
                 session: sref.name.clone(),
