@@ -64,6 +64,9 @@ pub async fn list(
         only_org,
         limit: i64::from(q.limit.unwrap_or(PAGE).clamp(1, PAGE)),
     };
+    // What happened before this read is in it: the queued records of links, tunnels and
+    // refusals are written first.
+    app.relay.audit.flush().await;
     Ok(Json(app.store.run(move |b| b.audit_list(&filter)).await?))
 }
 
@@ -74,6 +77,7 @@ pub async fn export(
 ) -> ApiResult<Json<AuditExport>> {
     a.allow(&app, Action::AuditExport, Object::None)?;
     let after = u64::try_from(q.after.unwrap_or(0)).unwrap_or(0);
+    app.relay.audit.flush().await;
     let (records, checkpoints) = app
         .store
         .run(move |b| Ok((b.audit_chain(after, EXPORT_MAX)?, b.audit_checkpoints()?)))
