@@ -20,20 +20,27 @@ pub fn tune_for_relaying() -> bool {
     imp::tune()
 }
 
+/// Free memory at the top of a heap that the server keeps: enough for the relay buffers of
+/// the tunnels that one worker thread carries at once, a fraction of [`TRIM_THRESHOLD`].
+pub const SERVER_TRIM_THRESHOLD: usize = 4 << 20;
+
 /// For the server: allocations from [`MMAP_THRESHOLD`] up always get their own mapping. A
 /// password hash (argon2, 19 MiB) then returns its memory when it ends; with glibc's default
 /// the threshold grows after the first such free, later hashes come from the arenas of the
 /// blocking threads, and each arena keeps its 19 MiB (a login flood took the server past
-/// 600 MiB). The trim threshold stays at glibc's default: the server's many idle links
-/// should not hold free memory.
+/// 600 MiB). Up to [`SERVER_TRIM_THRESHOLD`] of free memory stays at the top of each heap:
+/// with glibc's default (128 KiB) relaying took ~100,000 page faults a second at the server
+/// (docs/bench.md). What is kept is per heap (at most eight per core), not per link: idle
+/// links hold no more than before.
 pub fn tune_for_server() -> bool {
-    imp::tune_mmap_only()
+    imp::tune_server()
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod imp {
-    pub fn tune_mmap_only() -> bool {
+    pub fn tune_server() -> bool {
         set(libc::M_MMAP_THRESHOLD, super::MMAP_THRESHOLD)
+            & set(libc::M_TRIM_THRESHOLD, super::SERVER_TRIM_THRESHOLD)
     }
 
     #[allow(unsafe_code)]
@@ -58,7 +65,7 @@ mod imp {
         false
     }
 
-    pub fn tune_mmap_only() -> bool {
+    pub fn tune_server() -> bool {
         false
     }
 }
@@ -71,6 +78,7 @@ mod tests {
         // 32 MiB on 64-bit), so on glibc both calls succeed.
         if cfg!(all(target_os = "linux", target_env = "gnu")) {
             assert!(super::tune_for_relaying());
+            assert!(super::tune_for_server());
         }
     }
 }
