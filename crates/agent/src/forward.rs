@@ -169,6 +169,10 @@ pub async fn serve(
         }
         return;
     }
+    // This runtime has one thread: the link writes the answer out now, before the audit
+    // record, its log line and the target's first bytes (the technician's side needs the
+    // answer's keys before it can read anything the target says).
+    tokio::task::yield_now().await;
     let opened = Instant::now();
     let recording_id = recorder.as_ref().map(|r| r.id.clone());
     let mut details = serde_json::json!({"session": req.session, "target": target.name, "address": target.address});

@@ -254,8 +254,11 @@ async fn open(
             && !guards.session.is_cancelled()
             && !guards.user.is_cancelled()
     });
-    let (token, session_id) = (who.token_hash.clone(), sref.id);
-    let check = app.store.run(move |b| b.tunnel_check(session_id, &token));
+    let check = async {
+        // The request to the agent (below) leaves first: the check may read on this thread.
+        tokio::task::yield_now().await;
+        app.store.tunnel_check(sref.id, who.token_hash.clone()).await
+    };
     let early = async {
         let Some(a) = &agent else { return Ok::<_, String>(None) };
         // A link whose streams are all taken gets no new one until one ends: not forever.

@@ -738,7 +738,16 @@ pub trait Backend: Send + Sync + 'static {
         session: i64,
         token_hash: &str,
     ) -> Result<(Option<Session>, Option<Caller>), StoreError>;
+    /// [`Backend::tunnel_check`] if it can be answered at once, without waiting for a lock
+    /// or a busy database; `None` where it cannot (then [`Backend::tunnel_check`] on a
+    /// blocking thread answers). The default never can.
+    fn tunnel_check_now(&self, _session: i64, _token_hash: &str) -> Option<TunnelCheck> {
+        None
+    }
 }
+
+/// What [`Backend::tunnel_check`] reads.
+pub type TunnelCheck = (Option<Session>, Option<Caller>);
 
 /// The store as the async server uses it: cheap to clone, blocking work off the workers.
 #[derive(Clone)]
@@ -766,6 +775,22 @@ impl Store {
         tokio::task::spawn_blocking(move || f(backend.as_ref()))
             .await
             .map_err(|_| StoreError::Worker)?
+    }
+
+    /// What a tunnel open checks ([`Backend::tunnel_check`]). Read on this thread where the
+    /// backend can answer at once (two rows by key from a free read connection, tens of
+    /// microseconds); a hand-off to a blocking thread and back costs two thread wake-ups, which
+    /// sat on every tunnel's way from connect to the first byte (docs/bench.md). Otherwise, or
+    /// if that read fails, on a blocking thread.
+    pub async fn tunnel_check(
+        &self,
+        session: i64,
+        token_hash: String,
+    ) -> Result<TunnelCheck, StoreError> {
+        if let Some(found) = self.backend.tunnel_check_now(session, &token_hash) {
+            return Ok(found);
+        }
+        self.run(move |b| b.tunnel_check(session, &token_hash)).await
     }
 
     /// The backend, for callers that are blocking anyway (init, offline commands, tests).

@@ -29,6 +29,9 @@ use crate::{
 
 pub const DB_FILE: &str = "fernwart.db";
 
+/// How long a read waits for a busy database before it fails.
+const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Sqlite {
     conn: Mutex<Connection>,
     /// None for in-memory databases (tests): reads then use `conn`.
@@ -44,7 +47,7 @@ impl Sqlite {
             &path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        reader.busy_timeout(Duration::from_secs(5))?;
+        reader.busy_timeout(READER_BUSY_TIMEOUT)?;
         reader.pragma_update(None, "query_only", "ON")?;
         store.reader = Some(Mutex::new(reader));
         Ok(store)
@@ -2130,6 +2133,25 @@ impl Backend for Sqlite {
     ) -> Result<(Option<Session>, Option<Caller>), StoreError> {
         self.read(|c| Ok((session_by_id(c, session)?, caller_row(c, token_hash)?)))
     }
+
+    fn tunnel_check_now(&self, session: i64, token_hash: &str) -> Option<super::TunnelCheck> {
+        // Only the file database's own read connection, only if it is free, and without
+        // SQLite's busy wait: whatever would wait goes to a blocking thread instead.
+        let reader = self.reader.as_ref()?;
+        let conn = match reader.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        conn.busy_timeout(Duration::ZERO).ok()?;
+        let found =
+            session_by_id(&conn, session).and_then(|s| Ok((s, caller_row(&conn, token_hash)?)));
+        // The blocking path waits as before; should this fail, it fails there too and says so.
+        if conn.busy_timeout(READER_BUSY_TIMEOUT).is_err() {
+            return None;
+        }
+        found.ok()
+    }
 }
 
 #[cfg(test)]
@@ -2149,6 +2171,26 @@ mod tests {
     #[test]
     fn state_lists_come_from_the_enum() {
         assert_eq!(states(SessionState::is_terminal), "'rejected', 'ended', 'expired', 'revoked'");
+    }
+
+    #[test]
+    fn a_tunnel_check_reads_at_once_only_from_a_free_read_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(dir.path()).unwrap();
+        // Nothing there: the same answer as the blocking read.
+        let now = db.tunnel_check_now(7, "no such token").expect("a free reader answers");
+        assert!(now.0.is_none() && now.1.is_none());
+        let blocking = db.tunnel_check(7, "no such token").unwrap();
+        assert!(blocking.0.is_none() && blocking.1.is_none());
+        // A reader that is busy elsewhere: no waiting here.
+        {
+            let _busy = db.reader.as_ref().unwrap().lock().unwrap();
+            assert!(db.tunnel_check_now(7, "no such token").is_none());
+        }
+        // Its busy wait is back for the reads that may wait.
+        assert!(db.tunnel_check_now(7, "no such token").is_some());
+        // The in-memory database (tests) has no reader of its own: always the blocking path.
+        assert!(Sqlite::open_in_memory().unwrap().tunnel_check_now(7, "x").is_none());
     }
 
     #[test]
