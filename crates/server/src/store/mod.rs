@@ -733,11 +733,7 @@ pub trait Backend: Send + Sync + 'static {
         entry: &Entry,
     ) -> Result<Option<Applied>, StoreError>;
     /// What a tunnel open checks, read together: the session and the caller of a token.
-    fn tunnel_check(
-        &self,
-        session: i64,
-        token_hash: &str,
-    ) -> Result<(Option<Session>, Option<Caller>), StoreError>;
+    fn tunnel_check(&self, session: i64, token_hash: &str) -> Result<TunnelCheck, StoreError>;
     /// [`Backend::tunnel_check`] if it can be answered at once, without waiting for a lock
     /// or a busy database; `None` where it cannot (then [`Backend::tunnel_check`] on a
     /// blocking thread answers). The default never can.
@@ -779,9 +775,9 @@ impl Store {
 
     /// What a tunnel open checks ([`Backend::tunnel_check`]). Read on this thread where the
     /// backend can answer at once (two rows by key from a free read connection, tens of
-    /// microseconds); a hand-off to a blocking thread and back costs two thread wake-ups, which
-    /// sat on every tunnel's way from connect to the first byte (docs/bench.md). Otherwise, or
-    /// if that read fails, on a blocking thread.
+    /// microseconds), which spares every tunnel open a hand-off to a blocking thread and back
+    /// (thread wake-ups: three futex calls per open, docs/bench.md). Otherwise, or if that
+    /// read fails, on a blocking thread.
     pub async fn tunnel_check(
         &self,
         session: i64,

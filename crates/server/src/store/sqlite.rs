@@ -2130,7 +2130,7 @@ impl Backend for Sqlite {
         &self,
         session: i64,
         token_hash: &str,
-    ) -> Result<(Option<Session>, Option<Caller>), StoreError> {
+    ) -> Result<super::TunnelCheck, StoreError> {
         self.read(|c| Ok((session_by_id(c, session)?, caller_row(c, token_hash)?)))
     }
 
@@ -2189,6 +2189,15 @@ mod tests {
         }
         // Its busy wait is back for the reads that may wait.
         assert!(db.tunnel_check_now(7, "no such token").is_some());
+        let waits: i64 = db
+            .reader
+            .as_ref()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+            .unwrap();
+        assert_eq!(waits, READER_BUSY_TIMEOUT.as_millis() as i64);
         // The in-memory database (tests) has no reader of its own: always the blocking path.
         assert!(Sqlite::open_in_memory().unwrap().tunnel_check_now(7, "x").is_none());
     }
