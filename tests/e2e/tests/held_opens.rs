@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use fernwart_e2e::{open_tunnel, roundtrip, world::path_str, Echo, Options, World};
+use fernwart_e2e::{open_tunnel, roundtrip, world::path_str, Connect, Echo, Options, World};
 use fernwart_proto::{
     e2e::StaticKey, ClientToServer, OpenRequest, ServerToClient, PROTOCOL_VERSION,
 };
@@ -25,6 +25,19 @@ fn world(echo: &Echo) -> Result<World> {
     Ok(w)
 }
 
+/// Session s1 with four tunnels: one opened and closed, three still open (returned, with the
+/// `connect` that carries them, to be held until the stop under test).
+fn four_tunnels(echo: &Echo) -> Result<(World, Connect, Vec<std::net::TcpStream>)> {
+    let mut w = world(echo)?;
+    w.create_session("s1", "m1", &["echo"], &["tech1"])?;
+    let conn = w.connect_approved("s1", "tech1", "op1")?;
+    let fwd = conn.forward("echo")?;
+    roundtrip(fwd, b"one tunnel that closes before the stop", T)?;
+    let open: Vec<_> = (0..3).map(|_| open_tunnel(fwd)).collect::<Result<_>>()?;
+    std::thread::sleep(Duration::from_millis(200));
+    Ok((w, conn, open))
+}
+
 /// The actions in the server's trail, read from its database while it is stopped.
 fn trail_actions(w: &World) -> Result<Vec<String>> {
     let db = rusqlite::Connection::open(w.srv_dir.join("fernwart.db"))?;
@@ -40,14 +53,7 @@ fn trail_actions(w: &World) -> Result<Vec<String>> {
 #[test]
 fn a_server_stop_keeps_the_records_of_the_tunnels_it_ends() -> Result<()> {
     let echo = Echo::start()?;
-    let mut w = world(&echo)?;
-    w.create_session("s1", "m1", &["echo"], &["tech1"])?;
-    let conn = w.connect_approved("s1", "tech1", "op1")?;
-    let fwd = conn.forward("echo")?;
-    roundtrip(fwd, b"one tunnel that closes before the stop", T)?;
-    // Three tunnels still open when the server stops.
-    let open: Vec<_> = (0..3).map(|_| open_tunnel(fwd)).collect::<Result<_>>()?;
-    std::thread::sleep(Duration::from_millis(200));
+    let (mut w, _conn, open) = four_tunnels(&echo)?;
 
     w.stop_server()?;
     drop(open);
@@ -68,13 +74,7 @@ fn a_server_stop_keeps_the_records_of_the_tunnels_it_ends() -> Result<()> {
 #[test]
 fn an_agent_stop_keeps_the_records_of_the_tunnels_it_ends() -> Result<()> {
     let echo = Echo::start()?;
-    let mut w = world(&echo)?;
-    w.create_session("s1", "m1", &["echo"], &["tech1"])?;
-    let conn = w.connect_approved("s1", "tech1", "op1")?;
-    let fwd = conn.forward("echo")?;
-    roundtrip(fwd, b"one tunnel that closes before the stop", T)?;
-    let open: Vec<_> = (0..3).map(|_| open_tunnel(fwd)).collect::<Result<_>>()?;
-    std::thread::sleep(Duration::from_millis(200));
+    let (mut w, _conn, open) = four_tunnels(&echo)?;
 
     w.stop_agent("m1");
     drop(open);
